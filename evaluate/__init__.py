@@ -1,0 +1,1 @@
+"""Evaluate a model on the test split, decide whether it may be promoted, register it."""

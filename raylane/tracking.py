@@ -1,0 +1,163 @@
+"""MLflow tracking, in one place.
+
+Everything goes through `MlflowClient` with an explicit tracking URI and run id (a `RunRef`),
+never through MLflow's process-global "active run": the same calls then work in the driver, in a
+Tune trial and in a Ray Train worker on another node, and a resumed worker keeps logging to the
+run it started in. Nesting is MLflow's own `mlflow.parentRunId` tag, which the UI renders as a tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raylane.config import PipelineConfig
+
+# MLflow caps a param value at 6000 characters; longer values are cut, not rejected.
+_PARAM_LIMIT = 6000
+
+
+def tracking_uri(cfg: PipelineConfig) -> str:
+    """The config's server, else $MLFLOW_TRACKING_URI, else SQLite under output_dir."""
+    if cfg.tracking.uri:
+        return cfg.tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{cfg.output_path / 'mlflow.db'}"
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A picklable handle on one MLflow run: what crosses process and node boundaries."""
+
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:_PARAM_LIMIT]) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # log_batch takes at most 100 params a call
+            _client(self.tracking_uri).log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        _client(self.tracking_uri).log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        _client(self.tracking_uri).log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        client = _client(self.tracking_uri)
+        if Path(path).is_dir():
+            client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: Any, file_name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / file_name
+            target.write_text(json.dumps(data, indent=2, default=str))
+            self.log_artifact(target)
+
+    def log_figure(self, figure: Any, file_name: str) -> None:
+        _client(self.tracking_uri).log_figure(self.run_id, figure, file_name)
+
+    def metrics(self) -> dict[str, float]:
+        return dict(_client(self.tracking_uri).get_run(self.run_id).data.metrics)
+
+
+def ensure_experiment(cfg: PipelineConfig) -> tuple[str, str]:
+    """(tracking URI, experiment id), creating the experiment on first use.
+
+    A local store gets an explicit artifact location under output_dir; MLflow would otherwise
+    drop artifacts into ./mlruns of whatever directory the process happens to start in.
+    """
+    uri = tracking_uri(cfg)
+    client = _client(uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is not None:
+        return uri, experiment.experiment_id
+    location = None
+    if uri.startswith("sqlite:") or uri.startswith("file:"):
+        location = (cfg.output_path / "mlartifacts").as_uri()
+    try:
+        return uri, client.create_experiment(cfg.tracking.experiment, artifact_location=location)
+    except Exception:  # another process created it between our get and create
+        experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+        if experiment is None:
+            raise
+        return uri, experiment.experiment_id
+
+
+@contextlib.contextmanager
+def start_run(
+    cfg: PipelineConfig, name: str, parent: RunRef | None = None, tags: dict[str, Any] | None = None
+) -> Iterator[RunRef]:
+    """Open a run (nested under `parent` when given), close it FINISHED or FAILED."""
+    uri, experiment_id = (parent.tracking_uri, parent.experiment_id) if parent else ensure_experiment(cfg)
+    all_tags = {"raylane.stage": name, **(tags or {})}
+    if parent:
+        all_tags["mlflow.parentRunId"] = parent.run_id
+    client = _client(uri)
+    run = client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()})
+    ref = RunRef(uri, experiment_id, run.info.run_id)
+    try:
+        yield ref
+    except BaseException:
+        client.set_terminated(ref.run_id, "FAILED")
+        raise
+    client.set_terminated(ref.run_id, "FINISHED")
+
+
+def create_child_run(parent: RunRef, name: str, tags: dict[str, Any] | None = None) -> RunRef:
+    """A nested run whose end the caller marks with `finish_run` (for runs that outlive a scope)."""
+    all_tags = {"mlflow.parentRunId": parent.run_id, "raylane.stage": name, **(tags or {})}
+    run = _client(parent.tracking_uri).create_run(
+        parent.experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()}
+    )
+    return RunRef(parent.tracking_uri, parent.experiment_id, run.info.run_id)
+
+
+def finish_run(ref: RunRef, ok: bool = True) -> None:
+    _client(ref.tracking_uri).set_terminated(ref.run_id, "FINISHED" if ok else "FAILED")
+
+
+def close_open_children(parent: RunRef, status: str = "KILLED") -> int:
+    """Mark child runs still RUNNING as ended: a trial stopped early by its scheduler is killed
+    mid-run and never closes its own run. Returns how many were closed."""
+    client = _client(parent.tracking_uri)
+    open_runs = client.search_runs(
+        [parent.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}' and attributes.status = 'RUNNING'"
+    )
+    for run in open_runs:
+        client.set_tag(run.info.run_id, "raylane.stopped_early", "true")
+        client.set_terminated(run.info.run_id, status)
+    return len(open_runs)
+
+
+def ui_command(cfg: PipelineConfig) -> str:
+    """How a person opens the MLflow UI on what this config tracks."""
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {uri} --port 5000   # then open http://127.0.0.1:5000"
+    return f"open {uri} in a browser"

@@ -1,0 +1,52 @@
+"""Deploying the app from a pipeline config, and talking to it over HTTP."""
+
+from __future__ import annotations
+
+import time
+
+import requests
+
+from raylane.config import PipelineConfig
+from raylane.tracking import tracking_uri
+from serve.app import ServeArgs, build_app
+
+APP_NAME = "raylane"
+
+
+def serve_args(cfg: PipelineConfig, model_uri: str | None = None) -> ServeArgs:
+    return ServeArgs(
+        model_uri=model_uri or cfg.serve_model_uri,
+        tracking_uri=tracking_uri(cfg),
+        max_texts=cfg.serve.max_texts,
+        num_replicas=cfg.serve.num_replicas,
+    )
+
+
+def deploy(cfg: PipelineConfig, model_uri: str | None = None) -> str:
+    """Deploy (or update) the app; returns its base URL once it answers."""
+    from ray import serve
+
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(build_app(serve_args(cfg, model_uri)), name=APP_NAME, route_prefix="/")
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}"
+    wait_healthy(url)
+    return url
+
+
+def wait_healthy(url: str, timeout_s: float = 120) -> None:
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            if requests.get(f"{url}/healthz", timeout=10).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.time() > deadline:
+            raise TimeoutError(f"{url}/healthz did not answer 200 within {timeout_s:.0f}s")
+        time.sleep(0.5)
+
+
+def predict_http(url: str, texts: list[str], top_k: int = 1) -> dict:
+    response = requests.post(f"{url}/predict", json={"texts": texts, "top_k": top_k}, timeout=60)
+    response.raise_for_status()
+    return response.json()

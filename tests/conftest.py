@@ -1,0 +1,95 @@
+"""Shared fixtures. Everything is real: a local Ray, an `mlflow server` process on loopback,
+a real (tiny, random) BERT with the real tokenizer, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from raylane.config import PROJECT_ROOT, load_config
+from tests.tiny_model import make_tiny_model
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def smoke_overrides(tiny_model) -> list[str]:
+    return [f"model.name_or_path={tiny_model}"]
+
+
+@pytest.fixture
+def make_cfg(tmp_path, tiny_model):
+    """The smoke config on the tiny model, writing under this test's tmp dir."""
+
+    def make(*overrides: str):
+        return load_config(
+            PROJECT_ROOT / "configs" / "smoke.yaml",
+            [f"model.name_or_path={tiny_model}", f"output_dir={tmp_path / 'out'}", *overrides],
+        )
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the integration tests (starting one costs ~10 s)."""
+    import ray
+
+    from raylane.runtime import init_ray
+
+    init_ray()
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real tracking server process on loopback (SQLite store, proxied artifacts)."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            if requests.get(f"{uri}/health", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -1,0 +1,103 @@
+"""Builds and runs the `TorchTrainer` (driver side). Tune trials call `fit` too, so a sweep
+trains with exactly this code."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raylane.config import PipelineConfig
+from raylane.dataset import DatasetInfo
+from raylane.tracking import RunRef
+from train.checkpoint import MODEL_DIR
+from train.loop import train_fn_per_worker
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_dir: str  # save_pretrained directory of the best epoch: what evaluate and register consume
+    checkpoint_uri: str
+    metrics: dict[str, Any]  # metrics of the best epoch
+
+
+def storage_path(cfg: PipelineConfig) -> str:
+    return cfg.train.storage_path or str(cfg.output_path / "checkpoints")
+
+
+def build_trainer(cfg: PipelineConfig, dataset: DatasetInfo, run: RunRef | None, name: str, callbacks=()):
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    res = cfg.resources
+    return TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={
+            "cfg": cfg,
+            "label_names": dataset.label_names,
+            "train_rows": dataset.manifest["splits"]["train"],
+            "run": run,
+            "local_mode": res.num_workers == 0,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=res.num_workers,
+            use_gpu=res.use_gpu,
+            resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": 1} if res.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path(cfg),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.train.checkpoints_to_keep,
+                checkpoint_score_attribute=cfg.train.metric,
+                checkpoint_score_order=cfg.train.metric_mode,
+            ),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=list(callbacks),
+            # Ray Train's per-report INFO lines repeat every metric; the loop prints its own line.
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+        datasets={split: _materialized(dataset, split) for split in ("train", "val")},
+    )
+
+
+def _materialized(dataset: DatasetInfo, split: str):
+    """Read before the workers claim the CPUs: on a small box a streaming read would wait for a
+    CPU the workers hold, forever. Tokenized splits are compact, so this is cheap."""
+    ds = dataset.read_split(split).materialize()
+    # Per-epoch progress comes from the loop's own line; per-iteration bars would drown it.
+    ds.context.enable_progress_bars = False
+    return ds
+
+
+def fit(
+    cfg: PipelineConfig, dataset: DatasetInfo, run: RunRef | None = None, name: str | None = None, callbacks=()
+) -> TrainResult:
+    """Train, then export the best epoch's model under <output_dir>/models/<name>."""
+    name = name or time.strftime("train-%Y%m%d-%H%M%S")
+    result = build_trainer(cfg, dataset, run, name, callbacks).fit()
+    if result.error:
+        raise result.error
+    exported = export_best(cfg, result, name)
+    if run:
+        run.set_tags({"best_epoch": exported.metrics.get("epoch"), "checkpoint": exported.checkpoint_uri})
+    return exported
+
+
+def export_best(cfg: PipelineConfig, result, name: str) -> TrainResult:
+    """Copy the best epoch's model out of its checkpoint to <output_dir>/models/<name>."""
+    best, metrics = _best(result, cfg.train.metric, cfg.train.metric_mode)
+    export = cfg.output_path / "models" / name
+    if export.exists():
+        shutil.rmtree(export)
+    with best.as_directory() as d:
+        shutil.copytree(Path(d) / MODEL_DIR, export)
+    return TrainResult(str(export), best.path, dict(metrics))
+
+def _best(result, metric: str, mode: str):
+    """The best (checkpoint, metrics); local mode keeps no ranking, so its last one stands in."""
+    ranked = result.best_checkpoints or [(result.checkpoint, result.metrics)]
+    pick = min if mode == "min" else max
+    return pick(ranked, key=lambda pair: pair[1][metric])

@@ -1,0 +1,195 @@
+"""The training loop that runs on every Ray Train worker (`train_fn_per_worker`).
+
+Nothing here builds a trainer or touches the driver: `train.driver` does that. Rank 0 alone
+writes checkpoints and logs to MLflow; every rank calls `ray.train.report` once per epoch,
+because report is a barrier.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from raylane.config import PipelineConfig
+from raylane.metrics import confusion_matrix, scalar_metrics, summarize
+from raylane.models import load_classifier, load_tokenizer
+from raylane.tracking import RunRef
+from train import checkpoint
+from train.batches import PadCollate
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with no decay on biases and LayerNorm weights (decaying them only hurts)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def _all_reduce(array: np.ndarray) -> np.ndarray:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return array
+    tensor = torch.as_tensor(array, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.numpy()
+
+
+def _epoch_metrics(loss_sum: float, cm: np.ndarray, label_names: list[str], prefix: str) -> dict[str, float]:
+    """Sum every worker's loss and confusion matrix, then derive the metrics of the whole split."""
+    n = len(label_names)
+    totals = _all_reduce(np.concatenate([[loss_sum], cm.ravel()]).astype(np.float64))
+    cm_all = totals[1:].reshape(n, n).round().astype(np.int64)
+    count = max(int(cm_all.sum()), 1)
+    summary = summarize(cm_all, label_names)
+    metrics = {f"{prefix}loss": float(totals[0] / count)}
+    for key in ("accuracy", "macro_f1", "weighted_f1"):
+        metrics[f"{prefix}{key}"] = summary[key]
+    if prefix == "val_":
+        metrics.update({f"val_f1_{name}": row["f1"] for name, row in summary["per_class"].items()})
+    return metrics
+
+
+def _autocast(device: torch.device):
+    # bf16 where the GPU has it: same exponent range as fp32, so no loss scaling is needed.
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def evaluate(model, batches, device, num_labels: int) -> tuple[float, np.ndarray]:
+    model.eval()
+    loss_sum, cm = 0.0, np.zeros((num_labels, num_labels), dtype=np.int64)
+    with torch.no_grad():
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with _autocast(device):
+                out = model(**batch)
+            loss_sum += float(out.loss) * len(batch["labels"])
+            cm += confusion_matrix(batch["labels"].cpu(), out.logits.argmax(-1).cpu(), num_labels)
+    return loss_sum, cm
+
+
+def train_fn_per_worker(config: dict[str, Any]) -> None:
+    cfg: PipelineConfig = config["cfg"]
+    label_names: list[str] = config["label_names"]
+    run: RunRef | None = config["run"]
+    tc = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
+    seed_everything(tc.seed)
+
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    # Saved with the model, so inference truncates exactly where ingest did.
+    tokenizer.model_max_length = cfg.data.max_length
+    start_epoch, state = 0, None
+    resume_from = ray.train.get_checkpoint()
+    if resume_from:
+        with resume_from.as_directory() as d:
+            state = checkpoint.load_state(Path(d))
+            model = load_classifier(str(Path(d) / checkpoint.MODEL_DIR), label_names)
+        start_epoch = state["epoch"] + 1
+    else:
+        model = load_classifier(cfg.model.name_or_path, label_names)
+    model = ray.train.torch.prepare_model(model)
+
+    # The configured batch is global: each of `world` workers takes its share of it.
+    per_worker_batch = max(1, tc.batch_size // world)
+    steps_per_epoch = math.ceil(config["train_rows"] / (per_worker_batch * world))
+    total_steps = steps_per_epoch * tc.epochs
+    optimizer = build_optimizer(model, tc.lr, tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, functools.partial(_warmup_linear, warmup=int(tc.warmup_ratio * total_steps), total=total_steps)
+    )
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"])
+
+    collate = PadCollate(pad_id=tokenizer.pad_token_id or 0)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    n = len(label_names)
+    for epoch in range(start_epoch, tc.epochs):
+        model.train()
+        started, seen = time.time(), 0
+        loss_sum, cm = 0.0, np.zeros((n, n), dtype=np.int64)
+        batches = train_shard.iter_torch_batches(
+            batch_size=per_worker_batch,
+            collate_fn=collate,
+            local_shuffle_buffer_size=per_worker_batch * 8,
+            local_shuffle_seed=tc.seed + epoch,
+        )
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with _autocast(device):
+                out = model(**batch)
+            out.loss.backward()
+            if tc.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += float(out.loss.detach()) * len(batch["labels"])
+            cm += confusion_matrix(batch["labels"].cpu(), out.logits.detach().argmax(-1).cpu(), n)
+            seen += len(batch["labels"])
+        epoch_time = time.time() - started
+        metrics = {"epoch": epoch + 1, **_epoch_metrics(loss_sum, cm, label_names, "train_")}
+        val_batches = val_shard.iter_torch_batches(batch_size=per_worker_batch * 2, collate_fn=collate)
+        metrics.update(_epoch_metrics(*evaluate(model, val_batches, device, n), label_names, "val_"))
+        metrics.update(
+            {
+                "epoch_time_s": epoch_time,
+                "samples_per_s": float(_all_reduce(np.array([seen]))[0]) / epoch_time,
+                "lr": scheduler.get_last_lr()[0],
+            }
+        )
+        ckpt_dir = Path(tempfile.mkdtemp(prefix="raylane-ckpt-")) if rank == 0 else None
+        if ckpt_dir:
+            unwrapped = model.module if hasattr(model, "module") else model
+            checkpoint.save(ckpt_dir, unwrapped, tokenizer, optimizer, scheduler, epoch)
+            if run:
+                run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+            print(_progress_line(metrics, tc.epochs), flush=True)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
+        # Ray has copied the checkpoint to storage by now; in local mode (no workers) there is
+        # no storage and the returned checkpoint is this directory, so it must stay.
+        if ckpt_dir and not config["local_mode"]:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+def _warmup_linear(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _progress_line(m: dict[str, float], epochs: int) -> str:
+    return (
+        f"epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+        f"val_acc {m['val_accuracy']:.3f}  val_macro_f1 {m['val_macro_f1']:.3f}  "
+        f"{m['samples_per_s']:.1f} samples/s  {m['epoch_time_s']:.1f}s"
+    )

@@ -1,0 +1,1 @@
+"""Tune: hyperparameter sweeps whose trials run the training driver itself."""
