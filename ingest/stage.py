@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import ray.data
+from ray.data.expressions import col
 
 from ingest.tokenize import TokenizeBatch
 from ingest.transforms import ACCEPTED, mark_unknown_labels, prepare_batch
@@ -70,7 +71,7 @@ def run(cfg: PipelineConfig, out_dir: Path, run: RunRef | None = None) -> Ingest
     # counts, the label scan and the writes below share one read of the source.
     rows = rows.materialize()
 
-    seen = rows.filter(lambda r: r["reason"] == ACCEPTED and r["split"] != "test")
+    seen = rows.filter(expr=(col("reason") == ACCEPTED) & (col("split") != "test"))
     label_names = sorted(seen.unique("label"))
     if len(label_names) < 2:
         raise ValueError(f"{cfg.data.source}: need at least 2 labels to classify, found {label_names}")
@@ -79,11 +80,11 @@ def run(cfg: PipelineConfig, out_dir: Path, run: RunRef | None = None) -> Ingest
     input_count = rows.count()  # prepare_batch maps rows one to one: this is the number read
 
     by_reason = _table(rows.groupby(["split", "reason"]).count().take_all(), ("reason", "split"))
-    quarantine = rows.filter(lambda r: r["reason"] != ACCEPTED)
+    quarantine = rows.filter(expr=col("reason") != ACCEPTED)
     if by_reason.keys() - {ACCEPTED}:
         quarantine.drop_columns(["split"]).write_parquet(str(out_dir / "quarantine"))
 
-    accepted = rows.filter(lambda r: r["reason"] == ACCEPTED).drop_columns(["reason", "raw"])
+    accepted = rows.filter(expr=col("reason") == ACCEPTED).drop_columns(["reason", "raw"])
     class_counts = _table(accepted.groupby(["split", "label"]).count().take_all(), ("split", "label"))
     tokenized = accepted.map_batches(
         TokenizeBatch,
@@ -94,7 +95,7 @@ def run(cfg: PipelineConfig, out_dir: Path, run: RunRef | None = None) -> Ingest
         ),
     ).materialize()
     for split in SPLITS:
-        tokenized.filter(lambda r, s=split: r["split"] == s).drop_columns(["split"]).write_parquet(
+        tokenized.filter(expr=col("split") == split).drop_columns(["split"]).write_parquet(
             str(out_dir / split)
         )
 

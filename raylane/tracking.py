@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -159,5 +160,8 @@ def ui_command(cfg: PipelineConfig) -> str:
     """How a person opens the MLflow UI on what this config tracks."""
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:"):
-        return f"mlflow ui --backend-store-uri {uri} --port 5000   # then open http://127.0.0.1:5000"
+        # The mlflow script next to this interpreter: works from a venv that is not activated.
+        beside = Path(sys.executable).parent / "mlflow"
+        mlflow_cli = str(beside) if beside.exists() else "mlflow"
+        return f"{mlflow_cli} ui --backend-store-uri {uri} --port 5000   # then open http://127.0.0.1:5000"
     return f"open {uri} in a browser"

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import requests
 
 from raylane.config import PipelineConfig
+from raylane.http import wait_until_ok
 from raylane.tracking import tracking_uri
 from serve.app import ServeArgs, build_app
 
@@ -34,16 +33,7 @@ def deploy(cfg: PipelineConfig, model_uri: str | None = None) -> str:
 
 
 def wait_healthy(url: str, timeout_s: float = 120) -> None:
-    deadline = time.time() + timeout_s
-    while True:
-        try:
-            if requests.get(f"{url}/healthz", timeout=10).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        if time.time() > deadline:
-            raise TimeoutError(f"{url}/healthz did not answer 200 within {timeout_s:.0f}s")
-        time.sleep(0.5)
+    wait_until_ok(f"{url}/healthz", timeout_s)
 
 
 def predict_http(url: str, texts: list[str], top_k: int = 1) -> dict:

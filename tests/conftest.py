@@ -7,13 +7,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from raylane.config import PROJECT_ROOT, load_config
+from raylane.http import wait_until_ok
 from tests.tiny_model import make_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,17 +75,11 @@ def mlflow_server(tmp_path_factory):
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            if requests.get(f"{uri}/health", timeout=2).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
+    try:
+        wait_until_ok(f"{uri}/health", timeout_s=90, alive=lambda: proc.poll() is None)
+    except (RuntimeError, TimeoutError) as e:
+        proc.kill()
+        raise RuntimeError(f"mlflow server did not start ({e}):\n{(root / 'server.log').read_text()[-3000:]}")
     yield uri
     proc.terminate()
     try:
