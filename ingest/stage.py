@@ -1,135 +1,270 @@
-"""The ingest stage: source shards in, tokenized Parquet splits and a manifest out."""
+"""The ingest stage: source shards in; tokenized Parquet splits, quarantined rows and a manifest out.
+
+Three streaming passes, none of which brings the data to the driver:
+  1. read + clean + mask + validate every row -> `_staging/` Parquet (Ray Data tasks);
+  2. the driver streams a few key columns of `_staging/` and decides duplicates, conflicting
+     labels, the label set and split thresholds (`plan.build_plan`);
+  3. apply those verdicts per block -> `quarantine/`, and tokenize the accepted rows in an
+     actor pool -> `split=train|val|test/`.
+The written row counts are checked against the plan before the manifest is written.
+"""
 
 from __future__ import annotations
 
-import shutil
+import datetime
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray.data
 from ray.data.expressions import col
 
-from ingest.tokenize import TokenizeBatch
-from ingest.transforms import ACCEPTED, mark_unknown_labels, prepare_batch
+from ingest.plan import INDEX_COLUMNS, RowIndex, Verdicts, build_plan
+from ingest.inputs import FORMAT_VERSION, config_digest, source_digest, source_tasks
+from ingest.reader import read_files, read_parquet_files
+from ingest.tokenize import TokenizeBatch, definition_digest, tokenizer_definition
+from ingest.transforms import ACCEPTED, RowSpec, finalize_batch, prepare_batch
 from raylane.config import PipelineConfig
-from raylane.dataset import SPLITS, DatasetInfo, write_manifest
-from raylane.sources import check_columns, read_source
+from raylane.dataset import SPLITS, DatasetInfo, join, read_manifest, write_manifest
+from raylane.sources import filesystem, list_files
 from raylane.tracking import RunRef
+
+STAGING, QUARANTINE = "_staging", "quarantine"
+STAGING_ROWS_PER_FILE = 16_384
+_OUTPUTS = (STAGING, QUARANTINE, *(f"split={s}" for s in SPLITS), *SPLITS)  # the last: format 1 layout
 
 
 @dataclass(frozen=True)
 class IngestResult:
     dataset: DatasetInfo
+    cached: bool = False
 
     @property
     def counts(self) -> dict[str, Any]:
         return self.dataset.manifest["counts"]
 
 
-def _prepared(cfg: PipelineConfig, source: str, split: str | None):
-    ds = read_source(source, cfg.data)
-    check_columns(ds, source, cfg.data)
-    has_test_source = bool(cfg.data.test_source)
-    return ds.map_batches(
-        prepare_batch,
-        batch_format="pandas",
-        fn_kwargs=dict(
-            text_fields=cfg.data.text_fields,
-            label_field=cfg.data.label_field,
-            val_fraction=cfg.data.val_fraction,
-            test_fraction=0.0 if has_test_source else cfg.data.test_fraction,
-            split=split,
-        ),
+def output_uri(cfg: PipelineConfig) -> str:
+    return cfg.data.output_uri or str(cfg.output_path / "dataset")
+
+
+def _clear(out: str) -> None:
+    """Remove what an earlier ingest wrote (Parquet writes add files next to old ones); leave
+    anything else in the directory alone."""
+    fs, root = filesystem(out)
+    for name in _OUTPUTS:
+        if fs.get_file_info(join(root, name)).type == pafs.FileType.Directory:
+            fs.delete_dir(join(root, name))
+    if fs.get_file_info(join(root, "manifest.json")).type == pafs.FileType.File:
+        fs.delete_file(join(root, "manifest.json"))
+    fs.create_dir(root, recursive=True)
+
+
+def _scan(uri: str, columns: list[str]):
+    """Record batches of a few columns of a Parquet directory, streamed to the driver."""
+    import pyarrow.dataset as pads
+
+    fs, path = filesystem(uri)
+    return pads.dataset(path, filesystem=fs, format="parquet").to_batches(columns=columns)
+
+
+def _row_count(uri: str) -> int:
+    import pyarrow.dataset as pads
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return 0
+    return pads.dataset(path, filesystem=fs, format="parquet").count_rows()
+
+
+def _length_stats(uri: str, max_length: int) -> dict[str, Any]:
+    """Token-length percentiles from a histogram (max_length + 1 bins), so memory stays flat."""
+    import numpy as np
+
+    hist = np.zeros(max_length + 1, np.int64)
+    for batch in _scan(uri, ["length"]):
+        hist += np.bincount(batch.column("length").to_numpy(), minlength=max_length + 1)[: max_length + 1]
+    total = int(hist.sum())
+    if not total:
+        return {"p50": 0, "p95": 0, "max": 0, "mean": 0.0}
+    cumulative = np.cumsum(hist)
+    return {
+        "p50": int(np.searchsorted(cumulative, 0.50 * total)),
+        "p95": int(np.searchsorted(cumulative, 0.95 * total)),
+        "max": int(np.flatnonzero(hist)[-1]),
+        "mean": round(float((hist * np.arange(len(hist))).sum() / total), 2),
+        "truncated": int(hist[max_length]),
+    }
+
+
+def _tokenizer_pool(cfg: PipelineConfig) -> tuple[int, float]:
+    """(actors, CPUs per actor). Actors must leave a CPU to the read tasks feeding them, or a
+    small machine deadlocks with every CPU held by an idle tokenizer."""
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    actors = cfg.resources.tokenize_actors or cpus
+    if cpus == 1:  # nothing to leave: let the actor share the one CPU rather than block reads
+        return actors, 0.0
+    return actors, round(min(1.0, max(0.1, (cpus - 1) / actors)), 2)
+
+
+def run(cfg: PipelineConfig, run: RunRef | None = None, force: bool = False) -> IngestResult:
+    started = time.time()
+    out = output_uri(cfg)
+    data = cfg.data
+    tasks = source_tasks(cfg)  # whole-file problems fail here, in seconds
+    files = [{"uri": t.file.uri, "role": t.role, "format": t.file.format, "size": t.file.size,
+              "sha256": t.file.sha256()} for t in tasks]
+    definition = tokenizer_definition(cfg.model.name_or_path)
+    digests = {"source_digest": source_digest(files), "config_digest": config_digest(cfg, definition_digest(definition))}
+
+    previous = read_manifest(out)
+    if not force and previous and all(previous.get(k) == v for k, v in digests.items()):
+        print(f"ingest: reusing {out} (same source and config digests; --force reruns)")
+        if run:
+            run.set_tags({"ingest.cached": "true"})
+            log_to_mlflow(run, DatasetInfo(out, previous))
+        return IngestResult(DatasetInfo(out, previous), cached=True)
+
+    _clear(out)
+    print(f"ingest: {len(files)} file(s), {sum(f['size'] for f in files) / 2**20:.1f} MiB -> {out}")
+    spec = RowSpec(n_text_fields=len(data.text_fields), has_id=bool(data.id_field), lowercase=data.lowercase,
+                   max_chars=data.max_chars, pii_kinds=tuple(data.mask_pii), labels=tuple(data.labels))
+    staging = join(out, STAGING)
+    columns = [*data.text_fields, data.label_field] + ([data.id_field] if data.id_field else [])
+    _prepare(tasks, columns, spec, staging)
+    index, verdicts = _decide(cfg, spec, staging)
+    _write(cfg, out, staging, verdicts, definition, index.accepted_chars)
+    fs, root = filesystem(out)
+    fs.delete_dir(join(root, STAGING))
+
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **digests,
+        "sources": files,
+        "tokenizer": {"name_or_path": cfg.model.name_or_path, "digest": definition_digest(definition)},
+        **_describe(cfg, out, verdicts),
+        "elapsed_s": round(time.time() - started, 2),
+    }
+    write_manifest(out, manifest)
+    dataset = DatasetInfo(out, manifest)
+    if run:
+        log_to_mlflow(run, dataset)
+    return IngestResult(dataset)
+
+
+def _prepare(tasks: list, columns: list[str], spec: RowSpec, staging: str) -> None:
+    """Pass 1: read, clean, mask and validate every row; one read task per file (files are the
+    unit of parallelism)."""
+    ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks)).map_batches(
+        read_files, batch_size=1, batch_format="numpy", fn_kwargs={"fields": columns}
+    ).map_batches(prepare_batch, batch_format="pyarrow", fn_kwargs={"spec": spec}).write_parquet(
+        # Small staging files: each is a block of the next pass, so even a single big source
+        # file keeps every tokenizer actor busy.
+        staging, max_rows_per_file=STAGING_ROWS_PER_FILE
     )
 
 
-def _table(rows: list[dict[str, Any]], keys: tuple[str, str]) -> dict[str, dict[str, int]]:
-    """Rows of a two-key group-by count -> {key0: {key1: count}}."""
-    out: dict[str, dict[str, int]] = {}
-    for row in rows:
-        out.setdefault(row[keys[0]], {})[row[keys[1]]] = int(row["count()"])
-    return out
+def _decide(cfg: PipelineConfig, spec: RowSpec, staging: str) -> tuple[RowIndex, Verdicts]:
+    """Pass 2: whole-dataset verdicts, from the key columns only."""
+    data = cfg.data
+    index = RowIndex(pii_kinds=spec.pii_kinds)
+    for batch in _scan(staging, INDEX_COLUMNS + [f"pii_{k}" for k in spec.pii_kinds]):
+        index.add(batch)
+    verdicts = build_plan(index, labels=spec.labels, dedup=data.dedup, stratify=data.stratify,
+                          val_fraction=data.val_fraction, test_fraction=0.0 if data.test_source else data.test_fraction,
+                          source=data.source)
+    return index, verdicts
 
 
-def run(cfg: PipelineConfig, out_dir: Path, run: RunRef | None = None) -> IngestResult:
-    started = time.time()
-    # Parquet writes add files next to whatever is there: an old run's shards would double the data.
-    for stale in (*SPLITS, "quarantine", "manifest.json"):
-        target = out_dir / stale
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    rows = _prepared(cfg, cfg.data.source, split=None)
-    if cfg.data.test_source:
-        rows = rows.union(_prepared(cfg, cfg.data.test_source, split="test"))
-    # Text-only rows are small; keeping them in the object store (not on the driver) lets the
-    # counts, the label scan and the writes below share one read of the source.
-    rows = rows.materialize()
-
-    seen = rows.filter(expr=(col("reason") == ACCEPTED) & (col("split") != "test"))
-    label_names = sorted(seen.unique("label"))
-    if len(label_names) < 2:
-        raise ValueError(f"{cfg.data.source}: need at least 2 labels to classify, found {label_names}")
-    rows = rows.map_batches(mark_unknown_labels, batch_format="pandas", fn_kwargs={"label_names": label_names})
-    rows = rows.materialize()
-    input_count = rows.count()  # prepare_batch maps rows one to one: this is the number read
-
-    by_reason = _table(rows.groupby(["split", "reason"]).count().take_all(), ("reason", "split"))
-    quarantine = rows.filter(expr=col("reason") != ACCEPTED)
-    if by_reason.keys() - {ACCEPTED}:
-        quarantine.drop_columns(["split"]).write_parquet(str(out_dir / "quarantine"))
-
-    accepted = rows.filter(expr=col("reason") == ACCEPTED).drop_columns(["reason", "raw"])
-    class_counts = _table(accepted.groupby(["split", "label"]).count().take_all(), ("split", "label"))
-    tokenized = accepted.map_batches(
+def _write(cfg: PipelineConfig, out: str, staging: str, verdicts: Verdicts, definition: str, accepted_chars: int) -> None:
+    """Pass 3: apply the verdicts per block; write the rejects to quarantine/ and the tokenized
+    rest to split=*/; then check the written row counts against the plan."""
+    counts = verdicts.counts
+    actors, cpus = _tokenizer_pool(cfg)
+    fs, root = filesystem(staging)
+    parts = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(root)) if i.path.endswith(".parquet"))
+    staged = ray.data.from_items([{"path": p} for p in parts], override_num_blocks=len(parts)).map_batches(
+        read_parquet_files, batch_size=1, batch_format="numpy", fn_kwargs={"fs": fs}
+    ).map_batches(finalize_batch, batch_format="pyarrow", fn_kwargs={"plan": verdicts.plan})
+    if counts["quarantined"]:
+        staged.filter(expr=col("reason") != ACCEPTED).select_columns(
+            ["source", "line", "reason", "detail", "label", "text", "raw"]
+        ).write_parquet(join(out, QUARANTINE))
+    bytes_per_row = 24 + 2 * accepted_chars / max(1, counts["accepted"])  # text + ~1 token id per 2 chars
+    shard_rows = max(1, int(cfg.data.shard_mb * 2**20 / bytes_per_row))
+    staged.filter(expr=col("reason") == ACCEPTED).select_columns(["text", "label", "split"]).map_batches(
         TokenizeBatch,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=cfg.resources.tokenize_actors),
-        fn_constructor_kwargs=dict(
-            model_name_or_path=cfg.model.name_or_path, max_length=cfg.data.max_length, label_names=label_names
-        ),
-    ).materialize()
-    for split in SPLITS:
-        tokenized.filter(expr=col("split") == split).drop_columns(["split"]).write_parquet(
-            str(out_dir / split)
-        )
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=cpus,
+        fn_constructor_kwargs={"definition": definition, "max_length": cfg.data.max_length,
+                               "label_names": list(verdicts.plan.labels)},
+    ).write_parquet(out, partition_cols=["split"], min_rows_per_file=shard_rows, max_rows_per_file=shard_rows)
 
-    accepted_count = sum(by_reason.get(ACCEPTED, {}).values())
-    reasons = {reason: sum(c.values()) for reason, c in by_reason.items() if reason != ACCEPTED}
-    manifest = {
-        "format_version": 1,
-        "sources": {"data": cfg.data.source, "test": cfg.data.test_source},
-        "config_digest": cfg.digest("data", "model"),
-        "tokenizer": cfg.model.name_or_path,
-        "max_length": cfg.data.max_length,
-        "text_fields": cfg.data.text_fields,
-        "label_field": cfg.data.label_field,
+    written = {s: _row_count(join(out, f"split={s}")) for s in SPLITS}
+    quarantined = _row_count(join(out, QUARANTINE))
+    if written != counts["splits"] or quarantined != counts["quarantined"]:
+        raise RuntimeError(f"ingest wrote {written} + {quarantined} quarantined rows, but planned "
+                           f"{counts['splits']} + {counts['quarantined']}: output is incomplete")
+
+
+def _describe(cfg: PipelineConfig, out: str, verdicts: Verdicts) -> dict[str, Any]:
+    """The manifest's account of the data: counts, label map, lengths, PII, layout."""
+    data, counts = cfg.data, verdicts.counts
+    label_names = list(verdicts.plan.labels)
+    return {
+        "max_length": data.max_length,
+        "text_fields": data.text_fields,
+        "label_field": data.label_field,
         "labels": label_names,
-        "counts": {
-            "input": input_count,
-            "accepted": accepted_count,
-            "quarantined": sum(reasons.values()),
-            "quarantine_reasons": reasons,
-        },
-        "splits": {s: by_reason.get(ACCEPTED, {}).get(s, 0) for s in SPLITS},
-        "class_counts": {s: class_counts.get(s, {}) for s in SPLITS},
-        "elapsed_s": round(time.time() - started, 2),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+        "counts": {k: counts[k] for k in ("input", "accepted", "quarantined", "quarantine_reasons")},
+        "splits": counts["splits"],
+        "class_counts": counts["class_counts"],
+        "token_lengths": {s: _length_stats(join(out, f"split={s}"), data.max_length) for s in SPLITS},
+        "pii": {"masked_kinds": list(data.mask_pii), "counts": counts["pii"]},
+        "shards": {s: _file_count(join(out, f"split={s}")) for s in SPLITS},
+        "schema": {"text": "string", "label": "int32 (index into labels)", "input_ids": "list<int32>", "length": "int32"},
+        "config": cfg.to_dict()["data"],
     }
-    write_manifest(out_dir, manifest)
-    if run:
-        counts = manifest["counts"]
-        run.log_metrics(
-            {
-                "rows_input": counts["input"],
-                "rows_accepted": counts["accepted"],
-                "rows_quarantined": counts["quarantined"],
-                **{f"rows_{s}": n for s, n in manifest["splits"].items()},
-            }
-        )
-        run.log_artifact(out_dir / "manifest.json")
-    return IngestResult(DatasetInfo(str(out_dir.resolve()), manifest))
+
+
+def _file_count(uri: str) -> int:
+    fs, path = filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sum(1 for i in infos if i.path.endswith(".parquet"))
+
+
+def log_to_mlflow(run: RunRef, dataset: DatasetInfo) -> None:
+    m = dataset.manifest
+    counts = m["counts"]
+    run.log_metrics({
+        "rows_input": counts["input"],
+        "rows_accepted": counts["accepted"],
+        "rows_quarantined": counts["quarantined"],
+        **{f"rows_quarantined_{r}": n for r, n in counts["quarantine_reasons"].items()},
+        **{f"rows_{s}": n for s, n in m["splits"].items()},
+        **{f"pii_masked_{k}": n for k, n in m["pii"]["counts"].items()},
+        "token_length_p95_train": m["token_lengths"]["train"]["p95"],
+        "ingest_seconds": m["elapsed_s"],
+        "rows_per_second": counts["input"] / max(m["elapsed_s"], 1e-9),
+    })
+    run.log_dict(m, "manifest.json")
+    run.log_dataset(dataset.uri, name="tokenized", digest=m["source_digest"] + "-" + m["config_digest"], context="training")
+
+
+def format_summary(result: IngestResult) -> str:
+    """The table `python -m pipelines ingest` ends with."""
+    m = result.dataset.manifest
+    c = m["counts"]
+    rows = [("rows read", c["input"]), ("accepted", c["accepted"]), ("quarantined", c["quarantined"])]
+    rows += [(f"  {reason}", n) for reason, n in sorted(c["quarantine_reasons"].items(), key=lambda kv: -kv[1])]
+    rows += [(f"split {s}", f"{n}  {dict(m['class_counts'][s])}") for s, n in m["splits"].items()]
+    rows += [("PII masked", ", ".join(f"{k} {n}" for k, n in m["pii"]["counts"].items() if n) or "none")]
+    lengths = m["token_lengths"]["train"]
+    rows += [("tokens (train)", f"p50 {lengths['p50']}, p95 {lengths['p95']}, max {lengths['max']}")]
+    rows += [("time", f"{m['elapsed_s']:.1f} s" + ("  (cached)" if result.cached else ""))]
+    rows += [("output", result.dataset.uri)]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

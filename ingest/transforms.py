@@ -1,79 +1,185 @@
-"""Pure row transforms. No Ray here: each function is tested on its own, and Ray Data only maps
-`prepare_batch` over blocks."""
+"""Pure row transforms: raw fields in, a cleaned, masked, validated row out. No Ray here: each
+function is tested on its own; Ray Data maps `prepare_batch` and `finalize_batch` over blocks.
+
+A row ends accepted (reason "") or quarantined with exactly one reason, the first that applies
+in the order below, so the counts per reason always add up to the rows read.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
+from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
+import numpy as np
+import pyarrow as pa
 
-from raylane.text import clean_text, is_missing, join_text
+from ingest.pii import mask_pii
+from ingest.reader import MALFORMED, UNDECODABLE, field_columns
+from raylane.text import clean_text
 
-# Quarantine reasons; "" means the row was accepted.
 ACCEPTED = ""
-MISSING_LABEL = "missing_label"
+MISSING_FIELD = "missing_field"
 EMPTY_TEXT = "empty_text"
+TOO_LONG = "too_long"
 UNKNOWN_LABEL = "unknown_label"
+DUPLICATE = "duplicate"
+CONFLICTING_LABEL = "conflicting_label"
+REASONS = (MALFORMED, UNDECODABLE, MISSING_FIELD, EMPTY_TEXT, TOO_LONG, UNKNOWN_LABEL, CONFLICTING_LABEL, DUPLICATE)
+
+_HASH_SPAN = float(2**64)
+
+
+def normalize(text: Any, lowercase: bool = False) -> str:
+    """Clean one value the way ingest and prediction both see text (NFKC, no control characters,
+    single spaces), optionally lower-cased."""
+    text = clean_text(text)
+    return text.lower() if lowercase else text
+
+
+def stable_hash(key: str) -> int:
+    """A signed 64-bit hash fixed by `key` alone (not by Python's per-process hash seed)."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 
 
 def stable_fraction(key: str) -> float:
-    """A number in [0, 1) fixed by `key` alone: the same row lands in the same split whatever
-    the shard order, the worker or the Python hash seed."""
-    return int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:13], 16) / 16**13
+    """A number in [0, 1) fixed by `key`: the same row lands in the same split whatever the shard
+    order, the worker or the size of the rest of the data."""
+    return (stable_hash(key) + 2**63) / _HASH_SPAN
 
 
-def assign_split(key: str, val_fraction: float, test_fraction: float = 0.0) -> str:
-    x = stable_fraction(key)
-    if x < test_fraction:
-        return "test"
-    if x < test_fraction + val_fraction:
-        return "val"
-    return "train"
+@dataclass(frozen=True)
+class RowSpec:
+    """What `prepare_batch` needs from the config, small enough to ship to every task."""
+
+    n_text_fields: int
+    has_id: bool = False
+    lowercase: bool = False
+    max_chars: int = 20_000
+    pii_kinds: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()  # empty: the label set is whatever the data shows
+
+    @property
+    def fields(self) -> list[str]:
+        """The reader's columns for text fields, label and (optional) id, in that order."""
+        return field_columns(self.n_text_fields + 1 + int(self.has_id))
 
 
-def quarantine_reason(text: str, label: Any) -> str:
-    if is_missing(label) or clean_text(label) == "":
-        return MISSING_LABEL
+def validate(error: str, texts: list[Any], label: str | None, text: str, spec: RowSpec) -> tuple[str, str]:
+    """(reason, detail) for one row, given its raw text fields and its cleaned label and text;
+    ("", "") when it is accepted so far."""
+    if error:
+        return error, "the record could not be parsed" if error == MALFORMED else "bytes that are not UTF-8"
+    if not label:
+        return MISSING_FIELD, "label is missing or empty"
+    if all(t is None for t in texts):
+        return MISSING_FIELD, "every text field is missing"
     if not text:
-        return EMPTY_TEXT
-    return ACCEPTED
+        return EMPTY_TEXT, "no text left after cleaning"
+    if len(text) > spec.max_chars:
+        return TOO_LONG, f"{len(text)} characters > data.max_chars={spec.max_chars}"
+    if spec.labels and label not in spec.labels:
+        return UNKNOWN_LABEL, f"label '{label}' is not in data.labels"
+    return ACCEPTED, ""
 
 
-def prepare_batch(
-    batch: pd.DataFrame,
-    *,
-    text_fields: list[str],
-    label_field: str,
-    val_fraction: float,
-    test_fraction: float,
-    split: str | None = None,
-) -> pd.DataFrame:
-    """Raw rows -> text, label, split and quarantine reason, keeping the original row as JSON
-    so a quarantined row can be inspected and replayed exactly as it came in."""
-    records = batch.to_dict(orient="records")
-    texts = [join_text([row.get(f) for f in text_fields]) for row in records]
-    labels = [None if is_missing(row.get(label_field)) else clean_text(row.get(label_field)) for row in records]
-    if split is None:
-        splits = [assign_split(t, val_fraction, test_fraction) for t in texts]
-    else:
-        splits = [split] * len(records)
-    return pd.DataFrame(
-        {
-            "text": texts,
-            "label": [label or "" for label in labels],
-            "split": splits,
-            "reason": [quarantine_reason(t, label) for t, label in zip(texts, labels)],
-            "raw": [json.dumps(row, default=str, ensure_ascii=False) for row in records],
-        }
+def prepare_row(error: str, texts: list[Any], label: Any, key: Any, spec: RowSpec) -> dict[str, Any]:
+    """One raw row -> text (cleaned, PII masked), label, verdict and the keys the plan needs."""
+    text = "" if error else ". ".join(p for p in (normalize(t, spec.lowercase) for t in texts if t is not None) if p)
+    pii: dict[str, int] = {}
+    if text and spec.pii_kinds:
+        text, pii = mask_pii(text, spec.pii_kinds)
+    label = normalize(label) if label is not None else ""
+    reason, detail = validate(error, texts, label, text, spec)
+    text_hash = stable_hash(text)
+    key = normalize(key) if key is not None else ""
+    return {
+        "text": text if reason in (ACCEPTED, UNKNOWN_LABEL) else text[:1000],
+        "label": label,
+        "reason": reason,
+        "detail": detail,
+        "text_hash": text_hash,
+        # The split key is the id when there is one, else the text (whose hash is at hand).
+        "key_frac": stable_fraction(key) if key else (text_hash + 2**63) / _HASH_SPAN,
+        "n_chars": len(text),
+        "pii": pii,
+    }
+
+
+def prepare_batch(batch: pa.Table, *, spec: RowSpec) -> pa.Table:
+    """Reader rows (see `ingest.reader.schema`) -> prepared rows, one to one."""
+    n = spec.n_text_fields
+    columns = [batch.column(name).to_pylist() for name in spec.fields]
+    texts_by_row = list(zip(*columns[:n]))
+    labels = columns[n]
+    keys = columns[n + 1] if spec.has_id else [None] * batch.num_rows
+    rows = [prepare_row(e, list(t), lab, k, spec)
+            for e, t, lab, k in zip(batch.column("error").to_pylist(), texts_by_row, labels, keys)]
+    out = {name: batch.column(name) for name in ("source", "line", "pos", "role", "raw")}
+    for name, tp in (("text", pa.string()), ("label", pa.string()), ("reason", pa.string()),
+                     ("detail", pa.string()), ("text_hash", pa.int64()), ("key_frac", pa.float64()),
+                     ("n_chars", pa.int32())):
+        out[name] = pa.array([r[name] for r in rows], tp)
+    for kind in spec.pii_kinds:
+        out[f"pii_{kind}"] = pa.array([r["pii"].get(kind, 0) for r in rows], pa.int32())
+    return pa.table(out)
+
+
+# --- the second pass: verdicts that need the whole dataset ------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the first pass over all rows decided, applied row by row in the second.
+
+    `drop_pos`/`drop_reason` (sorted by position) are the duplicates and conflicting labels;
+    `val_cut`/`test_cut` map a label to the key-fraction thresholds of its split (one entry "*"
+    when the split is not stratified)."""
+
+    labels: tuple[str, ...]
+    drop_pos: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    drop_reason: tuple[str, ...] = ()
+    test_cut: dict[str, float] = field(default_factory=dict)
+    val_cut: dict[str, float] = field(default_factory=dict)
+
+    def dropped(self, pos: np.ndarray) -> list[str]:
+        """The dedup verdict per position: "" or DUPLICATE / CONFLICTING_LABEL."""
+        if not len(self.drop_pos):
+            return [""] * len(pos)
+        idx = np.searchsorted(self.drop_pos, pos)
+        idx_ok = np.minimum(idx, len(self.drop_pos) - 1)
+        hit = self.drop_pos[idx_ok] == pos
+        return [self.drop_reason[i] if h else "" for i, h in zip(idx_ok.tolist(), hit.tolist())]
+
+    def split(self, label: str, key_frac: float, role: str) -> str:
+        if role == "test":
+            return "test"
+        test_cut = self.test_cut.get(label, self.test_cut.get("*", 0.0))
+        val_cut = self.val_cut.get(label, self.val_cut.get("*", 0.0))
+        if key_frac < test_cut:
+            return "test"
+        return "val" if key_frac < val_cut else "train"
+
+
+_DROP_DETAIL = {DUPLICATE: "same text as an earlier row", CONFLICTING_LABEL: "same text appears with another label"}
+
+
+def finalize_batch(batch: pa.Table, *, plan: Plan) -> pa.Table:
+    """Prepared rows -> final reason and split. Adds `split`; reasons set in pass one stay."""
+    reasons = batch.column("reason").to_pylist()
+    details = batch.column("detail").to_pylist()
+    labels = batch.column("label").to_pylist()
+    dropped = plan.dropped(batch.column("pos").to_numpy())
+    known = set(plan.labels)
+    splits = []
+    for i, (label, frac, role) in enumerate(zip(labels, batch.column("key_frac").to_pylist(), batch.column("role").to_pylist())):
+        if reasons[i] == ACCEPTED and dropped[i]:
+            reasons[i], details[i] = dropped[i], _DROP_DETAIL[dropped[i]]
+        elif reasons[i] == ACCEPTED and label not in known:
+            reasons[i], details[i] = UNKNOWN_LABEL, f"label '{label}' never occurs in the training data"
+        splits.append(plan.split(label, frac, role))
+    return (
+        batch.set_column(batch.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
+        .set_column(batch.schema.get_field_index("detail"), "detail", pa.array(details, pa.string()))
+        .append_column("split", pa.array(splits, pa.string()))
     )
-
-
-def mark_unknown_labels(batch: pd.DataFrame, *, label_names: list[str]) -> pd.DataFrame:
-    """Quarantine accepted rows whose label the training data never showed (e.g. in a test file)."""
-    known = set(label_names)
-    unknown = (batch["reason"] == ACCEPTED) & ~batch["label"].isin(known)
-    batch = batch.copy()
-    batch.loc[unknown, "reason"] = UNKNOWN_LABEL
-    return batch

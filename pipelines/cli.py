@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--dataset", help="ingested dataset directory (default: <output_dir>/dataset)")
         if name in ("evaluate", "serve", "predict"):
             p.add_argument("--model", help="model dir or MLflow URI (default: the registry's champion)")
+        if name in ("run", "ingest"):
+            p.add_argument("--force", action="store_true", help="ingest again even if the output matches the source")
         if name == "evaluate":
             p.add_argument("--register", action="store_true", help="gate and register the model afterwards")
         if name == "predict":
@@ -59,8 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from pipelines import commands  # heavy imports (ray, torch, mlflow) only once the config is good
 
+    from raylane.sources import IngestError
+
     try:
         return getattr(commands, args.command)(cfg, args)
+    except IngestError as err:  # a whole-file problem: the message names the file and column
+        print(f"raylane: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

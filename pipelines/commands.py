@@ -36,21 +36,18 @@ def pipeline_run(cfg: PipelineConfig, command: str) -> Iterator[RunRef]:
 
 
 def _dataset(cfg: PipelineConfig, args: argparse.Namespace) -> DatasetInfo:
-    return open_dataset(getattr(args, "dataset", None) or str(cfg.output_path / "dataset"))
+    return open_dataset(getattr(args, "dataset", None) or cfg.data.output_uri or str(cfg.output_path / "dataset"))
 
 
 # --- stages, each a nested run ----------------------------------------------------------------
 
 
-def ingest_stage(cfg: PipelineConfig, parent: RunRef) -> DatasetInfo:
-    from ingest.stage import run as ingest
+def ingest_stage(cfg: PipelineConfig, parent: RunRef, force: bool = False) -> DatasetInfo:
+    from ingest.stage import format_summary, run as ingest
 
     with start_run(cfg, "ingest", parent) as run:
-        result = ingest(cfg, cfg.output_path / "dataset", run)
-    c = result.counts
-    print(f"\ningest: {c['input']} rows in, {c['accepted']} accepted, {c['quarantined']} quarantined "
-          f"{c['quarantine_reasons'] or ''}; splits {result.dataset.manifest['splits']}; "
-          f"{result.dataset.manifest['elapsed_s']:.0f}s -> {result.dataset.uri}")
+        result = ingest(cfg, run, force=force)
+    print(f"\ningest:\n{format_summary(result)}")
     return result.dataset
 
 
@@ -104,10 +101,18 @@ def register_stage(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, ev
 # --- commands ---------------------------------------------------------------------------------
 
 
+def _check_sources(cfg: PipelineConfig) -> None:
+    """Whole-file problems (empty, unreadable, a column missing) fail here, before Ray starts."""
+    from ingest.inputs import source_tasks
+
+    source_tasks(cfg)
+
+
 def ingest(cfg: PipelineConfig, args: argparse.Namespace) -> int:
+    _check_sources(cfg)
     init_ray()
     with pipeline_run(cfg, "ingest") as run:
-        ingest_stage(cfg, run)
+        ingest_stage(cfg, run, force=args.force)
     return 0
 
 
@@ -168,9 +173,10 @@ def run(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     from serve.deploy import deploy, predict_http
 
     started = time.time()
+    _check_sources(cfg)
     init_ray()
     with pipeline_run(cfg, "run") as parent:
-        dataset = ingest_stage(cfg, parent)
+        dataset = ingest_stage(cfg, parent, force=args.force)
         best = tune_stage(cfg, dataset, parent) if cfg.sweep.enabled else train_stage(cfg, dataset, parent)
         evaluation = evaluate_stage(cfg, best.model_dir, dataset, parent)
         reg = register_stage(cfg, best.model_dir, dataset, evaluation, parent)

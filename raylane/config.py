@@ -59,9 +59,23 @@ class DataConfig:
     val_fraction: float = opt(0.15, "Share of the source rows routed to validation (by a stable hash of the text).")
     test_fraction: float = opt(0.15, "Share routed to test when test_source is empty.")
     max_length: int = opt(128, "Tokens kept per text (longer texts are truncated).")
+    id_field: str = opt("", "Column with a stable row id used as the split key; empty uses the cleaned text.")
+    labels: list[str] = opt([], "Allowed labels (others are quarantined); empty takes the labels the data shows.")
+    stratify: bool = opt(False, "Split each label in the configured proportions (exact), not just in expectation.")
+    lowercase: bool = opt(False, "Lower-case texts while cleaning (for uncased models).")
+    dedup: bool = opt(True, "Quarantine repeated texts (keeping the first) and texts seen with conflicting labels.")
+    max_chars: int = opt(20000, "Longest text accepted, in characters after cleaning; longer rows are quarantined.")
+    mask_pii: list[Literal["email", "url", "ip", "card", "phone"]] = opt(
+        ["email", "url", "ip", "card", "phone"],
+        "Personal data replaced by typed placeholders ([EMAIL], ...) before tokenizing; [] disables.",
+    )
+    shard_mb: float = opt(64.0, "Target size of each written Parquet shard, in MiB.")
+    output_uri: str = opt("", "Where the tokenized dataset goes (path or s3://, gs:// URI); empty: <output_dir>/dataset.")
 
     def __post_init__(self) -> None:
         _require(bool(self.text_fields), "text_fields", "needs at least one column")
+        _require(self.max_chars >= 1, "max_chars", "must be >= 1")
+        _require(self.shard_mb > 0, "shard_mb", "must be > 0")
         _require(0.0 < self.val_fraction < 0.5, "val_fraction", "must be in (0, 0.5)")
         _require(0.0 < self.test_fraction < 0.5, "test_fraction", "must be in (0, 0.5)")
         _require(8 <= self.max_length <= 8192, "max_length", "must be in [8, 8192]")
@@ -188,13 +202,15 @@ class ResourcesConfig:
     num_workers: int = opt(1, "Ray Train workers (0 runs the loop in the driver process: tests only).")
     use_gpu: bool = opt(False, "One GPU per training worker.")
     cpus_per_worker: float = opt(1.0, "CPUs reserved per training worker; also its torch thread count.")
-    tokenize_actors: int = opt(1, "Ray Data actors that tokenize during ingest (each loads the tokenizer once).")
+    tokenize_actors: int = opt(
+        0, "Ray Data actors that tokenize during ingest (each builds the tokenizer once); 0: one per CPU."
+    )
     predict_actors: int = opt(1, "Ray Data actors that score data in evaluate and predict.")
 
     def __post_init__(self) -> None:
         _require(self.num_workers >= 0, "num_workers", "must be >= 0")
         _require(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
-        _require(self.tokenize_actors >= 1, "tokenize_actors", "must be >= 1")
+        _require(self.tokenize_actors >= 0, "tokenize_actors", "must be >= 0")
         _require(self.predict_actors >= 1, "predict_actors", "must be >= 1")
 
 

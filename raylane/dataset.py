@@ -1,17 +1,17 @@
-"""A tokenized dataset as stages exchange it: a directory (or URI) of Parquet shards per split
-plus `manifest.json`, which carries the counts, the label map and what produced it."""
+"""A tokenized dataset as stages exchange it: a directory or object-storage URI holding one
+Hive-style Parquet partition per split (`split=train/`, ...) plus `manifest.json`, which carries
+the counts, the label map and what produced it."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
 # Columns every tokenized split carries; `text` stays for evaluation slices and error analysis.
-COLUMNS = ("text", "label", "input_ids")
+COLUMNS = ("text", "label", "input_ids", "length")
 
 
 @dataclass(frozen=True)
@@ -24,24 +24,47 @@ class DatasetInfo:
         return list(self.manifest["labels"])
 
     def split_uri(self, split: str) -> str:
-        return f"{self.uri.rstrip('/')}/{split}"
+        return join(self.uri, f"split={split}")
 
     def read_split(self, split: str):
         """The split as a Ray Dataset (lazy: nothing is read until it is consumed)."""
         import ray.data
 
-        return ray.data.read_parquet(self.split_uri(split))
+        # partitioning=None: the directory name must not come back as a `split` column.
+        return ray.data.read_parquet(self.split_uri(split), partitioning=None)
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *parts])
+
+
+def read_manifest(uri: str) -> dict[str, Any] | None:
+    from raylane.sources import filesystem
+
+    fs, path = filesystem(join(uri, MANIFEST))
+    try:
+        with fs.open_input_stream(path) as stream:
+            return json.loads(stream.read())
+    except (FileNotFoundError, OSError):
+        return None
 
 
 def open_dataset(uri: str) -> DatasetInfo:
-    path = Path(uri).expanduser()
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
+    from raylane.config import REMOTE_SCHEMES
+    from raylane.sources import filesystem
+
+    manifest = read_manifest(uri)
+    if manifest is None:
         raise FileNotFoundError(f"{uri} is not a raylane dataset: no {MANIFEST} (run `python -m pipelines ingest`)")
-    return DatasetInfo(str(path.resolve()), json.loads(manifest_path.read_text()))
+    if not uri.startswith(REMOTE_SCHEMES):
+        uri = filesystem(uri)[1]  # absolute: Tune trials run in directories of their own
+    return DatasetInfo(uri, manifest)
 
 
-def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> Path:
-    target = Path(directory) / MANIFEST
-    target.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str))
-    return target
+def write_manifest(uri: str, manifest: dict[str, Any]) -> str:
+    from raylane.sources import filesystem
+
+    fs, path = filesystem(join(uri, MANIFEST))
+    with fs.open_output_stream(path) as stream:
+        stream.write(json.dumps(manifest, indent=2, default=str).encode())
+    return join(uri, MANIFEST)

@@ -1,52 +1,121 @@
-"""Open a source (path, glob or URI of CSV/TSV/JSONL/Parquet shards) as a Ray Dataset.
+"""Find the files behind a source (a path, directory, glob or URI of CSV/TSV/JSONL/Parquet shards)
+and open them through pyarrow file systems, local or object storage alike.
 
 Shared by ingest (training data) and batch prediction (data to score)."""
 
 from __future__ import annotations
 
+import fnmatch
 import glob
+import hashlib
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from raylane.config import REMOTE_SCHEMES, DataConfig, resolve_input
 
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+_GLOB_CHARS = ("*", "?", "[")
 
 
 class IngestError(ValueError):
-    """A whole-source problem (no files, missing column): fails the stage, naming the file."""
+    """A whole-source problem (no files, unreadable or empty file, missing column): fails the
+    stage in seconds, naming the file."""
 
 
-def expand(source: str) -> list[str]:
-    """Local globs expand here so an empty match fails now, not inside a Ray task."""
-    if source.startswith(REMOTE_SCHEMES):
-        return [source]
-    paths = sorted(glob.glob(resolve_input(source)))
-    if not paths:
+@dataclass(frozen=True)
+class SourceFile:
+    """One input file. `fs` is a pyarrow FileSystem (picklable, so Ray tasks open the file
+    themselves); `uri` is what people see in errors and the manifest."""
+
+    uri: str
+    path: str
+    fs: Any
+    size: int
+    format: str
+
+    def open(self):
+        return self.fs.open_input_stream(self.path)
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        with self.open() as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+
+def filesystem(uri: str):
+    """(pyarrow FileSystem, path within it) for a local path or an object-storage URI."""
+    import pyarrow.fs as pafs
+
+    if uri.startswith(REMOTE_SCHEMES):
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def _scheme(uri: str) -> str:
+    return uri.split("://", 1)[0] + "://" if "://" in uri else ""
+
+
+def list_files(source: str, fmt: str = "auto") -> list[SourceFile]:
+    """Every file the source names, sorted, with its format; an empty match fails now, not
+    inside a Ray task."""
+    import pyarrow.fs as pafs
+
+    remote = source.startswith(REMOTE_SCHEMES)
+    if remote:
+        first_glob = min((source.find(c) for c in _GLOB_CHARS if c in source), default=-1)
+        base_uri = source if first_glob < 0 else source[: source.rfind("/", 0, first_glob)]
+        fs, base = pafs.FileSystem.from_uri(base_uri)
+        pattern = base + source[len(base_uri):] if first_glob >= 0 else None
+        info = fs.get_file_info(base)
+        if info.type == pafs.FileType.File and pattern is None:
+            infos = [info]
+        else:
+            infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+            infos = [i for i in infos if i.type == pafs.FileType.File and (pattern is None or fnmatch.fnmatch(i.path, pattern))]
+        prefix = _scheme(source)
+    else:
+        fs = pafs.LocalFileSystem()
+        matched = sorted(glob.glob(resolve_input(source)))
+        paths: list[str] = []
+        for m in matched:
+            paths.extend(sorted(str(p) for p in Path(m).rglob("*") if p.is_file()) if os.path.isdir(m) else [m])
+        infos = fs.get_file_info([os.path.abspath(p) for p in paths])
+        prefix = ""
+    infos = [i for i in infos if not Path(i.path).name.startswith((".", "_"))]  # _SUCCESS, .crc, ...
+    if not infos:
         raise IngestError(f"no file matches '{source}'")
-    return paths
+    files = [SourceFile(prefix + i.path, i.path, fs, i.size, _format(i.path, fmt)) for i in sorted(infos, key=lambda i: i.path)]
+    return files
 
 
-def detect_format(paths: list[str], fmt: str) -> str:
+def _format(path: str, fmt: str) -> str:
     if fmt != "auto":
         return fmt
-    suffix = Path(paths[0].rstrip("/")).suffix.lower()
+    suffix = Path(path).suffix.lower()
     if suffix not in _EXTENSIONS:
-        raise IngestError(f"cannot tell the format of '{paths[0]}'; set data.format")
+        raise IngestError(f"cannot tell the format of '{path}' from its extension; set data.format")
     return _EXTENSIONS[suffix]
 
 
 def read_source(source: str, data: DataConfig, required: list[str] | None = None):
-    """Open the source lazily; CSV columns in `required` (default: text fields and label) are read as strings."""
+    """Open the source lazily as a Ray Dataset; CSV columns in `required` (default: text fields
+    and label) are read as strings. For data to score: ingest reads rows itself, row by row, so
+    it can quarantine what these readers would choke on."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import ray.data
 
-    paths = expand(source)
-    fmt = detect_format(paths, data.format)
+    files = list_files(source, data.format)
+    paths, fs, fmt = [f.path for f in files], files[0].fs, files[0].format
     if fmt in ("csv", "tsv"):
         columns = required if required is not None else [*data.text_fields, data.label_field]
         return ray.data.read_csv(
             paths,
+            filesystem=fs,
             # Descriptions hold quoted newlines; labels like "0"/"1" must stay strings.
             parse_options=pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
@@ -54,12 +123,5 @@ def read_source(source: str, data: DataConfig, required: list[str] | None = None
             ),
         )
     if fmt == "jsonl":
-        return ray.data.read_json(paths, lines=True)
-    return ray.data.read_parquet(paths)
-
-
-def check_columns(ds, source: str, data: DataConfig) -> None:
-    names = set(ds.schema().names)
-    for column in (*data.text_fields, data.label_field):
-        if column not in names:
-            raise IngestError(f"{source}: required column '{column}' is missing (found: {sorted(names)})")
+        return ray.data.read_json(paths, filesystem=fs, lines=True)
+    return ray.data.read_parquet(paths, filesystem=fs)

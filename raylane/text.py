@@ -20,7 +20,9 @@ def clean_text(value: Any) -> str:
     """NFKC-normalise, drop control characters, collapse runs of whitespace."""
     if is_missing(value):
         return ""
-    text = unicodedata.normalize("NFKC", str(value))
+    text = str(value)
+    if not text.isascii():  # NFKC leaves ASCII as it is; most rows skip the call
+        text = unicodedata.normalize("NFKC", text)
     text = _CONTROL.sub(" ", text)
     return _WHITESPACE.sub(" ", text).strip()
 

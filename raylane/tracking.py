@@ -80,6 +80,17 @@ class RunRef:
             target.write_text(json.dumps(data, indent=2, default=str))
             self.log_artifact(target)
 
+    def log_dataset(self, uri: str, name: str, digest: str, context: str) -> None:
+        """Record a dataset as an input of this run (MLflow's "Datasets used" panel), by
+        reference: its location and digest, not its rows."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        dataset = MetaDataset(resolve_dataset_source(uri), name=name, digest=digest)
+        tag = InputTag(key="mlflow.data.context", value=context)
+        _client(self.tracking_uri).log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(), [tag])])
+
     def log_figure(self, figure: Any, file_name: str) -> None:
         _client(self.tracking_uri).log_figure(self.run_id, figure, file_name)
 

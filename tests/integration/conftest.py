@@ -21,4 +21,4 @@ def smoke_dataset(ray_session, smoke_cfg_factory):
     from ingest.stage import run as ingest
 
     cfg = smoke_cfg_factory()
-    return ingest(cfg, cfg.output_path / "dataset").dataset
+    return ingest(cfg).dataset

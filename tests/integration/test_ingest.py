@@ -1,11 +1,22 @@
 import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
 
-import pandas as pd
+import pyarrow.dataset as pads
 import pytest
-import ray.data
 
 from ingest.stage import run as ingest
+from raylane.config import PROJECT_ROOT
+from raylane.dataset import read_manifest
 from raylane.sources import IngestError
+from tests import ingest_corpus
+from tests.s3_server import s3_server
+
+pytestmark = pytest.mark.integration
 
 
 def test_embedded_data_is_fully_accounted_for(smoke_dataset):
@@ -13,41 +24,120 @@ def test_embedded_data_is_fully_accounted_for(smoke_dataset):
     assert m["counts"]["input"] == 764 + 191
     assert m["counts"]["input"] == m["counts"]["accepted"] + m["counts"]["quarantined"]
     assert sum(m["splits"].values()) == m["counts"]["accepted"]
-    assert m["splits"]["test"] == 191  # the holdout file is the test split, whole
     assert m["labels"] == ["computer-vision", "mlops", "natural-language-processing", "other"]
+    assert m["label2id"] == {name: i for i, name in enumerate(m["labels"])}
     for split, n in m["splits"].items():
         rows = smoke_dataset.read_split(split).take_all()
         assert len(rows) == n
         assert sum(m["class_counts"][split].values()) == n
+        assert set(rows[0]) == {"text", "label", "input_ids", "length"}
     row = smoke_dataset.read_split("train").take(1)[0]
     assert 0 <= row["label"] < 4
-    assert row["input_ids"][0] == 101 and len(row["input_ids"]) <= 64  # [CLS] ... truncated at max_length
+    assert row["input_ids"][0] == 101 and len(row["input_ids"]) == row["length"] <= 64  # [CLS] ..., truncated
+    lengths = m["token_lengths"]["train"]
+    assert 0 < lengths["p50"] <= lengths["p95"] <= lengths["max"] <= 64
+    assert [s["role"] for s in m["sources"]] == ["test", "data"]
+    assert all(len(s["sha256"]) == 64 and s["size"] > 0 for s in m["sources"])
 
 
-def test_dirty_rows_are_quarantined_with_reasons(ray_session, smoke_cfg_factory, tmp_path):
-    good = [{"title": f"paper {i}", "description": "about things", "tag": "a" if i % 2 else "b"} for i in range(40)]
-    bad = [
-        {"title": "", "description": "  ", "tag": "a"},  # empty text
-        {"title": "no label", "description": "x", "tag": None},  # missing label
-    ]
-    pd.DataFrame(good + bad).to_csv(tmp_path / "train.csv", index=False)
-    pd.DataFrame([{"title": "t1", "description": "d", "tag": "a"},
-                  {"title": "t2", "description": "d", "tag": "zzz"}]).to_csv(tmp_path / "test.csv", index=False)
-    cfg = smoke_cfg_factory(f"data.source={tmp_path}/train.csv", f"data.test_source={tmp_path}/test.csv",
+def test_bad_file_corpus_is_quarantined_row_by_row_and_reconciles(ray_session, smoke_cfg_factory, tmp_path):
+    source = ingest_corpus.write(ingest_corpus.ROW_CASES, tmp_path / "corpus")
+    cfg = smoke_cfg_factory(f"data.source={source}", "data.test_source=''", "data.labels=[a, b]",
                             out=tmp_path / "out")
-    manifest = ingest(cfg, tmp_path / "ds").dataset.manifest
-    counts = manifest["counts"]
-    assert counts["input"] == 44
-    assert counts["quarantined"] == 3
-    assert counts["quarantine_reasons"] == {"empty_text": 1, "missing_label": 1, "unknown_label": 1}
-    quarantined = ray.data.read_parquet(str(tmp_path / "ds" / "quarantine")).to_pandas()
-    assert sorted(quarantined["reason"]) == ["empty_text", "missing_label", "unknown_label"]
-    raw = [json.loads(r) for r in quarantined["raw"]]
-    assert {"title": "t2", "description": "d", "tag": "zzz"} in raw  # the original row, as it came in
+    result = ingest(cfg)
+    m = result.dataset.manifest
+    expected = ingest_corpus.ROW_CASES
+
+    assert m["counts"]["input"] == sum(c.rows for c in expected)
+    assert m["counts"]["input"] == m["counts"]["accepted"] + m["counts"]["quarantined"]
+    assert m["counts"]["accepted"] == sum(c.accepted for c in expected)
+    want_reasons = Counter()
+    for case in expected:
+        want_reasons.update(case.reasons)
+    assert m["counts"]["quarantine_reasons"] == dict(want_reasons)
+
+    quarantined = pads.dataset(Path(result.dataset.uri) / "quarantine").to_table().to_pylist()
+    by_file: dict[str, Counter] = {}
+    for row in quarantined:
+        by_file.setdefault(Path(row["source"]).name, Counter())[row["reason"]] += 1
+        assert row["raw"] and row["detail"] and row["line"] >= 1
+    for case in expected:
+        assert dict(by_file.get(case.name, {})) == case.reasons, case.name
+    undecodable = next(r for r in quarantined if r["reason"] == "undecodable")
+    assert "\\xff" in undecodable["raw"]  # the original bytes, visible
+    written = sum(pads.dataset(Path(result.dataset.uri) / f"split={s}").count_rows() for s in ("train", "val", "test"))
+    assert written == m["counts"]["accepted"]
+
+    # Caching: same sources and config -> reused; a config change or --force -> rerun.
+    started = time.time()
+    again = ingest(cfg)
+    assert again.cached and again.dataset.manifest["created_at"] == m["created_at"]
+    assert time.time() - started < 20
+    forced = ingest(cfg, force=True)
+    assert not forced.cached and forced.dataset.manifest["counts"] == m["counts"]
 
 
-def test_missing_column_fails_naming_file_and_column(ray_session, smoke_cfg_factory, tmp_path):
-    pd.DataFrame({"title": ["a"], "label": ["x"]}).to_csv(tmp_path / "t.csv", index=False)
+@pytest.mark.parametrize("name, content, message", ingest_corpus.FILE_CASES, ids=[c[0] for c in ingest_corpus.FILE_CASES])
+def test_whole_file_problems_fail_in_seconds_naming_the_file(tmp_path, tiny_model, name, content, message):
+    ingest_corpus.write(ingest_corpus.ROW_CASES[:1], tmp_path / "corpus")
+    (tmp_path / "corpus" / name).write_bytes(content)
+    started = time.time()
+    out = subprocess.run(
+        [sys.executable, "-m", "pipelines", "ingest", f"data.source={tmp_path}/corpus", "data.test_source=",
+         f"model.name_or_path={tiny_model}", f"output_dir={tmp_path}/out"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert name in out.stderr and message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert time.time() - started < 30  # before Ray starts: no cluster, no compute
+    assert not (tmp_path / "out" / "dataset").exists()
+
+
+def test_object_storage_in_and_out(tmp_path, tiny_model):
+    """Shards read from and dataset written to a real S3 server (moto) on loopback, by the CLI."""
+    with s3_server(tmp_path) as s3:
+        s3.make_bucket("raw-data")
+        fs = s3.filesystem()
+        cases = {c.name: c for c in ingest_corpus.ROW_CASES}
+        for name in ("good.csv", "bad_utf8.csv", "duplicates.jsonl"):
+            with fs.open_output_stream(f"raw-data/shards/{name}") as f:
+                f.write(cases[name].content)
+        env = {**os.environ, **s3.env()}
+        env.pop("RAY_ADDRESS", None)
+        cmd = [sys.executable, "-m", "pipelines", "ingest", "data.source=s3://raw-data/shards/*", "data.test_source=",
+               "data.output_uri=s3://raw-data/tokenized", f"model.name_or_path={tiny_model}", f"output_dir={tmp_path}/out"]
+        out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "rows read" in out.stdout and "quarantined" in out.stdout  # the summary table
+
+        os.environ.update(s3.env())  # read_manifest opens s3:// through the same pyarrow env
+        try:
+            m = read_manifest("s3://raw-data/tokenized")
+        finally:
+            for key in s3.env():
+                os.environ.pop(key, None)
+        picked = [cases[n] for n in ("good.csv", "bad_utf8.csv", "duplicates.jsonl")]
+        assert m["counts"]["input"] == sum(c.rows for c in picked)
+        assert m["counts"]["accepted"] == sum(c.accepted for c in picked)
+        assert all(s["uri"].startswith("s3://raw-data/shards/") for s in m["sources"])
+        train = pads.dataset("raw-data/tokenized/split=train", filesystem=fs, format="parquet").to_table()
+        assert train.num_rows == m["splits"]["train"] > 0
+        quarantine = pads.dataset("raw-data/tokenized/quarantine", filesystem=fs, format="parquet").to_table()
+        assert quarantine.num_rows == m["counts"]["quarantined"]
+
+
+def test_missing_column_raises_naming_file_and_column(smoke_cfg_factory, tmp_path):
+    (tmp_path / "t.csv").write_text("title,label\na,x\n")
     cfg = smoke_cfg_factory(f"data.source={tmp_path}/t.csv", "data.test_source=''", out=tmp_path / "out")
     with pytest.raises(IngestError, match=r"t\.csv: required column 'description'"):
-        ingest(cfg, tmp_path / "ds")
+        ingest(cfg)
+
+
+def test_shards_follow_the_target_size(ray_session, smoke_cfg_factory, tmp_path):
+    cfg = smoke_cfg_factory("data.shard_mb=0.02", out=tmp_path / "out")
+    result = ingest(cfg)
+    files = list((Path(result.dataset.uri) / "split=train").glob("*.parquet"))
+    assert len(files) >= 3
+    assert result.dataset.manifest["shards"]["train"] == len(files)
+    assert json.loads((Path(result.dataset.uri) / "manifest.json").read_text())["counts"]["input"] == 955

@@ -1,36 +1,55 @@
-import json
+import random
 from collections import Counter
 
-import pandas as pd
+import numpy as np
+import pyarrow as pa
 import pytest
 
+from ingest.plan import RowIndex, build_plan, find_duplicates
+from ingest.reader import FileTask, read_file
+from ingest.tokenize import TokenizeBatch, tokenizer_definition
 from ingest.transforms import (
     ACCEPTED,
+    CONFLICTING_LABEL,
+    DUPLICATE,
     EMPTY_TEXT,
-    MISSING_LABEL,
+    MISSING_FIELD,
+    TOO_LONG,
     UNKNOWN_LABEL,
-    assign_split,
-    mark_unknown_labels,
+    Plan,
+    RowSpec,
+    finalize_batch,
+    normalize,
     prepare_batch,
+    prepare_row,
     stable_fraction,
+    stable_hash,
+    validate,
 )
-from raylane.text import clean_text, join_text
+from raylane.sources import list_files
+from raylane.text import join_text
+from tests import ingest_corpus
+
+SPEC = RowSpec(n_text_fields=2, pii_kinds=("email", "url", "ip", "card", "phone"), max_chars=50)
 
 
 @pytest.mark.parametrize(
-    "raw, clean",
+    "raw, lowercase, clean",
     [
-        ("  hello   world ", "hello world"),
-        ("tab\tand\nnewline\r\n", "tab and newline"),
-        ("ﬁne ＡＢＣ", "fine ABC"),  # NFKC folds ligatures and full-width letters
-        ("bell\x07char", "bell char"),
-        (None, ""),
-        (float("nan"), ""),
-        (42, "42"),
+        ("  hello   world ", False, "hello world"),
+        ("tab\tand\nnewline\r\n", False, "tab and newline"),
+        ("ﬁne ＡＢＣ", False, "fine ABC"),  # NFKC folds ligatures and full-width letters
+        ("e\u0301te\u0301", False, "été"),  # combining accents composed
+        ("bell\x07char\x00", False, "bell char"),
+        ("Mixed CASE Text", True, "mixed case text"),
+        ("Straße", True, "straße"),
+        (None, False, ""),
+        (float("nan"), False, ""),
+        (42, False, "42"),
     ],
 )
-def test_clean_text(raw, clean):
-    assert clean_text(raw) == clean
+def test_normalize(raw, lowercase, clean):
+    assert normalize(raw, lowercase) == clean
 
 
 @pytest.mark.parametrize(
@@ -46,39 +65,166 @@ def test_join_text(parts, text):
     assert join_text(parts) == text
 
 
-def test_split_is_stable_and_proportional():
+@pytest.mark.parametrize(
+    "error, texts, label, text, reason",
+    [
+        ("malformed_row", [None, None], None, "", "malformed_row"),
+        ("undecodable", [None, None], None, "", "undecodable"),
+        ("", ["t", "d"], None, "t. d", MISSING_FIELD),
+        ("", ["t", "d"], "", "t. d", MISSING_FIELD),
+        ("", [None, None], "a", "", MISSING_FIELD),
+        ("", ["", " "], "a", "", EMPTY_TEXT),
+        ("", ["x" * 51, None], "a", "x" * 51, TOO_LONG),
+        ("", ["x" * 50, None], "a", "x" * 50, ACCEPTED),
+        ("", ["t", None], "a", "t", ACCEPTED),
+    ],
+)
+def test_validate_gives_the_first_reason_that_applies(error, texts, label, text, reason):
+    assert validate(error, texts, label, text, SPEC)[0] == reason
+
+
+def test_configured_label_set_quarantines_others():
+    spec = RowSpec(n_text_fields=1, labels=("a", "b"))
+    assert validate("", ["t"], "a", "t", spec)[0] == ACCEPTED
+    assert prepare_row("", ["t"], " b ", None, spec)["reason"] == ACCEPTED  # labels are cleaned too
+    assert validate("", ["t"], "c", "t", spec)[0] == UNKNOWN_LABEL
+
+
+@pytest.mark.parametrize(
+    "texts, masked, pii",
+    [
+        (["Mail jo@example.com", None], "Mail [EMAIL]", {"email": 1}),
+        (["See https://x.io/a", "call +1 (555) 123-4567"], "See [URL]. call [PHONE]", {"url": 1, "phone": 1}),
+        (["Released 2019-2020, v3.10.2", None], "Released 2019-2020, v3.10.2", {}),
+    ],
+)
+def test_prepare_row_masks_pii_before_anything_is_stored(texts, masked, pii):
+    row = prepare_row("", texts, "a", None, SPEC)
+    assert row["text"] == masked and row["pii"] == pii
+    assert row["text_hash"] == stable_hash(masked)
+
+
+def test_split_key_is_the_id_when_configured_else_the_text():
+    spec = RowSpec(n_text_fields=1, has_id=True)
+    with_id = prepare_row("", ["some text"], "a", "row-17", spec)
+    without = prepare_row("", ["some text"], "a", None, spec)
+    assert with_id["key_frac"] == stable_fraction("row-17")
+    assert without["key_frac"] == stable_fraction("some text")
+
+
+def test_stable_fraction_is_uniform_and_fixed_by_the_key():
     keys = [f"text number {i}" for i in range(20000)]
-    first = [assign_split(k, 0.15, 0.1) for k in keys]
-    assert first == [assign_split(k, 0.15, 0.1) for k in reversed(keys)][::-1]
-    counts = Counter(first)
-    assert counts["test"] / len(keys) == pytest.approx(0.10, abs=0.01)
-    assert counts["val"] / len(keys) == pytest.approx(0.15, abs=0.01)
-    assert all(0 <= stable_fraction(k) < 1 for k in keys[:100])
+    fracs = [stable_fraction(k) for k in keys]
+    assert fracs == [stable_fraction(k) for k in keys]
+    assert all(0 <= f < 1 for f in fracs)
+    assert np.histogram(fracs, bins=10, range=(0, 1))[0].min() > 1800
 
 
-def test_prepare_batch_quarantines_with_reasons_and_keeps_the_raw_row():
-    batch = pd.DataFrame(
-        {
-            "title": ["Good one", None, "No label", "  "],
-            "description": ["with text", None, "here", None],
-            "tag": ["nlp", "cv", None, "cv"],
-        }
-    )
-    out = prepare_batch(batch, text_fields=["title", "description"], label_field="tag", val_fraction=0.2,
-                        test_fraction=0.0)
-    assert list(out["reason"]) == [ACCEPTED, EMPTY_TEXT, MISSING_LABEL, EMPTY_TEXT]
-    assert out.loc[0, "text"] == "Good one. with text"
-    assert json.loads(out.loc[2, "raw"])["title"] == "No label"
-    assert set(out["split"]) <= {"train", "val"}
+def test_a_row_keeps_its_split_whatever_the_shard_order_and_as_data_grows():
+    plan = Plan(labels=("a",), test_cut={"*": 0.1}, val_cut={"*": 0.25})
+    keys = [f"row {i}" for i in range(5000)]
+    split = {k: plan.split("a", stable_fraction(k), "data") for k in keys}
+    shuffled = keys[:]
+    random.Random(0).shuffle(shuffled)
+    assert {k: plan.split("a", stable_fraction(k), "data") for k in shuffled} == split
+    counts = Counter(split.values())
+    assert counts["test"] / 5000 == pytest.approx(0.10, abs=0.015)
+    assert counts["val"] / 5000 == pytest.approx(0.15, abs=0.015)
+    assert plan.split("a", 0.0, "test") == "test"  # an explicit test source stays test
 
 
-def test_prepare_batch_forces_the_split_of_a_test_source():
-    batch = pd.DataFrame({"t": ["a", "b"], "y": ["x", "y"]})
-    out = prepare_batch(batch, text_fields=["t"], label_field="y", val_fraction=0.2, test_fraction=0.0, split="test")
-    assert list(out["split"]) == ["test", "test"]
+@pytest.mark.parametrize(
+    "rows, dropped",
+    [
+        ([(1, 7, 0), (2, 7, 0), (3, 8, 0)], {2: DUPLICATE}),  # later copy dropped
+        ([(5, 7, 0), (2, 7, 0)], {5: DUPLICATE}),  # lowest position kept, not first seen
+        ([(1, 7, 0), (2, 7, 1), (3, 7, 0)], {1: CONFLICTING_LABEL, 2: CONFLICTING_LABEL, 3: CONFLICTING_LABEL}),
+        ([(1, 7, 0), (2, 8, 1)], {}),
+        ([], {}),
+    ],
+)
+def test_find_duplicates(rows, dropped):
+    pos, h, lab = (np.asarray(c, np.int64) for c in zip(*rows)) if rows else (np.zeros(0, np.int64),) * 3
+    drop_pos, conflict = find_duplicates(pos, h, lab.astype(np.int32))
+    got = {int(p): CONFLICTING_LABEL if c else DUPLICATE for p, c in zip(drop_pos, conflict)}
+    assert got == dropped
 
 
-def test_unknown_labels_are_quarantined_and_others_untouched():
-    batch = pd.DataFrame({"label": ["a", "z", "b", "z"], "reason": [ACCEPTED, ACCEPTED, EMPTY_TEXT, EMPTY_TEXT]})
-    out = mark_unknown_labels(batch, label_names=["a", "b"])
-    assert list(out["reason"]) == [ACCEPTED, UNKNOWN_LABEL, EMPTY_TEXT, EMPTY_TEXT]
+def _index(rows: list[dict]) -> RowIndex:
+    index = RowIndex()
+    cols = {k: [r[k] for r in rows] for k in ("pos", "role", "reason", "label", "text_hash", "key_frac", "n_chars")}
+    index.add(pa.table(cols))
+    return index
+
+
+def test_stratified_split_gives_every_label_its_exact_share():
+    rng = random.Random(1)
+    rows = [{"pos": i, "role": "data", "reason": "", "label": "rare" if i % 10 == 0 else "common",
+             "text_hash": i, "key_frac": rng.random(), "n_chars": 5} for i in range(2000)]
+    verdicts = build_plan(_index(rows), labels=(), dedup=True, stratify=True, val_fraction=0.2, test_fraction=0.1,
+                          source="x")
+    cc = verdicts.counts["class_counts"]
+    assert (cc["test"]["rare"], cc["val"]["rare"], cc["train"]["rare"]) == (20, 40, 140)
+    assert (cc["test"]["common"], cc["val"]["common"], cc["train"]["common"]) == (180, 360, 1260)
+
+
+def test_plan_counts_reconcile_and_test_rows_win_duplicates():
+    rows = [
+        {"pos": 0, "role": "test", "reason": "", "label": "a", "text_hash": 1, "key_frac": 0.9, "n_chars": 3},
+        {"pos": 1, "role": "test", "reason": "", "label": "zzz", "text_hash": 2, "key_frac": 0.9, "n_chars": 3},
+        {"pos": 10, "role": "data", "reason": "", "label": "a", "text_hash": 1, "key_frac": 0.9, "n_chars": 3},
+        {"pos": 11, "role": "data", "reason": "", "label": "b", "text_hash": 3, "key_frac": 0.9, "n_chars": 3},
+        {"pos": 12, "role": "data", "reason": "", "label": "a", "text_hash": 4, "key_frac": 0.9, "n_chars": 3},
+        {"pos": 13, "role": "data", "reason": EMPTY_TEXT, "label": "a", "text_hash": 5, "key_frac": 0.9, "n_chars": 0},
+    ]
+    v = build_plan(_index(rows), labels=(), dedup=True, stratify=False, val_fraction=0.2, test_fraction=0.0, source="x")
+    c = v.counts
+    assert c["input"] == 6 == c["accepted"] + c["quarantined"]
+    assert c["quarantine_reasons"] == {DUPLICATE: 1, UNKNOWN_LABEL: 1, EMPTY_TEXT: 1}
+    assert v.plan.labels == ("a", "b")
+    assert v.plan.dropped(np.asarray([0, 10, 11])) == ["", DUPLICATE, ""]  # the training copy goes
+    assert c["splits"] == {"train": 2, "val": 0, "test": 1}
+
+
+def test_a_single_label_fails_clearly():
+    rows = [{"pos": i, "role": "data", "reason": "", "label": "a", "text_hash": i, "key_frac": 0.5, "n_chars": 1}
+            for i in range(3)]
+    with pytest.raises(ValueError, match="at least 2 labels"):
+        build_plan(_index(rows), labels=(), dedup=True, stratify=False, val_fraction=0.2, test_fraction=0.1, source="src")
+
+
+def test_finalize_applies_the_plan_row_by_row():
+    batch = pa.table({"pos": [1, 2, 3, 4], "reason": ["", "", "", EMPTY_TEXT], "detail": ["", "", "", "x"],
+                      "label": ["a", "a", "q", "a"], "key_frac": [0.05, 0.5, 0.5, 0.5], "role": ["data"] * 4})
+    plan = Plan(labels=("a", "b"), drop_pos=np.asarray([2], np.int64), drop_reason=(DUPLICATE,),
+                test_cut={"*": 0.1}, val_cut={"*": 0.3})
+    out = finalize_batch(batch, plan=plan).to_pydict()
+    assert out["reason"] == ["", DUPLICATE, UNKNOWN_LABEL, EMPTY_TEXT]
+    assert out["split"] == ["test", "train", "train", "train"]
+
+
+def test_prepare_batch_maps_reader_rows_one_to_one(tmp_path):
+    corpus = ingest_corpus.write(ingest_corpus.ROW_CASES, tmp_path)
+    spec = RowSpec(n_text_fields=2, pii_kinds=("email",), labels=("a", "b"))
+    for i, file in enumerate(list_files(str(corpus))):
+        case = next(c for c in ingest_corpus.ROW_CASES if c.name == file.path.rsplit("/", 1)[1])
+        tables = list(read_file(FileTask(file, i, "data"), ["title", "description", "tag"]))
+        rows = sum(t.num_rows for t in tables)
+        assert rows == case.rows, case.name
+        for table in tables:
+            out = prepare_batch(table, spec=spec)
+            assert out.num_rows == table.num_rows
+            assert set(out.column("reason").to_pylist()) <= {ACCEPTED, *case.reasons, DUPLICATE, CONFLICTING_LABEL}
+            assert all(out.column("raw").to_pylist())  # the original content of every row, kept
+
+
+def test_tokenizer_actor_gives_the_same_ids_as_transformers(tiny_model):
+    from transformers import AutoTokenizer
+
+    texts = ["A short one.", "word " * 400, "Ünïcödé and emoji 🙂", "x"]
+    reference = AutoTokenizer.from_pretrained(tiny_model)(texts, truncation=True, max_length=32)["input_ids"]
+    batch = pa.table({"text": texts, "label": ["a", "b", "a", "b"], "split": ["train"] * 4})
+    out = TokenizeBatch(tokenizer_definition(str(tiny_model)), 32, ["a", "b"])(batch).to_pydict()
+    assert out["input_ids"] == reference
+    assert out["length"] == [len(r) for r in reference]
+    assert out["label"] == [0, 1, 0, 1]

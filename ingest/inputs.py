@@ -1,0 +1,40 @@
+"""The inputs of an ingest, found and checked before any compute starts, and their digests
+(what the cache compares)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from ingest.reader import FileTask, check_file
+from raylane.config import PipelineConfig
+from raylane.sources import list_files
+
+FORMAT_VERSION = 2
+
+
+def source_tasks(cfg: PipelineConfig) -> list[FileTask]:
+    """Every input file, checked; test-source files first, so a text in both the test file and
+    the training data keeps its test copy (and cannot leak into training)."""
+    data = cfg.data
+    required = [*data.text_fields, data.label_field] + ([data.id_field] if data.id_field else [])
+    roles = ([("test", data.test_source)] if data.test_source else []) + [("data", data.source)]
+    tasks: list[FileTask] = []
+    for role, source in roles:
+        for file in list_files(source, data.format):
+            check_file(file, required)
+            tasks.append(FileTask(file, len(tasks), role))
+    return tasks
+
+
+def config_digest(cfg: PipelineConfig, tokenizer_digest: str) -> str:
+    """What decides the output, besides the source bytes: where files live does not."""
+    data = {k: v for k, v in cfg.to_dict()["data"].items() if k not in ("source", "test_source", "output_uri")}
+    blob = json.dumps({"data": data, "tokenizer": tokenizer_digest, "format": FORMAT_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def source_digest(files: list[dict[str, Any]]) -> str:
+    blob = json.dumps([(f["role"], f["size"], f["sha256"]) for f in files])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
