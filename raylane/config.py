@@ -95,10 +95,16 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = opt(6, "Passes over the training split.")
     batch_size: int = opt(32, "Global batch size, split evenly across workers.")
-    lr: float = opt(1e-4, "Peak learning rate (AdamW), reached after warmup then decayed linearly to 0.")
+    lr: float = opt(1e-4, "Peak learning rate (AdamW), reached after warmup then decayed to 0 (train.schedule).")
     weight_decay: float = opt(0.01, "AdamW weight decay.")
     warmup_ratio: float = opt(0.1, "Share of the optimizer steps spent warming the learning rate up.")
     max_grad_norm: float = opt(1.0, "Gradient clipping norm; 0 disables clipping.")
+    grad_accum_steps: int = opt(1, "Micro-batches per optimizer step; the step still sees batch_size rows.")
+    schedule: Literal["linear", "cosine"] = opt("linear", "Learning-rate decay after warmup.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = opt(
+        "auto", "auto: bf16 on GPUs that have it, else fp16 with a loss scaler on GPU, fp32 on CPU."
+    )
+    early_stopping_patience: int = opt(0, "Stop after this many epochs without a better train.metric; 0 never stops.")
     seed: int = opt(42, "Seed for weights of the new head, shuffling and dropout.")
     metric: Literal["val_macro_f1", "val_weighted_f1", "val_accuracy", "val_loss"] = opt(
         "val_macro_f1", "Validation metric that ranks checkpoints and sweep trials."
@@ -110,6 +116,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", "must be >= 1")
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.grad_accum_steps >= 1, "grad_accum_steps", "must be >= 1")
+        _require(self.batch_size >= self.grad_accum_steps, "grad_accum_steps", "must not exceed batch_size")
+        _require(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0")
         _require(self.lr > 0, "lr", "must be > 0")
         _require(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
         _require(self.checkpoints_to_keep >= 1, "checkpoints_to_keep", "must be >= 1")

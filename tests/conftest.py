@@ -4,6 +4,7 @@ a real (tiny, random) BERT with the real tokenizer, real HTTP."""
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -20,9 +21,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port clear of Ray, whose processes take random ephemeral ports while they start
+    (workers 10002+, the dashboard 8265 and up): one once took the port a test had picked for Serve."""
+    for port in random.sample(range(8400, 9990), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 8400-9989")
 
 
 @pytest.fixture(scope="session")

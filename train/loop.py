@@ -7,7 +7,6 @@ because report is a barrier.
 
 from __future__ import annotations
 
-import functools
 import math
 import random
 import shutil
@@ -28,23 +27,37 @@ from raylane.models import load_classifier, load_tokenizer
 from raylane.tracking import RunRef
 from train import checkpoint
 from train.batches import PadCollate
+from train.optim import Precision, accumulate, build_optimizer, build_scheduler, groups, optimizer_step
+
+
+class EarlyStopping:
+    """Counts epochs without improvement of the ranking metric; kept in checkpoints so a resumed
+    run keeps counting."""
+
+    def __init__(self, patience: int, mode: str):
+        self.patience, self.mode = patience, mode
+        self.best: float | None = None
+        self.bad_epochs = 0
+
+    def should_stop(self, value: float) -> bool:
+        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        if better:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad_epochs = state.get("best"), state.get("bad_epochs", 0)
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW with no decay on biases and LayerNorm weights (decaying them only hurts)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
 
 
 def _all_reduce(array: np.ndarray) -> np.ndarray:
@@ -70,20 +83,13 @@ def _epoch_metrics(loss_sum: float, cm: np.ndarray, label_names: list[str], pref
     return metrics
 
 
-def _autocast(device: torch.device):
-    # bf16 where the GPU has it: same exponent range as fp32, so no loss scaling is needed.
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
-
-
-def evaluate(model, batches, device, num_labels: int) -> tuple[float, np.ndarray]:
+def evaluate(model, batches, device, num_labels: int, precision: Precision) -> tuple[float, np.ndarray]:
     model.eval()
     loss_sum, cm = 0.0, np.zeros((num_labels, num_labels), dtype=np.int64)
     with torch.no_grad():
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
-            with _autocast(device):
+            with precision.autocast():
                 out = model(**batch)
             loss_sum += float(out.loss) * len(batch["labels"])
             cm += confusion_matrix(batch["labels"].cpu(), out.logits.argmax(-1).cpu(), num_labels)
@@ -116,17 +122,21 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         model = load_classifier(cfg.model.name_or_path, label_names)
     model = ray.train.torch.prepare_model(model)
 
-    # The configured batch is global: each of `world` workers takes its share of it.
-    per_worker_batch = max(1, tc.batch_size // world)
-    steps_per_epoch = math.ceil(config["train_rows"] / (per_worker_batch * world))
+    # The configured batch is global, per optimizer step: each of `world` workers takes its
+    # share of it, in `grad_accum_steps` micro-batches.
+    accum = tc.grad_accum_steps
+    micro_batch = max(1, tc.batch_size // (world * accum))
+    steps_per_epoch = math.ceil(config["train_rows"] / (micro_batch * world * accum))
     total_steps = steps_per_epoch * tc.epochs
     optimizer = build_optimizer(model, tc.lr, tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, functools.partial(_warmup_linear, warmup=int(tc.warmup_ratio * total_steps), total=total_steps)
-    )
+    scheduler = build_scheduler(optimizer, int(tc.warmup_ratio * total_steps), total_steps, tc.schedule)
+    precision = Precision(device, tc.precision)
+    stopper = EarlyStopping(tc.early_stopping_patience, tc.metric_mode)
     if state:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        precision.scaler.load_state_dict(state.get("scaler", {}))
+        stopper.load_state_dict(state.get("early_stopping", {}))
         checkpoint.set_rng_state(state["rng"])
 
     collate = PadCollate(pad_id=tokenizer.pad_token_id or 0)
@@ -138,28 +148,22 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         started, seen = time.time(), 0
         loss_sum, cm = 0.0, np.zeros((n, n), dtype=np.int64)
         batches = train_shard.iter_torch_batches(
-            batch_size=per_worker_batch,
+            batch_size=micro_batch,
             collate_fn=collate,
-            local_shuffle_buffer_size=per_worker_batch * 8,
+            local_shuffle_buffer_size=micro_batch * accum * 8,
             local_shuffle_seed=tc.seed + epoch,
         )
-        for batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with _autocast(device):
-                out = model(**batch)
-            out.loss.backward()
-            if tc.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += float(out.loss.detach()) * len(batch["labels"])
-            cm += confusion_matrix(batch["labels"].cpu(), out.logits.detach().argmax(-1).cpu(), n)
-            seen += len(batch["labels"])
+        for group in groups(({k: v.to(device) for k, v in b.items()} for b in batches), accum):
+            outputs = accumulate(model, group, precision)
+            optimizer_step(model, optimizer, scheduler, precision, tc.max_grad_norm)
+            for batch, out in zip(group, outputs):
+                loss_sum += float(out.loss.detach()) * len(batch["labels"])
+                cm += confusion_matrix(batch["labels"].cpu(), out.logits.detach().argmax(-1).cpu(), n)
+                seen += len(batch["labels"])
         epoch_time = time.time() - started
         metrics = {"epoch": epoch + 1, **_epoch_metrics(loss_sum, cm, label_names, "train_")}
-        val_batches = val_shard.iter_torch_batches(batch_size=per_worker_batch * 2, collate_fn=collate)
-        metrics.update(_epoch_metrics(*evaluate(model, val_batches, device, n), label_names, "val_"))
+        val_batches = val_shard.iter_torch_batches(batch_size=micro_batch * 2, collate_fn=collate)
+        metrics.update(_epoch_metrics(*evaluate(model, val_batches, device, n, precision), label_names, "val_"))
         metrics.update(
             {
                 "epoch_time_s": epoch_time,
@@ -170,7 +174,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         ckpt_dir = Path(tempfile.mkdtemp(prefix="raylane-ckpt-")) if rank == 0 else None
         if ckpt_dir:
             unwrapped = model.module if hasattr(model, "module") else model
-            checkpoint.save(ckpt_dir, unwrapped, tokenizer, optimizer, scheduler, epoch)
+            checkpoint.save(ckpt_dir, unwrapped, tokenizer, optimizer, scheduler, epoch,
+                            scaler=precision.scaler, early_stopping=stopper.state_dict())
             if run:
                 run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
             print(_progress_line(metrics, tc.epochs), flush=True)
@@ -179,12 +184,12 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         # no storage and the returned checkpoint is this directory, so it must stay.
         if ckpt_dir and not config["local_mode"]:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
-
-
-def _warmup_linear(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    return max(0.0, (total - step) / max(1, total - warmup))
+        # Every rank sees the same all-reduced metrics, so all of them stop at the same epoch
+        # (ray.train.report is a barrier: a rank that went on alone would hang).
+        if stopper.should_stop(metrics[tc.metric]):
+            if rank == 0:
+                print(f"early stopping: no better {tc.metric} for {tc.early_stopping_patience} epoch(s)", flush=True)
+            break
 
 
 def _progress_line(m: dict[str, float], epochs: int) -> str:

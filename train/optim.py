@@ -1,0 +1,101 @@
+"""Optimizer, learning-rate schedule and numeric precision: the pieces of a training step that
+do not depend on Ray, so unit tests drive them directly."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Iterable
+
+import torch
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with no decay on biases and LayerNorm weights (decaying them only hurts)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str = "linear") -> float:
+    """Linear warmup to the peak, then linear or cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress
+
+
+def build_scheduler(optimizer, warmup: int, total: int, schedule: str):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, functools.partial(lr_factor, warmup=warmup, total=total, schedule=schedule)
+    )
+
+
+class Precision:
+    """Autocast and loss scaling for one device: bf16 where the GPU supports it (fp32's exponent
+    range, so no scaler), fp16 with a GradScaler on other GPUs, fp32 on CPU."""
+
+    def __init__(self, device: torch.device, wanted: str = "auto"):
+        self.device = device
+        if device.type != "cuda" or wanted == "fp32":
+            self.dtype = None
+        elif wanted == "bf16" or (wanted == "auto" and torch.cuda.is_bf16_supported()):
+            self.dtype = torch.bfloat16
+        else:
+            self.dtype = torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype is torch.float16)
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+def accumulate(model, micro_batches: list[dict[str, torch.Tensor]], precision: Precision):
+    """Forward and backward over the micro-batches of one optimizer step. Each loss is weighted
+    by its share of the step's rows, so the gradient equals one pass over them all. Under DDP
+    only the last backward all-reduces. Returns the outputs, for metrics."""
+    rows = sum(len(b["labels"]) for b in micro_batches)
+    outputs = []
+    for i, batch in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with precision.autocast():
+                out = model(**batch)
+            precision.scaler.scale(out.loss * (len(batch["labels"]) / rows)).backward()
+        outputs.append(out)
+    return outputs
+
+
+def optimizer_step(model, optimizer, scheduler, precision: Precision, max_grad_norm: float) -> None:
+    if max_grad_norm > 0:
+        precision.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    precision.scaler.step(optimizer)
+    precision.scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def groups(items: Iterable, size: int):
+    """Consecutive lists of `size` items (the last may be shorter)."""
+    group: list = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
