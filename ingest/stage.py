@@ -22,12 +22,12 @@ from ray.data.expressions import col
 
 from ingest.plan import INDEX_COLUMNS, RowIndex, Verdicts, build_plan
 from ingest.inputs import FORMAT_VERSION, config_digest, source_digest, source_tasks
-from ingest.reader import read_files, read_parquet_files
+from ingest.reader import FileTask, read_files, read_parquet_files
 from ingest.tokenize import TokenizeBatch, definition_digest, tokenizer_definition
 from ingest.transforms import ACCEPTED, RowSpec, finalize_batch, prepare_batch
 from raylane.config import PipelineConfig
 from raylane.dataset import SPLITS, DatasetInfo, join, read_manifest, write_manifest
-from raylane.sources import filesystem, list_files
+from raylane.sources import filesystem
 from raylane.tracking import RunRef
 
 STAGING, QUARANTINE = "_staging", "quarantine"
@@ -69,8 +69,16 @@ def _scan(uri: str, columns: list[str]):
     return pads.dataset(path, filesystem=fs, format="parquet").to_batches(columns=columns)
 
 
+def _parquet_files(uri: str) -> tuple[pafs.FileSystem, list[str]]:
+    """The Parquet files directly under a directory (none if it does not exist), sorted."""
+    fs, path = filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return fs, sorted(i.path for i in infos if i.path.endswith(".parquet"))
+
+
 def _row_count(uri: str) -> int:
     import pyarrow.dataset as pads
+
     fs, path = filesystem(uri)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return 0
@@ -86,7 +94,7 @@ def _length_stats(uri: str, max_length: int) -> dict[str, Any]:
         hist += np.bincount(batch.column("length").to_numpy(), minlength=max_length + 1)[: max_length + 1]
     total = int(hist.sum())
     if not total:
-        return {"p50": 0, "p95": 0, "max": 0, "mean": 0.0}
+        return {"p50": 0, "p95": 0, "max": 0, "mean": 0.0, "truncated": 0}
     cumulative = np.cumsum(hist)
     return {
         "p50": int(np.searchsorted(cumulative, 0.50 * total)),
@@ -107,11 +115,13 @@ def _tokenizer_pool(cfg: PipelineConfig) -> tuple[int, float]:
     return actors, round(min(1.0, max(0.1, (cpus - 1) / actors)), 2)
 
 
-def run(cfg: PipelineConfig, run: RunRef | None = None, force: bool = False) -> IngestResult:
+def run(cfg: PipelineConfig, run: RunRef | None = None, force: bool = False,
+        tasks: list[FileTask] | None = None) -> IngestResult:
+    """Ingest `cfg.data`; `tasks` are its checked input files when the caller already has them."""
     started = time.time()
     out = output_uri(cfg)
     data = cfg.data
-    tasks = source_tasks(cfg)  # whole-file problems fail here, in seconds
+    tasks = tasks if tasks is not None else source_tasks(cfg)  # whole-file problems fail here, in seconds
     files = [{"uri": t.file.uri, "role": t.role, "format": t.file.format, "size": t.file.size,
               "sha256": t.file.sha256()} for t in tasks]
     definition = tokenizer_definition(cfg.model.name_or_path)
@@ -153,7 +163,7 @@ def run(cfg: PipelineConfig, run: RunRef | None = None, force: bool = False) -> 
     return IngestResult(dataset)
 
 
-def _prepare(tasks: list, columns: list[str], spec: RowSpec, staging: str) -> None:
+def _prepare(tasks: list[FileTask], columns: list[str], spec: RowSpec, staging: str) -> None:
     """Pass 1: read, clean, mask and validate every row; one read task per file (files are the
     unit of parallelism)."""
     ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks)).map_batches(
@@ -182,8 +192,7 @@ def _write(cfg: PipelineConfig, out: str, staging: str, verdicts: Verdicts, defi
     rest to split=*/; then check the written row counts against the plan."""
     counts = verdicts.counts
     actors, cpus = _tokenizer_pool(cfg)
-    fs, root = filesystem(staging)
-    parts = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(root)) if i.path.endswith(".parquet"))
+    fs, parts = _parquet_files(staging)
     staged = ray.data.from_items([{"path": p} for p in parts], override_num_blocks=len(parts)).map_batches(
         read_parquet_files, batch_size=1, batch_format="numpy", fn_kwargs={"fs": fs}
     ).map_batches(finalize_batch, batch_format="pyarrow", fn_kwargs={"plan": verdicts.plan})
@@ -224,16 +233,10 @@ def _describe(cfg: PipelineConfig, out: str, verdicts: Verdicts) -> dict[str, An
         "class_counts": counts["class_counts"],
         "token_lengths": {s: _length_stats(join(out, f"split={s}"), data.max_length) for s in SPLITS},
         "pii": {"masked_kinds": list(data.mask_pii), "counts": counts["pii"]},
-        "shards": {s: _file_count(join(out, f"split={s}")) for s in SPLITS},
+        "shards": {s: len(_parquet_files(join(out, f"split={s}"))[1]) for s in SPLITS},
         "schema": {"text": "string", "label": "int32 (index into labels)", "input_ids": "list<int32>", "length": "int32"},
         "config": cfg.to_dict()["data"],
     }
-
-
-def _file_count(uri: str) -> int:
-    fs, path = filesystem(uri)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return sum(1 for i in infos if i.path.endswith(".parquet"))
 
 
 def log_to_mlflow(run: RunRef, dataset: DatasetInfo) -> None:

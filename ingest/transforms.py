@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from ingest.pii import mask_pii
 from ingest.reader import MALFORMED, UNDECODABLE, field_columns
-from raylane.text import clean_text
+from raylane.text import clean_text, join_text
 
 ACCEPTED = ""
 MISSING_FIELD = "missing_field"
@@ -85,7 +85,7 @@ def validate(error: str, texts: list[Any], label: str | None, text: str, spec: R
 
 def prepare_row(error: str, texts: list[Any], label: Any, key: Any, spec: RowSpec) -> dict[str, Any]:
     """One raw row -> text (cleaned, PII masked), label, verdict and the keys the plan needs."""
-    text = "" if error else ". ".join(p for p in (normalize(t, spec.lowercase) for t in texts if t is not None) if p)
+    text = "" if error else join_text(texts, spec.lowercase)
     pii: dict[str, int] = {}
     if text and spec.pii_kinds:
         text, pii = mask_pii(text, spec.pii_kinds)

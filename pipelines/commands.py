@@ -42,11 +42,11 @@ def _dataset(cfg: PipelineConfig, args: argparse.Namespace) -> DatasetInfo:
 # --- stages, each a nested run ----------------------------------------------------------------
 
 
-def ingest_stage(cfg: PipelineConfig, parent: RunRef, force: bool = False) -> DatasetInfo:
+def ingest_stage(cfg: PipelineConfig, parent: RunRef, force: bool = False, tasks=None) -> DatasetInfo:
     from ingest.stage import format_summary, run as ingest
 
     with start_run(cfg, "ingest", parent) as run:
-        result = ingest(cfg, run, force=force)
+        result = ingest(cfg, run, force=force, tasks=tasks)
     print(f"\ningest:\n{format_summary(result)}")
     return result.dataset
 
@@ -101,18 +101,19 @@ def register_stage(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, ev
 # --- commands ---------------------------------------------------------------------------------
 
 
-def _check_sources(cfg: PipelineConfig) -> None:
-    """Whole-file problems (empty, unreadable, a column missing) fail here, before Ray starts."""
+def _check_sources(cfg: PipelineConfig):
+    """The checked input files: whole-file problems (empty, unreadable, a column missing) fail
+    here, before Ray starts."""
     from ingest.inputs import source_tasks
 
-    source_tasks(cfg)
+    return source_tasks(cfg)
 
 
 def ingest(cfg: PipelineConfig, args: argparse.Namespace) -> int:
-    _check_sources(cfg)
+    tasks = _check_sources(cfg)
     init_ray()
     with pipeline_run(cfg, "ingest") as run:
-        ingest_stage(cfg, run, force=args.force)
+        ingest_stage(cfg, run, force=args.force, tasks=tasks)
     return 0
 
 
@@ -173,10 +174,10 @@ def run(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     from serve.deploy import deploy, predict_http
 
     started = time.time()
-    _check_sources(cfg)
+    tasks = _check_sources(cfg)
     init_ray()
     with pipeline_run(cfg, "run") as parent:
-        dataset = ingest_stage(cfg, parent, force=args.force)
+        dataset = ingest_stage(cfg, parent, force=args.force, tasks=tasks)
         best = tune_stage(cfg, dataset, parent) if cfg.sweep.enabled else train_stage(cfg, dataset, parent)
         evaluation = evaluate_stage(cfg, best.model_dir, dataset, parent)
         reg = register_stage(cfg, best.model_dir, dataset, evaluation, parent)

@@ -27,6 +27,8 @@ def clean_text(value: Any) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
-def join_text(parts: list[Any]) -> str:
-    """The cleaned, non-empty parts joined with '. ' (title + description -> one text)."""
-    return ". ".join(part for part in map(clean_text, parts) if part)
+def join_text(parts: list[Any], lowercase: bool = False) -> str:
+    """The cleaned, non-empty parts joined with '. ' (title + description -> one text),
+    optionally lower-cased."""
+    text = ". ".join(part for part in map(clean_text, parts) if part)
+    return text.lower() if lowercase else text

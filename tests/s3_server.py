@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from raylane.http import wait_until_ok
+from tests.conftest import free_port
 
 
 @dataclass(frozen=True)
@@ -73,12 +72,6 @@ class S3Endpoint:
         self.filesystem(allow_bucket_creation=True).create_dir(name)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _log_tail(log: Path, n: int = 40) -> str:
     try:
         return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
@@ -91,7 +84,7 @@ def s3_server(tmp_dir, timeout: float = 30.0) -> Iterator[S3Endpoint]:
     """Start ``moto.server`` on a free loopback port; yield its :class:`S3Endpoint`; stop it."""
     tmp_dir = Path(tmp_dir)
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     endpoint = S3Endpoint(url=f"http://127.0.0.1:{port}")
     log = tmp_dir / f"moto_server_{port}.log"
     env = {**os.environ, **endpoint.env()}
@@ -104,28 +97,11 @@ def s3_server(tmp_dir, timeout: float = 30.0) -> Iterator[S3Endpoint]:
             env=env,
         )
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"moto server exited with {proc.returncode} before answering; log tail:\n"
-                    + _log_tail(log)
-                )
-            try:
-                # moto's S3 ListBuckets answers GET / without auth.
-                with urllib.request.urlopen(endpoint.url + "/", timeout=2) as r:
-                    r.read()
-                break
-            except urllib.error.HTTPError:
-                break  # it answered HTTP, even if with an error status
-            except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"moto server did not answer on {endpoint.url} within {timeout}s; log tail:\n"
-                    + _log_tail(log)
-                )
-            time.sleep(0.1)
+        try:
+            # moto's S3 ListBuckets answers GET / with 200, no auth needed.
+            wait_until_ok(endpoint.url + "/", timeout_s=timeout, alive=lambda: proc.poll() is None)
+        except (RuntimeError, TimeoutError) as err:
+            raise RuntimeError(f"moto server on {endpoint.url} did not come up ({err}); log tail:\n" + _log_tail(log)) from None
         yield endpoint
     finally:
         if proc.poll() is None:

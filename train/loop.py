@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from raylane.config import PipelineConfig
-from raylane.metrics import confusion_matrix, scalar_metrics, summarize
+from raylane.metrics import confusion_matrix, summarize
 from raylane.models import load_classifier, load_tokenizer
 from raylane.tracking import RunRef
 from train import checkpoint
@@ -171,6 +171,10 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 "lr": scheduler.get_last_lr()[0],
             }
         )
+        # Counted before the checkpoint is written, so a run resumed from it counts this epoch.
+        # Every rank sees the same all-reduced metrics, so all of them stop at the same epoch
+        # (ray.train.report is a barrier: a rank that went on alone would hang).
+        stop = stopper.should_stop(metrics[tc.metric])
         ckpt_dir = Path(tempfile.mkdtemp(prefix="raylane-ckpt-")) if rank == 0 else None
         if ckpt_dir:
             unwrapped = model.module if hasattr(model, "module") else model
@@ -184,9 +188,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         # no storage and the returned checkpoint is this directory, so it must stay.
         if ckpt_dir and not config["local_mode"]:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
-        # Every rank sees the same all-reduced metrics, so all of them stop at the same epoch
-        # (ray.train.report is a barrier: a rank that went on alone would hang).
-        if stopper.should_stop(metrics[tc.metric]):
+        if stop:
             if rank == 0:
                 print(f"early stopping: no better {tc.metric} for {tc.early_stopping_patience} epoch(s)", flush=True)
             break
