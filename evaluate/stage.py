@@ -1,5 +1,6 @@
-"""Scores the test split with Ray Data actors and reports metrics, a per-class table and a
-confusion matrix (JSON + PNG, and into MLflow)."""
+"""Scores a split with Ray Data actors and reports what a reviewer asks for: accuracy, macro and
+weighted precision/recall/F1, a per-class table, a confusion matrix, PR and ROC curves for binary
+tasks, and the slices declared in `evaluate.slices` (JSON + PNGs, and into MLflow)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-import ray.data
-
-from raylane.config import PipelineConfig
+from evaluate.curves import plot_curves, precision_recall, roc
+from evaluate.slices import column, membership
+from raylane.config import PipelineConfig, SliceConfig
 from raylane.dataset import DatasetInfo
 from raylane.metrics import confusion_matrix, plot_confusion_matrix, scalar_metrics, summarize
-from raylane.predictor import ScoreBatch
 from raylane.tracking import RunRef
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    metrics: dict[str, Any]  # summarize() of the test split: accuracy, F1s, per_class
+    metrics: dict[str, Any]  # evaluate_predictions(): summarize() plus curves and slices
     report_path: str
 
     @property
@@ -29,45 +30,111 @@ class EvalResult:
         return self.metrics["weighted_f1"]
 
 
+def _flag_slices(batch: pd.DataFrame, rules: list[SliceConfig]) -> pd.DataFrame:
+    for name, mask in membership([str(t) for t in batch["text"]], rules).items():
+        batch[name] = mask
+    return batch
+
+
+def score_split(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, split: str) -> pd.DataFrame:
+    """One row per example: true label id, predicted label name, class scores and slice flags.
+    Texts stay on the workers; only these small columns come back to the driver."""
+    import ray.data
+
+    from raylane.predictor import ScoreBatch
+
+    rules = cfg.evaluate.slices
+    ds = dataset.read_split(split)
+    if rules:
+        ds = ds.map_batches(_flag_slices, batch_format="pandas", fn_kwargs={"rules": rules})
+    scored = ds.map_batches(
+        ScoreBatch,
+        batch_format="pandas",
+        batch_size=cfg.evaluate.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=cfg.resources.predict_actors),
+        fn_constructor_kwargs={"model_dir": model_dir, "with_probs": True},
+    )
+    return scored.select_columns(["label", "pred_label", "probs", *(column(r.name) for r in rules)]).to_pandas()
+
+
+def model_labels(model_dir: str) -> list[str]:
+    """The model's class names in its output order (a champion may order them differently)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    id2label = config["id2label"]
+    return [id2label[str(i)] for i in range(len(id2label))]
+
+
+def evaluate_predictions(y_true: np.ndarray, y_pred: np.ndarray, positive_score: np.ndarray | None,
+                         slices: dict[str, np.ndarray], labels: list[str]) -> dict[str, Any]:
+    """All the numbers, from label ids (dataset order). `positive_score` (binary tasks) is the
+    model's score for labels[1]; `slices` maps slice column -> row mask."""
+    cm = confusion_matrix(y_true, y_pred, len(labels))
+    metrics: dict[str, Any] = {"rows": int(cm.sum()), **summarize(cm, labels),
+                               "confusion_matrix": {"labels": labels, "matrix": cm.tolist()}}
+    if positive_score is not None:
+        positives = y_true == 1
+        metrics["roc_auc"] = roc(positives, positive_score)["auc"]
+        metrics["average_precision"] = precision_recall(positives, positive_score)["average_precision"]
+    metrics["slices"] = {}
+    for name, mask in slices.items():
+        part = summarize(confusion_matrix(y_true[mask], y_pred[mask], len(labels)), labels) if mask.any() else None
+        metrics["slices"][name.removeprefix("slice_")] = {
+            "rows": int(mask.sum()),
+            **({k: part[k] for k in ("accuracy", "macro_f1", "weighted_f1")} if part else {}),
+        }
+    return metrics
+
+
 def run(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, out_dir: Path, run: RunRef | None = None,
         split: str = "test") -> EvalResult:
     labels = dataset.label_names
-    scored = dataset.read_split(split).map_batches(
-        ScoreBatch,
-        batch_format="pandas",
-        batch_size=64,
-        compute=ray.data.ActorPoolStrategy(size=cfg.resources.predict_actors),
-        fn_constructor_kwargs={"model_dir": model_dir},
-    )
-    # Two small integer columns per row: the only thing that comes back to the driver.
-    preds = scored.select_columns(["label", "pred_label"]).to_pandas()
+    scored = score_split(cfg, model_dir, dataset, split)
     index = {name: i for i, name in enumerate(labels)}
-    unknown = set(preds["pred_label"]) - index.keys()
+    unknown = set(scored["pred_label"]) - index.keys()
     if unknown:
         raise ValueError(f"model {model_dir} predicts labels the dataset lacks: {sorted(unknown)}")
-    cm = confusion_matrix(preds["label"].to_numpy(), preds["pred_label"].map(index).to_numpy(), len(labels))
-    summary = summarize(cm, labels)
+    y_true = scored["label"].to_numpy(dtype=np.int64)
+    y_pred = scored["pred_label"].map(index).to_numpy(dtype=np.int64)
+    positive_score = None
+    if len(labels) == 2:
+        probs = np.stack(scored["probs"].to_numpy())
+        positive_score = probs[:, model_labels(model_dir).index(labels[1])]
+    slices = {c: scored[c].to_numpy(dtype=bool) for c in scored.columns if c.startswith("slice_")}
+    metrics = evaluate_predictions(y_true, y_pred, positive_score, slices, labels)
+    cm = np.array(metrics["confusion_matrix"]["matrix"])
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {"split": split, "rows": int(cm.sum()), "model_dir": model_dir, **summary,
-              "confusion_matrix": {"labels": labels, "matrix": cm.tolist()}}
+    report = {"split": split, "model_dir": model_dir, **metrics}
     report_path = out_dir / "evaluation.json"
     report_path.write_text(json.dumps(report, indent=2))
-    figure = plot_confusion_matrix(cm, labels, title=f"{split} split, {int(cm.sum())} rows")
-    figure.savefig(out_dir / "confusion_matrix.png", dpi=120)
+    figures = {"confusion_matrix.png": plot_confusion_matrix(cm, labels, title=f"{split} split, {len(y_true)} rows")}
+    if positive_score is not None:
+        figures["pr_roc.png"] = plot_curves(y_true == 1, positive_score, labels[1], f"{split} split")
+    for file_name, figure in figures.items():
+        figure.savefig(out_dir / file_name, dpi=120)
     if run:
-        run.log_metrics(scalar_metrics(summary, f"{split}_"))
-        run.log_metrics({f"{split}_f1_{name}": row["f1"] for name, row in summary["per_class"].items()})
-        run.log_artifact(report_path)
-        run.log_figure(figure, "confusion_matrix.png")
-    import matplotlib.pyplot as plt
+        _log(run, metrics, split, report_path, figures)
+    else:
+        import matplotlib.pyplot as plt
 
-    plt.close(figure)
-    return EvalResult(summary, str(report_path))
+        for figure in figures.values():
+            plt.close(figure)
+    return EvalResult(metrics, str(report_path))
+
+
+def _log(run: RunRef, metrics: dict[str, Any], split: str, report_path: Path, figures: dict[str, Any]) -> None:
+    run.log_metrics(scalar_metrics(metrics, f"{split}_"))
+    run.log_metrics({f"{split}_f1_{name}": row["f1"] for name, row in metrics["per_class"].items()})
+    run.log_metrics({f"{split}_slice_{name}_{k}": v for name, row in metrics["slices"].items() for k, v in row.items()})
+    run.log_artifact(report_path)
+    run.log_table(pd.DataFrame([{"class": name, **row} for name, row in metrics["per_class"].items()]),
+                  "per_class.json")
+    for file_name, figure in figures.items():
+        run.log_figure(figure, file_name)
 
 
 def format_table(metrics: dict[str, Any]) -> str:
-    """The per-class table as text, for the console."""
+    """The per-class table (and slices) as text, for the console."""
     lines = [f"{'class':<32}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
     for name, row in metrics["per_class"].items():
         lines.append(f"{name:<32}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['f1']:>10.3f}{row['support']:>9d}")
@@ -76,4 +143,9 @@ def format_table(metrics: dict[str, Any]) -> str:
                  f"{metrics['macro_f1']:>10.3f}")
     lines.append(f"{'weighted avg':<32}{metrics['weighted_precision']:>10.3f}{metrics['weighted_recall']:>10.3f}"
                  f"{metrics['weighted_f1']:>10.3f}")
+    if "roc_auc" in metrics:
+        lines.append(f"ROC AUC {metrics['roc_auc']:.3f}   average precision {metrics['average_precision']:.3f}")
+    for name, row in metrics["slices"].items():
+        scores = f"accuracy {row['accuracy']:.3f}  weighted F1 {row['weighted_f1']:.3f}" if row["rows"] else "no rows"
+        lines.append(f"slice {name:<26}{row['rows']:>6d} rows  {scores}")
     return "\n".join(lines)

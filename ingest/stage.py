@@ -254,7 +254,7 @@ def log_to_mlflow(run: RunRef, dataset: DatasetInfo) -> None:
         "rows_per_second": counts["input"] / max(m["elapsed_s"], 1e-9),
     })
     run.log_dict(m, "manifest.json")
-    run.log_dataset(dataset.uri, name="tokenized", digest=m["source_digest"] + "-" + m["config_digest"], context="training")
+    run.log_dataset(dataset.uri, name="tokenized", digest=dataset.digest, context="training")
 
 
 def format_summary(result: IngestResult) -> str:

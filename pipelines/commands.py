@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import subprocess
 import time
@@ -56,7 +57,7 @@ def train_stage(cfg: PipelineConfig, dataset: DatasetInfo, parent: RunRef):
 
     with start_run(cfg, "train", parent, tags={"dataset": dataset.uri}) as run:
         run.log_params({f"train.{k}": v for k, v in cfg.to_dict()["train"].items()})
-        result = fit(cfg, dataset, run)
+        result = dataclasses.replace(fit(cfg, dataset, run), run_id=run.run_id)
     print(f"\ntrain: best {cfg.train.metric} {result.metrics[cfg.train.metric]:.4f} "
           f"(epoch {result.metrics.get('epoch')}) -> {result.model_dir}")
     return result
@@ -67,6 +68,7 @@ def tune_stage(cfg: PipelineConfig, dataset: DatasetInfo, parent: RunRef):
 
     with start_run(cfg, "sweep", parent, tags={"dataset": dataset.uri}) as run:
         result = run_sweep(cfg, dataset, run)
+    result = dataclasses.replace(result, best=dataclasses.replace(result.best, run_id=run.run_id))
     metric = cfg.train.metric
     print(f"\nsweep: {len(result.trials)} trials")
     for t in result.trials:
@@ -83,18 +85,19 @@ def evaluate_stage(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, pa
     with start_run(cfg, "evaluate", parent, tags={"model_dir": model_dir}) as run:
         result = evaluate(cfg, model_dir, dataset, cfg.output_path / "evaluation", run)
     print(f"\nevaluate (test split):\n{format_table(result.metrics)}\n  report: {result.report_path}")
-    return result
+    return result, run.run_id
 
 
-def register_stage(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, evaluation, parent: RunRef):
-    from evaluate.gate import register
+def register_stage(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, evaluation, parent: RunRef,
+                   lineage: dict[str, str]):
+    """Re-score the champion on the same test split, gate, register, move aliases."""
+    from evaluate.gate import format_decision, register, score_champion
 
     with start_run(cfg, "register", parent) as run:
-        reg = register(cfg, run, model_dir, dataset.label_names, evaluation.metrics,
-                       tags={"dataset_digest": dataset.manifest.get("config_digest"), "pipeline_run_id": parent.run_id,
-                             "git_commit": _git_commit()})
-    verdict = "passed" if reg.decision.passed else "failed: " + "; ".join(reg.decision.reasons)
-    print(f"\nregister: {reg.version.name} version {reg.version.version}, alias '{reg.alias}' (gate {verdict})")
+        champion = score_champion(cfg, dataset, run.tracking_uri, cfg.output_path / "evaluation" / "champion")
+        reg = register(cfg, run, model_dir, dataset, evaluation.metrics, champion,
+                       lineage={"pipeline_run_id": parent.run_id, "git_commit": _git_commit(), **lineage})
+    print(f"\nregister: {format_decision(reg)}")
     return reg
 
 
@@ -140,11 +143,16 @@ def evaluate(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     resolved = resolve_model(args.model or cfg.serve_model_uri, tracking_uri(cfg))
     init_ray()
     with pipeline_run(cfg, "evaluate") as run:
-        result = evaluate_stage(cfg, resolved.model_dir, dataset, run)
+        result, evaluate_run_id = evaluate_stage(cfg, resolved.model_dir, dataset, run)
         if args.register:
-            reg = register_stage(cfg, resolved.model_dir, dataset, result, run)
-            return 0 if reg.decision.passed else 1
+            reg = register_stage(cfg, resolved.model_dir, dataset, result, run, {"evaluate_run_id": evaluate_run_id})
+            return _gate_exit_code(cfg, reg)
     return 0
+
+
+def _gate_exit_code(cfg: PipelineConfig, reg) -> int:
+    """A rejected model is a result, not an error, unless the config says to fail on it."""
+    return 1 if cfg.gate.fail_on_reject and not reg.decision.passed else 0
 
 
 def serve(cfg: PipelineConfig, args: argparse.Namespace) -> int:
@@ -179,9 +187,11 @@ def run(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     with pipeline_run(cfg, "run") as parent:
         dataset = ingest_stage(cfg, parent, force=args.force, tasks=tasks)
         best = tune_stage(cfg, dataset, parent) if cfg.sweep.enabled else train_stage(cfg, dataset, parent)
-        evaluation = evaluate_stage(cfg, best.model_dir, dataset, parent)
-        reg = register_stage(cfg, best.model_dir, dataset, evaluation, parent)
-        served_uri = cfg.serve_model_uri if reg.decision.passed else reg.version.uri
+        evaluation, evaluate_run_id = evaluate_stage(cfg, best.model_dir, dataset, parent)
+        reg = register_stage(cfg, best.model_dir, dataset, evaluation, parent,
+                             {"training_run_id": best.run_id, "evaluate_run_id": evaluate_run_id})
+        # A rejected model never displaces the champion; with no champion yet, it is all there is.
+        served_uri = cfg.serve_model_uri if reg.decision.passed or reg.previous_version else reg.version.uri
         url = deploy(cfg, served_uri)
         answer = predict_http(url, [cfg.serve.sample_text])
         elapsed = time.time() - started
@@ -195,6 +205,7 @@ def run(cfg: PipelineConfig, args: argparse.Namespace) -> int:
             "registered_model": reg.version.name,
             "registered_version": reg.version.version,
             "alias": reg.alias,
+            "gate": {"passed": reg.decision.passed, "failed_rules": reg.decision.reasons},
             "served_model_uri": served_uri,
             "serve_url": url,
             "sample_response": answer,
@@ -212,7 +223,7 @@ def run(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     if cfg.serve.keep_running:
         print(f"serving at {url} until Ctrl-C")
         _block()
-    return 0
+    return _gate_exit_code(cfg, reg)
 
 
 def _block() -> None:

@@ -150,7 +150,11 @@ class SearchDim:
 @dataclass(frozen=True)
 class SweepConfig:
     enabled: bool = opt(True, "Run a Ray Tune sweep; false trains once with the train section as is.")
-    num_samples: int = opt(2, "Trials to sample (grid dimensions multiply this).")
+    name: str = opt("", "Sweep name; rerunning with the name of an interrupted sweep resumes it. Empty: from the time.")
+    search: Literal["random", "optuna"] = opt(
+        "random", "How trials are picked: random sampling (and grids), or Optuna's TPE (needs raylane[optuna])."
+    )
+    num_samples: int = opt(0, "Trials to run (grid dimensions multiply this); 0: one per trial the cluster fits at once, at least 2.")
     max_concurrent: int = opt(0, "Trials run at once; 0 lets the cluster's free resources decide.")
     scheduler: Literal["asha", "fifo"] = opt("asha", "Trial scheduler: ASHA stops weak trials early.")
     grace_period: int = opt(1, "Epochs every trial runs before ASHA may stop it.")
@@ -165,19 +169,63 @@ class SweepConfig:
     )
 
     def __post_init__(self) -> None:
-        _require(self.num_samples >= 1, "num_samples", "must be >= 1")
+        _require(self.num_samples >= 0, "num_samples", "must be >= 0")
         _require(self.max_concurrent >= 0, "max_concurrent", "must be >= 0")
         _require(self.grace_period >= 1, "grace_period", "must be >= 1")
         _require(self.reduction_factor >= 2, "reduction_factor", "must be >= 2")
+        _require(all(c.isalnum() or c in "-_." for c in self.name), "name", "use letters, digits, '-', '_', '.'")
         train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
-        for name in self.space:
+        for name, dim in self.space.items():
             _require(name in train_keys, f"space.{name}", f"not a train key; choose from {sorted(train_keys)}")
+            _require(self.search != "optuna" or dim.kind != "grid", f"space.{name}",
+                     "Optuna samples; a grid needs sweep.search=random (or use kind: choice)")
+
+
+@dataclass(frozen=True)
+class SliceConfig:
+    """A subset of the test split scored on its own. A row is in the slice when every rule set matches."""
+
+    name: str = opt("", "Name used in metric keys (test_slice_<name>_weighted_f1).")
+    max_words: int = opt(0, "Texts of at most this many words (0: no rule).")
+    min_words: int = opt(0, "Texts of at least this many words (0: no rule).")
+    contains: str = opt("", "Texts containing this keyword, case-insensitive ('' : no rule).")
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and all(c.isalnum() or c in "-_" for c in self.name), "name",
+                 "a slice needs a name of letters, digits, '-' or '_'")
+        _require(self.max_words >= 0 and self.min_words >= 0, "max_words", "word counts must be >= 0")
+        _require(bool(self.max_words or self.min_words or self.contains), "contains",
+                 f"slice '{self.name}' sets no rule (max_words, min_words or contains)")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    slices: list[SliceConfig] = opt([], "Slices of the test split with metrics of their own.")
+    batch_size: int = opt(64, "Texts scored per model call.")
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.slices]
+        _require(len(names) == len(set(names)), "slices", f"slice names repeat: {names}")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
 
 
 @dataclass(frozen=True)
 class GateConfig:
-    min_weighted_f1: float = opt(0.0, "Register only if test weighted F1 reaches this (0 disables the rule).")
-    alias: str = opt("champion", "Registry alias moved to the newly registered version.")
+    min_weighted_f1: float = opt(0.0, "Promote only if test weighted F1 reaches this (0 disables the rule).")
+    min_class_f1: float = opt(0.0, "Promote only if every class's test F1 reaches this (0 disables the rule).")
+    max_regression: float = opt(
+        0.0,
+        "Promote only if test weighted F1 is no more than this below the current champion's, "
+        "re-scored on the same test split; negative disables the rule.",
+    )
+    alias: str = opt("champion", "Registry alias moved to a version that passes; the one it leaves gets 'previous'.")
+    fail_on_reject: bool = opt(False, "Exit non-zero when the gate rejects the model (it is still registered as challenger).")
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.min_weighted_f1 <= 1.0, "min_weighted_f1", "must be in [0, 1]")
+        _require(0.0 <= self.min_class_f1 <= 1.0, "min_class_f1", "must be in [0, 1]")
+        _require(self.max_regression <= 1.0, "max_regression", "must be <= 1")
+        _require(self.alias not in ("challenger", "previous"), "alias", "'challenger' and 'previous' are reserved")
 
 
 @dataclass(frozen=True)
@@ -229,6 +277,7 @@ class PipelineConfig:
     model: ModelConfig = opt(ModelConfig(), "Model to fine-tune.")
     train: TrainConfig = opt(TrainConfig(), "Training loop.")
     sweep: SweepConfig = opt(SweepConfig(), "Hyperparameter sweep.")
+    evaluate: EvaluateConfig = opt(EvaluateConfig(), "Evaluation of the chosen model on the test split.")
     gate: GateConfig = opt(GateConfig(), "Promotion rules.")
     serve: ServeConfig = opt(ServeConfig(), "Serving.")
     tracking: TrackingConfig = opt(TrackingConfig(), "MLflow tracking.")

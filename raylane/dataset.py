@@ -23,6 +23,11 @@ class DatasetInfo:
     def label_names(self) -> list[str]:
         return list(self.manifest["labels"])
 
+    @property
+    def digest(self) -> str:
+        """What the data is: its sources' digest and the ingest config's (the MLflow dataset digest)."""
+        return f"{self.manifest.get('source_digest', '?')}-{self.manifest.get('config_digest', '?')}"
+
     def split_uri(self, split: str) -> str:
         return join(self.uri, f"split={split}")
 

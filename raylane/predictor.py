@@ -53,14 +53,16 @@ class Predictor:
 
 
 class ScoreBatch:
-    """Ray Data callable class: loads the model once per actor, adds `pred`, `pred_label`, `score`."""
+    """Ray Data callable class: loads the model once per actor, adds `pred`, `pred_label`, `score`
+    (and `probs`, every class's score, when asked)."""
 
-    def __init__(self, model_dir: str, threads: int = 0):
+    def __init__(self, model_dir: str, threads: int = 0, with_probs: bool = False):
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         self.predictor = Predictor(model_dir)
+        self.with_probs = with_probs
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         probs = self.predictor.probabilities([str(t) for t in batch["text"]])
@@ -69,4 +71,6 @@ class ScoreBatch:
         batch["pred"] = pred.astype(np.int32)
         batch["pred_label"] = [self.predictor.labels[i] for i in pred]
         batch["score"] = probs.max(axis=1).astype(np.float32)
+        if self.with_probs:
+            batch["probs"] = list(probs.astype(np.float32))
         return batch

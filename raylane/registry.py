@@ -32,8 +32,11 @@ def _pinned_requirements() -> list[str]:
 
 
 def log_and_register(
-    run: RunRef, model_dir: str, registered_name: str, labels: list[str], tags: dict[str, Any] | None = None
+    run: RunRef, model_dir: str, registered_name: str, labels: list[str], tags: dict[str, Any] | None = None,
+    description: str = "",
 ) -> ModelVersionRef:
+    """Log the model as a pyfunc under `run` and register it as a new version of `registered_name`,
+    with its tags and description (the model card, shown in the registry UI)."""
     import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
@@ -52,13 +55,15 @@ def log_and_register(
             signature=infer_signature(example, output),
             input_example=example,
             pip_requirements=_pinned_requirements(),
-            metadata={"labels": labels},
+            metadata={"labels": labels, "label2id": {name: i for i, name in enumerate(labels)}},
             registered_model_name=registered_name,
         )
     version = str(info.registered_model_version)
     client = _client(run.tracking_uri)
     for key, value in (tags or {}).items():
         client.set_model_version_tag(registered_name, version, key, str(value))
+    if description:
+        client.update_model_version(registered_name, version, description=description)
     return ModelVersionRef(registered_name, version, f"models:/{registered_name}/{version}")
 
 

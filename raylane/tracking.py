@@ -75,9 +75,12 @@ class RunRef:
             client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_dict(self, data: Any, file_name: str) -> None:
+        self.log_text(json.dumps(data, indent=2, default=str), file_name)
+
+    def log_text(self, text: str, file_name: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / file_name
-            target.write_text(json.dumps(data, indent=2, default=str))
+            target.write_text(text)
             self.log_artifact(target)
 
     def log_dataset(self, uri: str, name: str, digest: str, context: str) -> None:
@@ -91,8 +94,16 @@ class RunRef:
         tag = InputTag(key="mlflow.data.context", value=context)
         _client(self.tracking_uri).log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(), [tag])])
 
+    def log_table(self, frame: Any, file_name: str) -> None:
+        """A pandas DataFrame as an MLflow table artifact (browsable in the UI's artifact view)."""
+        _client(self.tracking_uri).log_table(self.run_id, frame, file_name)
+
     def log_figure(self, figure: Any, file_name: str) -> None:
+        """Log a matplotlib figure as an image, then free it (pyplot keeps every open figure)."""
+        import matplotlib.pyplot as plt
+
         _client(self.tracking_uri).log_figure(self.run_id, figure, file_name)
+        plt.close(figure)
 
     def metrics(self) -> dict[str, float]:
         return dict(_client(self.tracking_uri).get_run(self.run_id).data.metrics)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def make_tiny_model(target: Path) -> Path:
+    import torch
     from transformers import BertConfig, BertModel
 
     from raylane.config import DEFAULT_MODEL
@@ -17,6 +18,7 @@ def make_tiny_model(target: Path) -> Path:
         vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=128, max_position_embeddings=512,
     )
+    torch.manual_seed(0)  # the same weights every session, so what a test sees is reproducible
     BertModel(config).save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target

@@ -21,6 +21,7 @@ class TrainResult:
     model_dir: str  # save_pretrained directory of the best epoch: what evaluate and register consume
     checkpoint_uri: str
     metrics: dict[str, Any]  # metrics of the best epoch
+    run_id: str = ""  # the MLflow run that produced it (train or sweep stage), for lineage
 
 
 def storage_path(cfg: PipelineConfig) -> str:

@@ -13,6 +13,7 @@ from raylane.config import PipelineConfig, TrainConfig, from_dict
 from raylane.dataset import DatasetInfo
 from raylane.tracking import RunRef, close_open_children, start_run
 from train.driver import TrainResult, export_best, fit, storage_path
+from tune.search import concurrent_trials, num_samples, scheduler, search_algorithm
 from tune.space import to_param_space
 
 # A trial only coordinates its Train workers; it must not hold a CPU they need.
@@ -48,51 +49,15 @@ def run_trial(params: dict[str, Any], cfg: PipelineConfig, dataset: DatasetInfo,
         fit(trial_cfg, dataset, run, name=name, callbacks=[TuneReportCallback()])
 
 
-def concurrent_trials(cfg: PipelineConfig) -> int:
-    """As many trials as the cluster can give a full set of Train workers at once."""
-    if cfg.sweep.max_concurrent:
-        return cfg.sweep.max_concurrent
-    import ray
-
-    free = ray.cluster_resources()
-    res = cfg.resources
-    workers = max(1, res.num_workers)
-    fits = int(free.get("CPU", 1) // (workers * res.cpus_per_worker))
-    if res.use_gpu:
-        fits = min(fits, int(free.get("GPU", 0) // workers))
-    return max(1, fits)
-
-
 def run_sweep(cfg: PipelineConfig, dataset: DatasetInfo, sweep_run: RunRef | None = None,
               name: str | None = None) -> SweepResult:
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    """Run (or resume, when `<storage>/<name>` holds an interrupted sweep) and export the winner."""
     from ray.train import Result as TrainingResult
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    name = name or time.strftime("sweep-%Y%m%d-%H%M%S")
-    sc, metric, mode = cfg.sweep, cfg.train.metric, cfg.train.metric_mode
-    scheduler = (
-        # ASHA stops a trial once it reports max_t, killing it before fit() returns; one past the
-        # last epoch lets finished trials end (and close their MLflow runs) on their own.
-        ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs + 1, grace_period=min(sc.grace_period, cfg.train.epochs),
-                      reduction_factor=sc.reduction_factor)
-        if sc.scheduler == "asha" else FIFOScheduler()
-    )
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, cfg=cfg, dataset=dataset, sweep_run=sweep_run, sweep_name=name),
-        TRIAL_RESOURCES,
-    )
-    tuner = tune.Tuner(
-        trainable,
-        param_space=to_param_space(sc.space),
-        tune_config=tune.TuneConfig(
-            metric=metric, mode=mode, num_samples=sc.num_samples, scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=sc.seed, max_concurrent=concurrent_trials(cfg)),
-        ),
-        run_config=tune.RunConfig(name=name, storage_path=storage_path(cfg), verbose=1),
-    )
-    grid = tuner.fit()
+    name = name or cfg.sweep.name or time.strftime("sweep-%Y%m%d-%H%M%S")
+    metric, mode = cfg.train.metric, cfg.train.metric_mode
+    started = time.time()
+    grid = _tuner(cfg, dataset, sweep_run, name).fit()
     if sweep_run:
         close_open_children(sweep_run, status="KILLED")  # trials ASHA stopped never closed their runs
 
@@ -103,16 +68,66 @@ def run_sweep(cfg: PipelineConfig, dataset: DatasetInfo, sweep_run: RunRef | Non
     if not ranked:
         raise RuntimeError(f"sweep {name}: no trial reported {metric}; see {storage_path(cfg)}/{name}")
     best_trial, result = (min if mode == "min" else max)(ranked, key=lambda pair: pair[0][key])
-    score = best_trial[key]
     # The winner's checkpoints are on storage whether it finished or ASHA cut it short.
     train_name = f"{name}-{best_trial['trial_id']}"
     best_train = export_best(cfg, TrainingResult.from_path(f"{storage_path(cfg)}/{train_name}"), train_name)
-    summary = SweepResult(best_train, {k: result.config[k] for k in sc.space}, trials)
+    summary = SweepResult(best_train, best_trial["params"], trials)
     if sweep_run:
         sweep_run.log_dict(trials, "trials.json")
-        sweep_run.log_metrics({f"best_{metric}": score, "trials_completed": sum(t["completed"] for t in trials)})
+        sweep_run.log_figure(plot_trials(results, metric), "trials.png")
+        sweep_run.log_metrics({key: best_trial[key], "trials_completed": sum(t["completed"] for t in trials),
+                               "trials_stopped_early": sum(not t["completed"] for t in trials),
+                               "sweep_wall_s": time.time() - started})
         sweep_run.log_params({f"best.{k}": v for k, v in summary.best_params.items()})
+        sweep_run.set_tags({"sweep_name": name, "best_trial": best_trial["trial_id"]})
     return summary
+
+
+def _tuner(cfg: PipelineConfig, dataset: DatasetInfo, sweep_run: RunRef | None, name: str):
+    from ray import tune
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, cfg=cfg, dataset=dataset, sweep_run=sweep_run, sweep_name=name),
+        TRIAL_RESOURCES,
+    )
+    path = f"{storage_path(cfg)}/{name}"
+    if tune.Tuner.can_restore(path):
+        # Finished trials keep their results; interrupted ones start again, and their Train run
+        # picks up from its own latest checkpoint (same storage path and name).
+        print(f"sweep {name}: resuming the interrupted sweep at {path}")
+        return tune.Tuner.restore(path, trainable, resume_errored=True)
+    concurrent = concurrent_trials(cfg)
+    return tune.Tuner(
+        trainable,
+        param_space=to_param_space(cfg.sweep.space),
+        tune_config=tune.TuneConfig(
+            metric=cfg.train.metric, mode=cfg.train.metric_mode, num_samples=num_samples(cfg, concurrent),
+            scheduler=scheduler(cfg), search_alg=search_algorithm(cfg, concurrent),
+        ),
+        run_config=tune.RunConfig(name=name, storage_path=storage_path(cfg), verbose=1),
+    )
+
+
+def plot_trials(results, metric: str):
+    """The validation metric per epoch, one line per trial: where ASHA cut each one off."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for result in results:
+        history = result.metrics_dataframe
+        if history is None or metric not in history:
+            continue
+        label = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.config.items())
+        ax.plot(history["epoch"], history[metric], marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title("sweep trials")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def _summarize_trial(result, cfg: PipelineConfig) -> dict[str, Any]:
@@ -122,7 +137,7 @@ def _summarize_trial(result, cfg: PipelineConfig) -> dict[str, Any]:
     epochs = int(history["epoch"].max()) if reported else 0
     return {
         "trial_id": result.metrics.get("trial_id") if result.metrics else Path(result.path).name,
-        "params": {k: result.config[k] for k in cfg.sweep.space},
+        "params": dict(result.config),
         f"best_{metric}": float(history[metric].min() if mode == "min" else history[metric].max()) if reported else None,
         "epochs": epochs,
         "completed": epochs >= cfg.train.epochs,

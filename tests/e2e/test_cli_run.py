@@ -47,7 +47,9 @@ def test_run_end_to_end(tmp_path, tiny_model, mlflow_server):
             [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
         assert {"ingest", "sweep", "evaluate", "register"} <= stages
         champion = client.get_model_version_by_alias("e2e-model", "champion")
-        assert champion.version == summary["registered_version"]
+        assert champion.version == summary["registered_version"] and summary["gate"]["passed"]
+        assert champion.tags["pipeline_run_id"] == parent.info.run_id and champion.tags["training_run_id"]
+        assert "## Test metrics" in champion.description  # the model card
 
         response = requests.post(f"http://127.0.0.1:{port}/predict",
                                  json={"texts": ["Object detection with YOLO on video"]}, timeout=60)

@@ -1,10 +1,12 @@
 """Evaluate, gate and register against a real MLflow server, then serve the champion over real HTTP."""
 
+import dataclasses
+
 import pytest
 import requests
 from mlflow import MlflowClient
 
-from evaluate.gate import register
+from evaluate.gate import register, score_champion
 from evaluate.stage import run as evaluate
 from raylane.registry import resolve_model
 from raylane.tracking import start_run
@@ -17,6 +19,7 @@ from train.driver import fit
 def registry_cfg(smoke_cfg_factory, mlflow_server):
     return smoke_cfg_factory(f"tracking.uri={mlflow_server}", "tracking.experiment=registry-test",
                              "model.registered_name=serve-test", "resources.num_workers=0", "train.epochs=2",
+                             "evaluate.slices=[{name: short, max_words: 12}, {name: learning, contains: learning}]",
                              f"serve.port={free_port()}")
 
 
@@ -31,38 +34,87 @@ def evaluation(registry_cfg, smoke_dataset, trained, tmp_path_factory):
         result = evaluate(registry_cfg, trained.model_dir, smoke_dataset, tmp_path_factory.mktemp("eval"), run)
     client = MlflowClient(registry_cfg.tracking.uri)
     assert client.get_run(run.run_id).data.metrics["test_weighted_f1"] == pytest.approx(result.weighted_f1)
-    assert "confusion_matrix.png" in [a.path for a in client.list_artifacts(run.run_id)]
+    artifacts = {a.path for a in client.list_artifacts(run.run_id)}
+    assert {"confusion_matrix.png", "per_class.json", "evaluation.json"} <= artifacts
+    assert client.get_run(run.run_id).data.metrics["test_slice_short_rows"] == result.metrics["slices"]["short"]["rows"]
     return result
 
 
 def test_evaluation_covers_the_whole_test_split(evaluation, smoke_dataset):
     support = sum(row["support"] for row in evaluation.metrics["per_class"].values())
     assert support == smoke_dataset.manifest["splits"]["test"]
+    texts = smoke_dataset.read_split("test").select_columns(["text"]).to_pandas()["text"]
+    slices = evaluation.metrics["slices"]
+    assert slices["short"]["rows"] == sum(len(t.split()) <= 12 for t in texts) > 0
+    assert slices["learning"]["rows"] == sum("learning" in t.lower() for t in texts) > 0
 
 
-def test_gate_registers_champion_then_moves_aliases(registry_cfg, smoke_dataset, trained, evaluation):
-    import dataclasses
+@pytest.fixture(scope="module")
+def untrained(smoke_dataset, tiny_model, tmp_path_factory):
+    """The tiny encoder with a fresh random head: a model the trained one must beat."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     labels = smoke_dataset.label_names
-    client = MlflowClient(registry_cfg.tracking.uri)
-    with start_run(registry_cfg, "register") as run:
-        first = register(registry_cfg, run, trained.model_dir, labels, evaluation.metrics, tags={"case": "first"})
-    assert first.decision.passed and first.alias == "champion"
-    assert client.get_model_version_by_alias("serve-test", "champion").version == first.version.version
+    target = tmp_path_factory.mktemp("untrained")
+    AutoModelForSequenceClassification.from_pretrained(
+        tiny_model, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    ).save_pretrained(target)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(target)
+    return str(target)
 
-    strict = dataclasses.replace(registry_cfg, gate=dataclasses.replace(registry_cfg.gate, min_weighted_f1=0.999))
-    with start_run(strict, "register") as run:
-        rejected = register(strict, run, trained.model_dir, labels, evaluation.metrics, tags={})
-    assert not rejected.decision.passed and "min_weighted_f1" in rejected.decision.reasons[0]
-    assert client.get_model_version_by_alias("serve-test", "challenger").version == rejected.version.version
-    assert client.get_model_version_by_alias("serve-test", "champion").version == first.version.version
 
-    with start_run(registry_cfg, "register") as run:
-        second = register(registry_cfg, run, trained.model_dir, labels, evaluation.metrics, tags={})
-    assert client.get_model_version_by_alias("serve-test", "champion").version == second.version.version
-    assert client.get_model_version_by_alias("serve-test", "previous").version == first.version.version
-    resolved = resolve_model("models:/serve-test@champion", registry_cfg.tracking.uri)
-    assert resolved.version == second.version.version
+def test_gate_promotes_on_evidence_and_moves_aliases(registry_cfg, smoke_dataset, trained, evaluation, untrained,
+                                                     tmp_path):
+    cfg = dataclasses.replace(registry_cfg, model=dataclasses.replace(registry_cfg.model, registered_name="gate-test"))
+    client = MlflowClient(cfg.tracking.uri)
+
+    def gate(candidate_dir, candidate_eval, gate_cfg=cfg):
+        with start_run(gate_cfg, "register") as run:
+            champion = score_champion(gate_cfg, smoke_dataset, run.tracking_uri, tmp_path / "champion")
+            return register(gate_cfg, run, candidate_dir, smoke_dataset, candidate_eval.metrics, champion), run
+
+    def alias(name):
+        return client.get_model_version_by_alias("gate-test", name).version
+
+    weak = evaluate(cfg, untrained, smoke_dataset, tmp_path / "weak")
+    assert weak.weighted_f1 < evaluation.weighted_f1 - 0.05, "the trained model must clearly beat a random head"
+
+    # 1. No champion yet: the weak model passes (no rule to fail) and becomes champion.
+    first, _ = gate(untrained, weak)
+    assert first.decision.passed and first.alias == "champion" and alias("champion") == first.version.version
+
+    # 2. An absolute threshold fails: registered as challenger, the champion stays.
+    strict = dataclasses.replace(cfg, gate=dataclasses.replace(cfg.gate, min_weighted_f1=0.999))
+    rejected, _ = gate(trained.model_dir, evaluation, strict)
+    assert not rejected.decision.passed and rejected.alias == "challenger"
+    assert [r.key for r in rejected.decision.rules if not r.passed] == ["gate.min_weighted_f1"]
+    assert alias("challenger") == rejected.version.version and alias("champion") == first.version.version
+
+    # 3. Better than the (re-scored) champion: promoted; the old champion becomes previous.
+    better, run = gate(trained.model_dir, evaluation)
+    assert better.decision.passed, better.decision.reasons
+    regression = next(r for r in better.decision.rules if r.key == "gate.max_regression")
+    assert f"champion version {first.version.version}" in regression.detail
+    assert alias("champion") == better.version.version and alias("previous") == first.version.version
+    metrics = client.get_run(run.run_id).data.metrics
+    assert metrics["champion_test_weighted_f1"] == pytest.approx(weak.weighted_f1)  # re-scored, same test split
+
+    # 4. Worse than the champion: rejected against it, nothing moves but the challenger alias.
+    worse, run = gate(untrained, weak)
+    assert not worse.decision.passed
+    assert [r.key for r in worse.decision.rules if not r.passed] == ["gate.max_regression"]
+    assert alias("champion") == better.version.version and alias("previous") == first.version.version
+    assert alias("challenger") == worse.version.version
+
+    version = client.get_model_version("gate-test", worse.version.version)
+    assert version.tags["gate"] == "fail" and version.tags["dataset_digest"] == smoke_dataset.digest
+    assert version.tags["register_run_id"] == run.run_id
+    assert "## Gate: rejected" in version.description and "gate.max_regression" in version.description
+    report = client.download_artifacts(run.run_id, "gate.json", str(tmp_path))
+    assert '"passed": false' in open(report).read()
+    card = resolve_model(f"models:/gate-test/{worse.version.version}", cfg.tracking.uri).model_dir + "/README.md"
+    assert "## Test metrics" in open(card).read()
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +122,7 @@ def served(registry_cfg, ray_session, trained, evaluation, smoke_dataset):
     from ray import serve
 
     with start_run(registry_cfg, "register") as run:
-        reg = register(registry_cfg, run, trained.model_dir, smoke_dataset.label_names, evaluation.metrics, tags={})
+        reg = register(registry_cfg, run, trained.model_dir, smoke_dataset, evaluation.metrics)
     url = deploy(registry_cfg, "models:/serve-test@champion")
     yield url, reg.version.version
     serve.shutdown()

@@ -48,11 +48,20 @@ def test_dotted_overrides_are_typed():
         ("sweep.space.not_a_key={kind: choice, values: [1]}", "sweep.space.not_a_key"),
         ("serve.port=70000", "serve.port"),
         ("train", "train"),
+        ("sweep.search=bayes", "sweep.search"),
+        ("sweep.name=a/b", "sweep.name"),
+        # Optuna samples, it cannot walk a grid: caught at load, naming the dimension.
+        (("sweep.search=optuna", "sweep.space.lr={kind: grid, values: [1.0e-4, 2.0e-4]}"), "sweep.space.lr"),
+        ("evaluate.slices=[{name: short}]", "evaluate.slices[0].contains"),
+        ("evaluate.slices=[{name: s, max_words: 5}, {name: s, contains: x}]", "evaluate.slices"),
+        ("evaluate.slices=[{name: s, max_words: -1}]", "evaluate.slices[0].max_words"),
+        ("gate.min_class_f1=1.5", "gate.min_class_f1"),
+        ("gate.alias=previous", "gate.alias"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:
-        load_config(None, [override])
+        load_config(None, [override] if isinstance(override, str) else list(override))
     assert err.value.key == key
     assert key in str(err.value)
 
