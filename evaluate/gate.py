@@ -78,8 +78,10 @@ def score_champion(cfg: PipelineConfig, dataset: DatasetInfo, tracking_uri: str,
     """The current champion re-scored on this dataset's test split; None when there is none."""
     from evaluate.stage import model_labels, run as evaluate
 
+    if cfg.gate.max_regression < 0:
+        return None  # the rule is off: no need to load and score the champion
     version = alias_version(tracking_uri, cfg.model.registered_name, cfg.gate.alias)
-    if version is None or cfg.gate.max_regression < 0:
+    if version is None:
         return None
     resolved = resolve_model(f"models:/{cfg.model.registered_name}/{version}", tracking_uri)
     theirs, ours = sorted(model_labels(resolved.model_dir)), sorted(dataset.label_names)

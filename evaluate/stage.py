@@ -17,6 +17,7 @@ from evaluate.slices import column, membership
 from raylane.config import PipelineConfig, SliceConfig
 from raylane.dataset import DatasetInfo
 from raylane.metrics import confusion_matrix, plot_confusion_matrix, scalar_metrics, summarize
+from raylane.runtime import on_this_node
 from raylane.tracking import RunRef
 
 
@@ -53,6 +54,7 @@ def score_split(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, split
         batch_size=cfg.evaluate.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.resources.predict_actors),
         fn_constructor_kwargs={"model_dir": model_dir, "with_probs": True},
+        **on_this_node(),
     )
     return scored.select_columns(["label", "pred_label", "probs", *(column(r.name) for r in rules)]).to_pandas()
 

@@ -59,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"raylane: error: {err}", file=sys.stderr)
         return 2
+    from raylane.preflight import PreflightError, preflight
+
+    try:
+        preflight(cfg, args.command)
+    except PreflightError as err:
+        print(f"raylane: error: {err}", file=sys.stderr)
+        return 2
     from pipelines import commands  # heavy imports (ray, torch, mlflow) only once the config is good
 
     from raylane.sources import IngestError

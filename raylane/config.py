@@ -13,6 +13,8 @@ import difflib
 import glob
 import hashlib
 import json
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -233,6 +235,9 @@ class ServeConfig:
     model_uri: str = opt("", "Model to serve; empty means models:/<model.registered_name>@<gate.alias>.")
     host: str = opt("127.0.0.1", "HTTP host of the Serve proxy.")
     port: int = opt(8000, "HTTP port of the Serve proxy.")
+    proxy_location: Literal["EveryNode", "HeadOnly"] = opt(
+        "EveryNode", "Where Serve runs HTTP proxies: every node (behind a load balancer) or the head only."
+    )
     num_replicas: int = opt(1, "Model replicas.")
     max_texts: int = opt(64, "Most texts accepted in one request (more gets a 413).")
     keep_running: bool = opt(False, "After `run`, keep serving until Ctrl-C instead of exiting.")
@@ -407,6 +412,36 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     node[parts[-1]] = yaml.safe_load(text) if text else ""
 
 
+# ${NAME} or ${NAME:-default}; a default may itself hold references (expanded innermost first).
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:(?!\$\{)[^}])*))?\}")
+
+
+def expand_env(raw: Any, key: str = "") -> Any:
+    """`${VAR}` and `${VAR:-default}` in string values, from the environment: how a cluster config
+    takes its bucket or server address. An unset variable without a default names the key."""
+    if isinstance(raw, dict):
+        return {k: expand_env(v, f"{key}.{k}" if key else str(k)) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [expand_env(v, f"{key}[{i}]") for i, v in enumerate(raw)]
+    if not isinstance(raw, str):
+        return raw
+
+    def value(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ConfigError(key, f"environment variable {name} is not set (write ${{{name}:-default}} for a default)")
+        return default
+
+    for _ in range(10):  # bounded: a variable whose value refers to itself must not hang the CLI
+        expanded = _ENV_REF.sub(value, raw)
+        if expanded == raw:
+            break
+        raw = expanded
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """Load a YAML file (the embedded default when `path` is None), apply overrides, type-check all."""
     path = Path(path) if path else DEFAULT_CONFIG
@@ -418,7 +453,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError("", f"{path} is not valid YAML: {err}") from None
     for override in overrides:
         apply_override(raw, override)
-    cfg = from_dict(PipelineConfig, raw)
+    cfg = from_dict(PipelineConfig, expand_env(raw))
     # Absolute from here on: Tune runs each trial in a working directory of its own, where a
     # relative output_dir would point somewhere else.
     storage = cfg.train.storage_path

@@ -19,3 +19,13 @@ def init_ray() -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = True
     ctx.print_on_execution_start = False
+
+
+def on_this_node() -> dict:
+    """Ray remote args that keep tasks or actors on the driver's node: for work that reads a
+    model directory only the driver has (exported or downloaded there). Without it, a Ray Data
+    actor placed on another node of a cluster would not find the files."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}

@@ -1,11 +1,13 @@
 """The Ray Serve application. Built by `build_app` from a model URI (the registry's champion by
 default) and typed arguments: it never imports training code, only the core's predictor.
 
-Run it with `python -m pipelines serve`, or `serve run serve.app:build_app model_uri=...`.
+Run it with `python -m pipelines serve`, `serve run serve.app:build_app model_uri=...`, or on a
+cluster with `serve deploy configs/serve.yaml`.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real request types on the
 # ingress methods, or a JSON body is mistaken for query parameters (422).
+import os
 import time
 
 from fastapi import FastAPI, HTTPException
@@ -17,7 +19,8 @@ CANARY_TEXT = "health check"
 
 class ServeArgs(BaseModel):
     model_uri: str = Field(description="models:/<name>@<alias>, models:/<name>/<version> or a local model dir")
-    tracking_uri: str = Field(description="MLflow tracking URI to resolve models:/ URIs against")
+    tracking_uri: str = Field("", description="MLflow tracking URI to resolve models:/ URIs against; "
+                                                "empty: $MLFLOW_TRACKING_URI of the replica")
     max_texts: int = Field(64, ge=1, description="Most texts accepted in one request")
     num_replicas: int = Field(1, ge=1)
 
@@ -52,7 +55,7 @@ class Classifier:
         from raylane.predictor import Predictor
         from raylane.registry import resolve_model
 
-        resolved = resolve_model(args.model_uri, args.tracking_uri)
+        resolved = resolve_model(args.model_uri, args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""))
         self.predictor = Predictor(resolved.model_dir)
         self.args = args
         self.model_name, self.model_version = resolved.name, resolved.version

@@ -9,6 +9,7 @@ import ray.data
 
 from raylane.config import PipelineConfig
 from raylane.predictor import ScoreBatch
+from raylane.runtime import on_this_node
 from raylane.sources import read_source
 from raylane.text import join_text
 
@@ -29,6 +30,7 @@ def predict_files(cfg: PipelineConfig, model_dir: str, source: str, out_dir: Pat
         batch_size=64,
         compute=ray.data.ActorPoolStrategy(size=cfg.resources.predict_actors),
         fn_constructor_kwargs={"model_dir": model_dir},
+        **on_this_node(),
     )
     scored.write_parquet(str(out_dir))
     return ray.data.read_parquet(str(out_dir)).count()

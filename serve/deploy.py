@@ -25,7 +25,8 @@ def deploy(cfg: PipelineConfig, model_uri: str | None = None) -> str:
     """Deploy (or update) the app; returns its base URL once it answers."""
     from ray import serve
 
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port},
+                proxy_location=cfg.serve.proxy_location)
     serve.run(build_app(serve_args(cfg, model_uri)), name=APP_NAME, route_prefix="/")
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"
     wait_until_ok(f"{url}/healthz")  # the replica's health check: a real forward pass

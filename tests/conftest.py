@@ -20,17 +20,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def free_port() -> int:
-    """A free port clear of Ray, whose processes take random ephemeral ports while they start
-    (workers 10002+, the dashboard 8265 and up): one once took the port a test had picked for Serve."""
-    for port in random.sample(range(8400, 9990), 200):
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports clear of Ray, whose processes take random ephemeral ports while they
+    start (workers 10002+, the dashboard 8265 and up): one once took the port a test had picked
+    for Serve."""
+    ports = []
+    for port in random.sample(range(8400, 9990), 400):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
-    raise RuntimeError("no free port in 8400-9989")
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"not {n} free ports in 8400-9989")
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
 
 
 @pytest.fixture(scope="session")

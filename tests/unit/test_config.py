@@ -99,11 +99,19 @@ def test_help_documents_every_key():
         assert ".".join(section_key) in text
 
 
-def test_every_shipped_config_starts_with_its_command_and_loads():
+# For `ray job submit --runtime-env` and `serve deploy`; see test_cluster_config.
+NOT_PIPELINE_CONFIGS = {"job_runtime_env.yaml", "serve.yaml"}
+
+
+def test_every_shipped_config_starts_with_its_command_and_loads(monkeypatch):
+    monkeypatch.setenv("RAYLANE_STORAGE", "s3://bucket/raylane")  # what cluster.yaml exports on the nodes
     for path in sorted((PROJECT_ROOT / "configs").glob("*.yaml")):
-        first = path.read_text().splitlines()[0]
-        assert first.startswith("# python -m pipelines "), path
-        assert f"--config configs/{path.name}" in first, path
+        if path.name in NOT_PIPELINE_CONFIGS:
+            continue
+        lines = path.read_text().splitlines()
+        command = " ".join(line for line in lines[:3] if line.startswith("#"))
+        assert lines[0].startswith(("# python -m pipelines ", "# ray job submit ")), path
+        assert "python -m pipelines" in command and f"--config configs/{path.name}" in command, path
         load_config(path)
 
 
@@ -117,3 +125,17 @@ def test_cli_fails_in_seconds_before_ray_starts(override):
     assert override.split("=")[0] in proc.stderr
     assert "Started a local Ray instance" not in proc.stderr + proc.stdout
     assert elapsed < 15, f"bad config took {elapsed:.1f}s to fail"
+
+
+def test_environment_variables_fill_values(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAYLANE_TEST_BUCKET", "s3://bucket/x")
+    monkeypatch.delenv("RAYLANE_TEST_UNSET", raising=False)
+    cfg = load_config(None, ["train.storage_path=${RAYLANE_TEST_BUCKET}/checkpoints",
+                             "tracking.experiment=${RAYLANE_TEST_UNSET:-fallback}"])
+    assert cfg.train.storage_path == "s3://bucket/x/checkpoints"
+    assert cfg.tracking.experiment == "fallback"
+    nested = load_config(None, ["data.output_uri=${RAYLANE_TEST_UNSET:-${RAYLANE_TEST_BUCKET}/data}"])
+    assert nested.data.output_uri == "s3://bucket/x/data"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data.output_uri=${RAYLANE_TEST_UNSET}/dataset"])
+    assert err.value.key == "data.output_uri" and "RAYLANE_TEST_UNSET is not set" in str(err.value)
