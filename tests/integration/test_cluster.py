@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+import yaml
 from mlflow import MlflowClient
 
 from raylane.config import PROJECT_ROOT
@@ -114,3 +115,25 @@ def test_pipeline_job_on_two_nodes(two_node_cluster, tiny_model, mlflow_server, 
     assert response.status_code == 200, response.text
     assert response.json()["model_version"] == champion.version
     print(f"2-node job: {time.time() - started:.0f} s from submit to a served prediction")
+
+    # The committed Serve config, as `serve deploy` takes it, aimed at this test's registry and port.
+    serve_config = yaml.safe_load((PROJECT_ROOT / "configs" / "serve.yaml").read_text())
+    serve_config.update(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    pinned = f"models:/cluster-model/{champion.version}"  # the job served @champion: a visible change
+    serve_config["applications"][0]["args"].update(model_uri=pinned,
+                                                   tracking_uri=mlflow_server, num_replicas=1)
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(serve_config))
+    deployed = subprocess.run([str(Path(RAY).with_name("serve")), "deploy", str(tmp_path / "serve.yaml"),
+                               "--address", address], env=env, capture_output=True, text=True, timeout=120)
+    assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
+    deadline = time.time() + 120
+    while True:  # the update rolls out: the new replica answers /model with the args of the file
+        try:
+            model = requests.get(f"http://127.0.0.1:{port}/model", timeout=10).json()
+            if model.get("uri") == pinned:
+                break
+        except (requests.RequestException, ValueError):
+            pass
+        assert time.time() < deadline, "serve deploy did not roll out in 2 minutes"
+        time.sleep(1)
+    assert model["version"] == champion.version
