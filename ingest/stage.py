@@ -109,13 +109,15 @@ def _tokenizer_pool(cfg: PipelineConfig) -> tuple[int, float]:
     """(actors, CPUs per actor). The actors must leave a whole CPU free on every node for the
     read, filter and write tasks around them, or the CPUs are held by idle tokenizers and the job
     deadlocks: on a small machine, and on a cluster of small nodes, where leftovers scattered
-    across nodes add up to a CPU but no node has one. With nothing to spare, actors take no CPU
-    and share with the tasks."""
+    across nodes add up to a CPU but no node has one, or where a Serve replica already holds one.
+    With nothing to spare, actors take no CPU and share with the tasks."""
     node_cpus = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
     node_cpus = [c for c in node_cpus if c > 0] or [1.0]
     cpus = max(1, int(sum(node_cpus)))
     actors = cfg.resources.tokenize_actors or cpus
-    spare = cpus - len(node_cpus)  # one CPU kept free per node
+    # What others hold (a Serve replica, another job) is not ours to count on.
+    free = min(float(cpus), ray.available_resources().get("CPU", 0.0))
+    spare = int(free) - len(node_cpus)  # one CPU kept free per node
     if spare <= 0:
         return actors, 0.0
     return actors, round(min(1.0, max(0.1, spare / actors)), 2)

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return getattr(commands, args.command)(cfg, args)
-    except IngestError as err:  # a whole-file problem: the message names the file and column
+    except (IngestError, ConfigError) as err:  # a whole-file problem or a secret missing: named, no traceback
         print(f"raylane: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -156,8 +156,9 @@ def _gate_exit_code(cfg: PipelineConfig, reg) -> int:
 
 
 def serve(cfg: PipelineConfig, args: argparse.Namespace) -> int:
-    from serve.deploy import deploy
+    from serve.deploy import client_headers, deploy
 
+    client_headers(cfg)  # a missing or empty API-key source fails now, not in every replica
     init_ray()
     url = deploy(cfg, args.model)
     print(f"serving {args.model or cfg.serve_model_uri} at {url}  (POST /predict, GET /healthz, /model, /docs); "
@@ -179,10 +180,11 @@ def predict(cfg: PipelineConfig, args: argparse.Namespace) -> int:
 
 
 def run(cfg: PipelineConfig, args: argparse.Namespace) -> int:
-    from serve.deploy import deploy, predict_http
+    from serve.deploy import client_headers, deploy, predict_http
 
     started = time.time()
     tasks = _check_sources(cfg)
+    headers = client_headers(cfg)  # a missing or empty API-key source fails now, not after training
     init_ray()
     with pipeline_run(cfg, "run") as parent:
         dataset = ingest_stage(cfg, parent, force=args.force, tasks=tasks)
@@ -193,7 +195,7 @@ def run(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         # A rejected model never displaces the champion; with no champion yet, it is all there is.
         served_uri = cfg.serve_model_uri if reg.decision.passed or reg.previous_version else reg.version.uri
         url = deploy(cfg, served_uri)
-        answer = predict_http(url, [cfg.serve.sample_text])
+        answer = predict_http(url, [cfg.serve.sample_text], headers=headers)
         elapsed = time.time() - started
         summary = {
             "pipeline_run_id": parent.run_id,

@@ -240,6 +240,14 @@ class ServeConfig:
     )
     num_replicas: int = opt(1, "Model replicas.")
     max_texts: int = opt(64, "Most texts accepted in one request (more gets a 413).")
+    max_chars: int = opt(5000, "Longest text accepted, in characters; see on_too_long.")
+    on_too_long: Literal["reject", "truncate"] = opt("reject", "A text over max_chars: 422, or cut to max_chars.")
+    api_keys_env: str = opt("", "Environment variable holding API keys (comma separated); set: Bearer auth on.")
+    api_keys_file: str = opt("", "Secret file with one API key per line; set: Bearer auth on.")
+    feedback_uri: str = opt("", "Where POST /feedback writes (path or s3:// URI); empty: <output_dir>/feedback.")
+    feedback_format: Literal["jsonl", "parquet"] = opt("jsonl", "File format of the feedback sink.")
+    poll_interval_s: float = opt(30.0, "Replicas serving models:/<name>@<alias> check the alias this often and "
+                                 "swap to the version it moved to; 0 never does.")
     keep_running: bool = opt(False, "After `run`, keep serving until Ctrl-C instead of exiting.")
     sample_text: str = opt(
         "Transfer learning with transformers for text classification.",
@@ -250,6 +258,8 @@ class ServeConfig:
         _require(1 <= self.port <= 65535, "port", "must be in [1, 65535]")
         _require(self.num_replicas >= 1, "num_replicas", "must be >= 1")
         _require(self.max_texts >= 1, "max_texts", "must be >= 1")
+        _require(self.max_chars >= 1, "max_chars", "must be >= 1")
+        _require(self.poll_interval_s >= 0, "poll_interval_s", "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,14 @@ def serve_args(cfg: PipelineConfig, model_uri: str | None = None) -> ServeArgs:
         model_uri=model_uri or cfg.serve_model_uri,
         tracking_uri=tracking_uri(cfg),
         max_texts=cfg.serve.max_texts,
+        max_chars=cfg.serve.max_chars,
+        on_too_long=cfg.serve.on_too_long,
         num_replicas=cfg.serve.num_replicas,
+        api_keys_env=cfg.serve.api_keys_env,
+        api_keys_file=cfg.serve.api_keys_file,
+        feedback_uri=cfg.serve.feedback_uri or str(cfg.output_path / "feedback"),
+        feedback_format=cfg.serve.feedback_format,
+        poll_interval_s=cfg.serve.poll_interval_s,
     )
 
 
@@ -33,7 +40,15 @@ def deploy(cfg: PipelineConfig, model_uri: str | None = None) -> str:
     return url
 
 
-def predict_http(url: str, texts: list[str], top_k: int = 1) -> dict:
-    response = requests.post(f"{url}/predict", json={"texts": texts, "top_k": top_k}, timeout=60)
+def client_headers(cfg: PipelineConfig) -> dict[str, str]:
+    """What this process sends to the app: the first configured key, when auth is on."""
+    from serve.auth import load_keys
+
+    keys = load_keys(cfg.serve.api_keys_env, cfg.serve.api_keys_file)
+    return {"Authorization": f"Bearer {keys[0]}"} if keys else {}
+
+
+def predict_http(url: str, texts: list[str], top_k: int = 1, headers: dict[str, str] | None = None) -> dict:
+    response = requests.post(f"{url}/predict", json={"texts": texts, "top_k": top_k}, headers=headers, timeout=60)
     response.raise_for_status()
     return response.json()

@@ -1,9 +1,13 @@
 """Evaluate, gate and register against a real MLflow server, then serve the champion over real HTTP."""
 
 import dataclasses
+import time
 
 import pytest
 import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mlflow import MlflowClient
 
 from evaluate.gate import register, score_champion
@@ -117,29 +121,68 @@ def test_gate_promotes_on_evidence_and_moves_aliases(registry_cfg, smoke_dataset
     assert "## Test metrics" in open(card).read()
 
 
+KEY = "test-key-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
 @pytest.fixture(scope="module")
-def served(registry_cfg, ray_session, trained, evaluation, smoke_dataset):
+def served(registry_cfg, ray_session, trained, evaluation, smoke_dataset, tmp_path_factory):
     from ray import serve
 
-    with start_run(registry_cfg, "register") as run:
-        reg = register(registry_cfg, run, trained.model_dir, smoke_dataset, evaluation.metrics)
-    url = deploy(registry_cfg, "models:/serve-test@champion")
-    yield url, reg.version.version
+    secrets = tmp_path_factory.mktemp("secrets")
+    (secrets / "keys").write_text(f"other-key\n{KEY}\n")
+    cfg = dataclasses.replace(registry_cfg, serve=dataclasses.replace(
+        registry_cfg.serve, api_keys_file=str(secrets / "keys"), max_chars=200, poll_interval_s=1.0,
+        feedback_uri=str(tmp_path_factory.mktemp("feedback"))))
+    with start_run(cfg, "register") as run:
+        reg = register(cfg, run, trained.model_dir, smoke_dataset, evaluation.metrics)
+    url = deploy(cfg, "models:/serve-test@champion")
+    yield url, reg.version.version, cfg
     serve.shutdown()
 
 
 def test_http_predict_returns_labels_scores_and_version(served, smoke_dataset):
-    url, version = served
+    url, version, _ = served
     body = requests.post(f"{url}/predict", json={"texts": ["a vision paper", "a language model"], "top_k": 2},
-                         timeout=30).json()
+                         headers=AUTH, timeout=30).json()
     assert body["model_version"] == version
     assert len(body["predictions"]) == 2
     for p in body["predictions"]:
         assert p["label"] in smoke_dataset.label_names and 0 < p["score"] <= 1
-        assert len(p["top_k"]) == 2
-    assert requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
-    assert requests.get(f"{url}/model", timeout=30).json()["version"] == version
+        assert len(p["top_k"]) == 2 and p["prediction_id"]
+    assert requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"  # open to probes
+    assert requests.get(f"{url}/model", headers=AUTH, timeout=30).json()["version"] == version
     assert requests.get(f"{url}/docs", timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key"}, {"Authorization": KEY}])
+def test_missing_or_wrong_keys_get_401_without_detail(served, headers):
+    url, _, _ = served
+    for method, path, body in (("post", "/predict", {"texts": ["x"]}), ("get", "/model", None),
+                               ("post", "/feedback", {"text": "x", "label": "mlops"})):
+        response = requests.request(method, f"{url}{path}", json=body, headers=headers, timeout=30)
+        assert response.status_code == 401 and response.json() == {"detail": "unauthorized"}, path
+        assert KEY not in response.text
+
+
+def test_feedback_over_http_is_read_back_by_ingest(served, smoke_dataset, smoke_cfg_factory):
+    from ingest.stage import run as ingest
+
+    url, _, cfg = served
+    labels = smoke_dataset.label_names
+    posted = [{"text": f"feedback number {i} about {label}", "label": label} for i, label in enumerate(labels * 8)]
+    for body in posted:
+        prediction = requests.post(f"{url}/predict", json={"texts": [body["text"]]}, headers=AUTH, timeout=30).json()
+        body["prediction_id"] = prediction["predictions"][0]["prediction_id"]
+        assert requests.post(f"{url}/feedback", json=body, headers=AUTH, timeout=30).status_code == 200
+    unknown = requests.post(f"{url}/feedback", json={"text": "x", "label": "no-such-tag"}, headers=AUTH, timeout=30)
+    assert unknown.status_code == 422 and "no-such-tag" in unknown.json()["detail"]
+
+    retrain = smoke_cfg_factory(f"data.source={cfg.serve.feedback_uri}/*.jsonl", "data.test_source=",
+                                "data.text_fields=[text]", "data.label_field=label")
+    result = ingest(retrain)
+    assert result.dataset.manifest["counts"]["accepted"] == len(posted)
+    assert sorted(result.dataset.label_names) == sorted(labels)
 
 
 @pytest.mark.parametrize(
@@ -151,11 +194,76 @@ def test_http_predict_returns_labels_scores_and_version(served, smoke_dataset):
         ({"wrong": ["x"]}, 422),
         ({"texts": ["x"], "top_k": 0}, 422),
         ({"texts": ["x"] * 100}, 413),
+        ({"texts": ["x" * 201]}, 422),  # over serve.max_chars
     ],
 )
 def test_bad_requests_get_4xx_and_the_server_keeps_serving(served, payload, status):
-    url, _ = served
-    response = requests.post(f"{url}/predict", json=payload, timeout=30)
+    url, _, _ = served
+    response = requests.post(f"{url}/predict", json=payload, headers=AUTH, timeout=30)
     assert response.status_code == status
     assert response.json()["detail"]
-    assert requests.post(f"{url}/predict", json={"texts": ["still here"]}, timeout=30).status_code == 200
+    assert requests.post(f"{url}/predict", json={"texts": ["still here"]}, headers=AUTH, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("mode", list(schemathesis.GenerationMode))
+def test_schema_driven_fuzzing_finds_no_5xx(served, mode):
+    """Requests generated from the app's own OpenAPI schema, conforming (positive) and not
+    (negative), for every operation: none may get a 5xx, and the replica keeps answering."""
+    url, _, _ = served
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.label for op in operations} >= {"POST /predict", "POST /feedback", "GET /model", "GET /healthz"}
+    seen = []
+
+    @given(data=st.data())
+    @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    def check(data):
+        operation = data.draw(st.sampled_from(operations))
+        case = data.draw(operation.as_strategy(generation_mode=mode))
+        response = case.call(base_url=url, headers=AUTH, timeout=60)
+        seen.append(response.status_code)
+        assert response.status_code < 500, (operation.label, case.body, response.text[:300])
+
+    check()
+    assert len(seen) >= 30
+    assert requests.post(f"{url}/predict", json={"texts": ["still here"]}, headers=AUTH, timeout=30).status_code == 200
+
+
+def test_hot_swap_follows_the_champion_without_failing_a_request(served, trained, smoke_dataset, evaluation):
+    """Last in this module: it moves the alias the other tests' expectations rest on."""
+    import threading
+
+    url, version, cfg = served
+    statuses, versions, stop = [], [], threading.Event()
+
+    def stream():
+        while not stop.is_set():
+            try:
+                r = requests.post(f"{url}/predict", json={"texts": ["a stream of requests"]}, headers=AUTH, timeout=30)
+                statuses.append(r.status_code)
+                versions.append(r.json().get("model_version") if r.ok else None)
+            except requests.RequestException as err:
+                statuses.append(repr(err))
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    try:
+        time.sleep(2)
+        with start_run(cfg, "register") as run:
+            new = register(cfg, run, trained.model_dir, smoke_dataset, evaluation.metrics)
+        assert new.decision.passed and new.version.version != version
+        deadline = time.time() + 60
+        while not versions or versions[-1] != new.version.version:
+            assert time.time() < deadline, f"still serving {versions[-1:]} a minute after the alias moved"
+            time.sleep(0.5)
+        time.sleep(2)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert statuses and all(s == 200 for s in statuses), [s for s in statuses if s != 200][:5]
+    assert versions[0] == version and versions[-1] == new.version.version
+    # Once swapped, never back: versions only move forward in the stream.
+    first_new = versions.index(new.version.version)
+    assert set(versions[first_new:]) == {new.version.version}
+    print(f"hot swap: {len(statuses)} requests, all 200, {versions.count(version)} on v{version} "
+          f"then {len(versions) - first_new} on v{new.version.version}")

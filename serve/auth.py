@@ -1,0 +1,43 @@
+"""API keys for the HTTP API: read once per replica from an environment variable (comma
+separated) or a secret file (one per line), compared in constant time. The keys never enter a
+config, a log line or an MLflow param; only where to find them does."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from pathlib import Path
+
+from raylane.config import ConfigError
+
+
+def load_keys(env_name: str = "", file: str = "") -> tuple[str, ...]:
+    """Every configured key; empty when auth is off. A named source that holds no key is an
+    error: serving without auth because a secret failed to mount must not happen quietly."""
+    keys: list[str] = []
+    if env_name:
+        keys += [k.strip() for k in os.environ.get(env_name, "").split(",") if k.strip()]
+        if not keys:
+            raise ConfigError("serve.api_keys_env", f"names ${env_name}, which is unset or empty")
+    if file:
+        try:
+            lines = Path(file).expanduser().read_text().splitlines()
+        except OSError as err:
+            raise ConfigError("serve.api_keys_file", f"cannot read {file} ({err.strerror})") from None
+        from_file = [line.strip() for line in lines if line.strip()]
+        if not from_file:
+            raise ConfigError("serve.api_keys_file", f"{file} holds no key")
+        keys += from_file
+    return tuple(keys)
+
+
+def authorized(header: str | None, keys: tuple[str, ...]) -> bool:
+    """`Authorization: Bearer <key>` against every key, each compared in constant time (and all of
+    them compared, so timing does not tell which key came close)."""
+    if not keys:
+        return True
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    matches = [hmac.compare_digest(token.strip().encode(), key.encode()) for key in keys]
+    return any(matches)

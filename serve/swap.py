@@ -1,0 +1,60 @@
+"""Following a registry alias: a replica serving `models:/<name>@<alias>` polls where the alias
+points and, when it moves, loads the new version beside the old one and swaps it in, so requests
+keep succeeding throughout (each request uses whichever model was current when it started)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+logger = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    predictor: object  # raylane.predictor.Predictor
+    name: str | None
+    version: str | None
+    loaded_at: float
+
+
+def alias_of(model_uri: str) -> tuple[str, str] | None:
+    """(name, alias) of a `models:/<name>@<alias>` URI; None for anything pinned."""
+    if not model_uri.startswith("models:/") or "@" not in model_uri:
+        return None
+    name, _, alias = model_uri[len("models:/"):].partition("@")
+    return name, alias
+
+
+class AliasFollower:
+    """Calls `on_change(version)` whenever the alias points at a version other than the current one."""
+
+    def __init__(self, tracking_uri: str, name: str, alias: str, current: str | None, interval_s: float,
+                 on_change: Callable[[str], None]):
+        self.tracking_uri, self.name, self.alias = tracking_uri, name, alias
+        self.current, self.interval_s, self.on_change = current, interval_s, on_change
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"follow-{name}@{alias}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from raylane.registry import alias_version
+
+        while not self._stop.wait(self.interval_s):
+            try:
+                version = alias_version(self.tracking_uri, self.name, self.alias)
+                if version and version != self.current:
+                    started = time.time()
+                    self.on_change(version)
+                    logger.info("now serving %s version %s (was %s; loaded in %.1fs)",
+                                self.name, version, self.current, time.time() - started)
+                    self.current = version
+            except Exception:  # a registry hiccup must not stop the replica serving what it has
+                logger.exception("following %s@%s failed; still serving version %s", self.name, self.alias,
+                                 self.current)
+
+    def stop(self) -> None:
+        self._stop.set()
