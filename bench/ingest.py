@@ -50,7 +50,7 @@ def baseline_ingest(source: Path, out: Path, fast_tokenizer: bool = False) -> in
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ingest.pii import PII_KINDS, mask_pii
+    from raylane.pii import PII_KINDS, mask_pii
     from ingest.transforms import normalize, stable_fraction
     from raylane.config import DEFAULT_MODEL
     from raylane.models import load_tokenizer

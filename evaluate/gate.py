@@ -16,6 +16,7 @@ from typing import Any
 from evaluate.card import model_card
 from raylane.config import GateConfig, PipelineConfig
 from raylane.dataset import DatasetInfo
+from raylane.drift import reference_from_manifest, write_reference
 from raylane.registry import ModelVersionRef, alias_version, log_and_register, resolve_model, set_alias
 from raylane.tracking import RunRef
 
@@ -108,11 +109,13 @@ def register(cfg: PipelineConfig, run: RunRef, model_dir: str, dataset: DatasetI
                **(lineage or {})}
     card = model_card(cfg, dataset, test_metrics, decision, champion, lineage)
     (Path(model_dir) / "README.md").write_text(card)  # the Hugging Face place for a model card
+    # What serving replicas measure drift against: the training split's label mix and lengths.
+    write_reference(model_dir, reference_from_manifest(dataset.manifest))
     run.log_text(card, "model_card.md")
     version = log_and_register(
         run, model_dir, name, dataset.label_names, description=card,
         tags={**lineage, "test_weighted_f1": round(test_metrics["weighted_f1"], 4),
-              "gate": "pass" if decision.passed else "fail"},
+              "gate": "pass" if decision.passed else "fail", **_variant_tags(test_metrics)},
     )
     alias = cfg.gate.alias if decision.passed else CHALLENGER
     set_alias(run.tracking_uri, name, alias, version.version)
@@ -126,6 +129,15 @@ def register(cfg: PipelineConfig, run: RunRef, model_dir: str, dataset: DatasetI
         run.log_metrics({"champion_test_weighted_f1": champion.metrics["weighted_f1"]})
     run.set_tags({"registered_version": version.version, "alias": alias, "gate": "pass" if decision.passed else "fail"})
     return Registration(version, decision, alias, previous)
+
+
+def _variant_tags(test_metrics: dict[str, Any]) -> dict[str, Any]:
+    """The compressed serving variant's measured cost, where evaluate scored one."""
+    variant = test_metrics.get("serving_variant")
+    if not variant:
+        return {}
+    return {"serving_variant": variant["variant"],
+            "serving_accuracy_delta_points": variant["accuracy_delta_points"]}
 
 
 def format_decision(reg: Registration) -> str:

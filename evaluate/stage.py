@@ -37,7 +37,8 @@ def _flag_slices(batch: pd.DataFrame, rules: list[SliceConfig]) -> pd.DataFrame:
     return batch
 
 
-def score_split(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, split: str) -> pd.DataFrame:
+def score_split(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, split: str,
+                quantize: str = "none", prune_amount: float = 0.0) -> pd.DataFrame:
     """One row per example: true label id, predicted label name, class scores and slice flags.
     Texts stay on the workers; only these small columns come back to the driver."""
     import ray.data
@@ -53,7 +54,8 @@ def score_split(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, split
         batch_format="pandas",
         batch_size=cfg.evaluate.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.resources.predict_actors),
-        fn_constructor_kwargs={"model_dir": model_dir, "with_probs": True},
+        fn_constructor_kwargs={"model_dir": model_dir, "with_probs": True, "quantize": quantize,
+                               "prune_amount": prune_amount},
         **on_this_node(),
     )
     return scored.select_columns(["label", "pred_label", "probs", *(column(r.name) for r in rules)]).to_pandas()
@@ -103,6 +105,8 @@ def run(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, out_dir: Path
         positive_score = probs[:, model_labels(model_dir).index(labels[1])]
     slices = {c: scored[c].to_numpy(dtype=bool) for c in scored.columns if c.startswith("slice_")}
     metrics = evaluate_predictions(y_true, y_pred, positive_score, slices, labels)
+    if cfg.serve.quantize != "none" or cfg.serve.prune_amount > 0:
+        metrics["serving_variant"] = _score_serving_variant(cfg, model_dir, dataset, split, y_true, index, metrics)
     cm = np.array(metrics["confusion_matrix"]["matrix"])
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,10 +128,32 @@ def run(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, out_dir: Path
     return EvalResult(metrics, str(report_path))
 
 
+def _score_serving_variant(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, split: str,
+                           y_true: np.ndarray, index: dict[str, int], fp32: dict[str, Any]) -> dict[str, Any]:
+    """What the compressed model the replicas will serve (serve.quantize / serve.prune_amount)
+    costs: its accuracy and weighted F1 on the same split, and the change in points."""
+    from raylane.compress import describe
+    scored = score_split(cfg, model_dir, dataset, split, cfg.serve.quantize, cfg.serve.prune_amount)
+    y_pred = scored["pred_label"].map(index).to_numpy(dtype=np.int64)
+    labels = dataset.label_names
+    compressed = summarize(confusion_matrix(y_true, y_pred, len(labels)), labels)
+    return {
+        "variant": describe(cfg.serve.quantize, cfg.serve.prune_amount),
+        "accuracy": compressed["accuracy"],
+        "weighted_f1": compressed["weighted_f1"],
+        "accuracy_delta_points": round(100 * (compressed["accuracy"] - fp32["accuracy"]), 3),
+        "weighted_f1_delta_points": round(100 * (compressed["weighted_f1"] - fp32["weighted_f1"]), 3),
+    }
+
+
 def _log(run: RunRef, metrics: dict[str, Any], split: str, report_path: Path, figures: dict[str, Any]) -> None:
     run.log_metrics(scalar_metrics(metrics, f"{split}_"))
     run.log_metrics({f"{split}_f1_{name}": row["f1"] for name, row in metrics["per_class"].items()})
     run.log_metrics({f"{split}_slice_{name}_{k}": v for name, row in metrics["slices"].items() for k, v in row.items()})
+    variant = metrics.get("serving_variant")
+    if variant:
+        run.log_metrics({f"{split}_serving_{k}": v for k, v in variant.items() if k != "variant"})
+        run.set_tags({"serving_variant": variant["variant"]})
     run.log_artifact(report_path)
     run.log_table(pd.DataFrame([{"class": name, **row} for name, row in metrics["per_class"].items()]),
                   "per_class.json")
@@ -150,4 +176,9 @@ def format_table(metrics: dict[str, Any]) -> str:
     for name, row in metrics["slices"].items():
         scores = f"accuracy {row['accuracy']:.3f}  weighted F1 {row['weighted_f1']:.3f}" if row["rows"] else "no rows"
         lines.append(f"slice {name:<26}{row['rows']:>6d} rows  {scores}")
+    variant = metrics.get("serving_variant")
+    if variant:
+        lines.append(f"served as {variant['variant']}: accuracy {variant['accuracy']:.3f} "
+                     f"({variant['accuracy_delta_points']:+.2f} points), weighted F1 {variant['weighted_f1']:.3f} "
+                     f"({variant['weighted_f1_delta_points']:+.2f} points)")
     return "\n".join(lines)

@@ -27,6 +27,7 @@ from ingest.tokenize import TokenizeBatch, definition_digest, tokenizer_definiti
 from ingest.transforms import ACCEPTED, RowSpec, finalize_batch, prepare_batch
 from raylane.config import PipelineConfig
 from raylane.dataset import SPLITS, DatasetInfo, join, read_manifest, write_manifest
+from raylane.drift import length_histogram
 from raylane.sources import filesystem
 from raylane.tracking import RunRef
 
@@ -94,7 +95,7 @@ def _length_stats(uri: str, max_length: int) -> dict[str, Any]:
         hist += np.bincount(batch.column("length").to_numpy(), minlength=max_length + 1)[: max_length + 1]
     total = int(hist.sum())
     if not total:
-        return {"p50": 0, "p95": 0, "max": 0, "mean": 0.0, "truncated": 0}
+        return {"p50": 0, "p95": 0, "max": 0, "mean": 0.0, "truncated": 0, "histogram": length_histogram(hist)}
     cumulative = np.cumsum(hist)
     return {
         "p50": int(np.searchsorted(cumulative, 0.50 * total)),
@@ -102,6 +103,7 @@ def _length_stats(uri: str, max_length: int) -> dict[str, Any]:
         "max": int(np.flatnonzero(hist)[-1]),
         "mean": round(float((hist * np.arange(len(hist))).sum() / total), 2),
         "truncated": int(hist[max_length]),
+        "histogram": length_histogram(hist),  # per raylane.drift.LENGTH_EDGES bin: the drift reference
     }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ingest.pii import mask_pii
+from raylane.pii import mask_pii
 from ingest.reader import MALFORMED, UNDECODABLE, field_columns
 from raylane.text import clean_text, join_text
 

@@ -14,6 +14,5 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor(context.artifacts["hf_model"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        texts = [str(t) for t in model_input["text"]]
-        rows = self.predictor.predict(texts)
+        rows = self.predictor.predict([str(t) for t in model_input["text"]], raw=True)
         return pd.DataFrame({"label": [r["label"] for r in rows], "score": [r["score"] for r in rows]})

@@ -29,3 +29,35 @@ def on_this_node() -> dict:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}
+
+
+def stray_placement_groups(table: dict, job_id: str) -> list[str]:
+    """Ids of the placement groups in `table` (ray.util.placement_group_table()) that this job
+    created and that still hold resources. A placement group id ends with its job's id."""
+    return [pg_id for pg_id, info in table.items() if pg_id.endswith(job_id) and info["state"] != "REMOVED"]
+
+
+def release_stray_placement_groups(grace_s: float = 10.0) -> int:
+    """Remove placement groups this job's finished training left behind; returns how many.
+
+    Call only from the driver once no training runs. A sweep's trials each create a Ray Train
+    worker group with a placement group; a trial stopped early by ASHA can leave it behind
+    (seen with Ray 2.60), holding its CPUs for good, and on a small machine the next stage then
+    waits forever for a CPU. Anything still there after `grace_s` (normal teardown takes about a
+    second) is removed."""
+    import time
+
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    job_id = ray.get_runtime_context().get_job_id()
+    deadline = time.time() + grace_s
+    while (stray := stray_placement_groups(ray.util.placement_group_table(), job_id)) and time.time() < deadline:
+        time.sleep(0.5)
+    for pg_id in stray:
+        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
+    if stray:
+        logging.getLogger("raylane").warning("removed %d placement group(s) left behind by training: %s",
+                                             len(stray), ", ".join(stray))
+    return len(stray)

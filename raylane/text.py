@@ -3,8 +3,11 @@ text is cleaned the same way on both sides."""
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -32,3 +35,36 @@ def join_text(parts: list[Any], lowercase: bool = False) -> str:
     optionally lower-cased."""
     text = ". ".join(part for part in map(clean_text, parts) if part)
     return text.lower() if lowercase else text
+
+
+PREP_FILE = "preprocessing.json"
+
+
+@dataclass(frozen=True)
+class TextPrep:
+    """What ingest did to a text before the model saw it in training (lower-casing, PII masking),
+    stored with the model so that serving and batch prediction do the same to raw text."""
+
+    lowercase: bool = False
+    mask_pii: tuple[str, ...] = ()
+
+    def __call__(self, text: Any) -> str:
+        from raylane.pii import mask_pii
+
+        text = clean_text(text)
+        if self.lowercase:
+            text = text.lower()
+        return mask_pii(text, self.mask_pii)[0] if self.mask_pii and text else text
+
+    def save(self, model_dir: str | Path) -> None:
+        (Path(model_dir) / PREP_FILE).write_text(json.dumps({"lowercase": self.lowercase,
+                                                              "mask_pii": list(self.mask_pii)}))
+
+    @classmethod
+    def of_model(cls, model_dir: str | Path) -> "TextPrep":
+        """The model's preparation; cleaning only for a model exported without one."""
+        path = Path(model_dir) / PREP_FILE
+        if not path.exists():
+            return cls()
+        saved = json.loads(path.read_text())
+        return cls(bool(saved.get("lowercase")), tuple(saved.get("mask_pii", ())))

@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Literal
 
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI, Header, HTTPException, Request
 from pydantic import BaseModel, Field
 from ray import serve
 
@@ -26,7 +26,20 @@ class ServeArgs(BaseModel):
     max_texts: int = Field(64, ge=1, description="Most texts accepted in one request")
     max_chars: int = Field(5000, ge=1, description="Longest text accepted, in characters")
     on_too_long: Literal["reject", "truncate"] = Field("reject", description="422 or cut to max_chars")
-    num_replicas: int = Field(1, ge=1)
+    num_replicas: int = Field(1, ge=1, description="Replicas; the fewest when max_replicas > num_replicas")
+    max_replicas: int = Field(0, ge=0, description="Autoscale up to this many replicas; 0: a fixed num_replicas")
+    target_ongoing_requests: float = Field(16.0, gt=0, description="Autoscaling target per replica")
+    upscale_delay_s: float = Field(10.0, ge=0)
+    downscale_delay_s: float = Field(120.0, ge=0)
+    replica_cpus: float = Field(1.0, gt=0, description="CPUs per replica, and torch threads (at least 1)")
+    replica_gpus: float = Field(0.0, ge=0)
+    max_batch_size: int = Field(16, ge=1, description="Requests scored in one forward pass (1: no batching)")
+    batch_wait_timeout_s: float = Field(0.002, ge=0, description="Longest wait for a batch to fill")
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica holds at once")
+    quantize: Literal["none", "int8"] = Field("none", description="int8: dynamic quantization of Linear layers")
+    prune_amount: float = Field(0.0, ge=0, lt=1, description="Fraction of Linear weights zeroed by magnitude")
+    drift_window: int = Field(1000, ge=10, description="Predictions the drift gauge looks back over")
+    access_log: bool = Field(False, description="Log every request in the replica logs")
     api_keys_env: str = Field("", description="Environment variable with the API keys; empty: no auth")
     api_keys_file: str = Field("", description="Secret file with the API keys, one per line")
     feedback_uri: str = Field("", description="Where POST /feedback writes; empty: feedback disabled")
@@ -63,16 +76,26 @@ class PredictResponse(BaseModel):
 
 
 class Replica:
-    """One replica: the model, the limits, the keys. Its HTTP routes are bound in `_deployment`."""
+    """One replica: the model, the limits, the keys, the metrics. Its HTTP routes are bound in
+    `_deployment`."""
 
     def __init__(self, args: ServeArgs):
+        from ray.serve.context import _get_internal_replica_context
+
         from serve.auth import load_keys
+        from serve.metrics import replica_metrics
         from serve.swap import AliasFollower, alias_of
 
         self.args = args
         self.keys = load_keys(args.api_keys_env, args.api_keys_file)
         self.tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        self.metrics = replica_metrics()
+        self.in_replica = _get_internal_replica_context() is not None
+        if self.in_replica:
+            self._score_batch.set_max_batch_size(args.max_batch_size)
+            self._score_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
         self.loaded = self._load(args.model_uri)
+        self.metrics.serving(self.loaded.version)
         followed = alias_of(args.model_uri)
         self.follower = None
         if followed and args.poll_interval_s > 0:
@@ -81,17 +104,23 @@ class Replica:
                                           on_change=lambda version: self._swap_to(f"models:/{name}/{version}"))
 
     def _load(self, model_uri: str):
+        from raylane.drift import DriftWindow, read_reference
         from raylane.predictor import Predictor
         from raylane.registry import resolve_model
         from serve.swap import Loaded
 
         resolved = resolve_model(model_uri, self.tracking_uri)
-        return Loaded(Predictor(resolved.model_dir), resolved.name, resolved.version, time.time())
+        predictor = Predictor(resolved.model_dir, quantize=self.args.quantize, prune_amount=self.args.prune_amount,
+                              threads=max(1, round(self.args.replica_cpus)))
+        reference = read_reference(resolved.model_dir)
+        drift = DriftWindow(reference, predictor.labels, self.args.drift_window) if reference else None
+        return Loaded(predictor, resolved.name, resolved.version, time.time(), drift)
 
     def _swap_to(self, model_uri: str) -> None:
         new = self._load(model_uri)
         new.predictor.predict([CANARY_TEXT])  # only a model that answers replaces the one serving
         self.loaded = new  # one reference assignment: a request sees the old model or the new, whole
+        self.metrics.serving(new.version)
 
     def _authorize(self, authorization) -> None:
         from serve.auth import authorized
@@ -108,11 +137,42 @@ class Replica:
             raise HTTPException(422, f"texts {too_long[:10]} are longer than {self.args.max_chars} characters")
         return [t[: self.args.max_chars] for t in texts]
 
-    def predict(self, request: PredictRequest, authorization: str | None = Header(None)) -> PredictResponse:
+    async def _score_many(self, requests: list[list[str]]) -> list[tuple]:
+        """Scores the texts of several concurrent requests in one forward pass; each request gets
+        back its own rows and the model that scored them (a swap may land between batches)."""
+        loaded = self.loaded
+        texts = [text for request in requests for text in request]
+        # On the event loop, blocking it, on purpose: requests arriving meanwhile wait in Ray's
+        # queue and the next batch takes them all. In a worker thread the forward pass (Python
+        # between kernels, holding the GIL) starved the loop that accepts requests, so batches
+        # stayed at about one request and throughput at that of no batching (bench serve_batching).
+        probs, lengths = loaded.predictor.scores(texts, raw=True)
+        label_ids = probs.argmax(axis=1)
+        self.metrics.observe_batch([loaded.predictor.labels[i] for i in label_ids], label_ids, lengths, loaded.drift)
+        self.metrics.serving(loaded.version)  # per batch too: a value set while the replica starts can be lost
+        out, start = [], 0
+        for request in requests:
+            out.append((loaded, probs[start : start + len(request)]))
+            start += len(request)
+        return out
+
+    # Concurrent requests queue here and are scored together; size and wait are reset from the
+    # config in __init__.
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _score_batch(self, requests: list[list[str]]) -> list[tuple]:
+        return await self._score_many(requests)
+
+    async def _score(self, texts: list[str]) -> tuple:
+        if self.in_replica:
+            return await self._score_batch(texts)
+        # Serve's local testing mode has no replica context, which @serve.batch needs (Ray 2.60).
+        return (await self._score_many([texts]))[0]
+
+    async def predict(self, request: PredictRequest, authorization: str | None = Header(None)) -> PredictResponse:
         self._authorize(authorization)
         texts = self._within_limits(request.texts)
-        loaded = self.loaded  # this request's model, whatever a swap does meanwhile
-        predictions = [{**p, "prediction_id": uuid.uuid4().hex} for p in loaded.predictor.predict(texts, request.top_k)]
+        loaded, probs = await self._score(texts)
+        predictions = [{**p, "prediction_id": uuid.uuid4().hex} for p in loaded.predictor.ranked(probs, request.top_k)]
         return PredictResponse(predictions=predictions, model_name=loaded.name, model_version=loaded.version)
 
     def feedback(self, request: FeedbackRequest, authorization: str | None = Header(None)) -> dict:
@@ -138,11 +198,17 @@ class Replica:
         return {"status": "ok", "model_version": loaded.version}
 
     def model(self, authorization: str | None = Header(None)) -> dict:
+        from raylane.compress import describe
+
         self._authorize(authorization)
         loaded = self.loaded
+        drift = loaded.drift
         return {"name": loaded.name, "version": loaded.version, "uri": self.args.model_uri,
                 "labels": loaded.predictor.labels, "loaded_at": loaded.loaded_at,
-                "follows": self.args.model_uri if self.follower else None}
+                "follows": self.args.model_uri if self.follower else None,
+                "variant": describe(self.args.quantize, self.args.prune_amount),
+                "drift": {"window": len(drift.window), "label_psi": drift.label_psi(),
+                          "input_tokens_psi": drift.length_psi()} if drift else None}
 
     def check_health(self) -> None:
         self.loaded.predictor.predict([CANARY_TEXT])
@@ -161,12 +227,24 @@ def _deployment():
     looked up again, unbound, in the replica's import of this module."""
     api = FastAPI(title="raylane", description="Text classification served by raylane on Ray Serve.")
 
+    @api.middleware("http")
+    async def count_requests(request: Request, call_next):
+        from serve.metrics import replica_metrics
+
+        started, status = time.perf_counter(), 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            replica_metrics().observe_request(request.url.path, status, time.perf_counter() - started)
+
     @serve.deployment(name="Classifier", health_check_period_s=10, health_check_timeout_s=30)
     @serve.ingress(api)
     class Classifier(Replica):
         @api.post("/predict", response_model=PredictResponse)
-        def predict(self, request: PredictRequest, authorization: str | None = Header(None)) -> PredictResponse:
-            return super().predict(request, authorization)
+        async def predict(self, request: PredictRequest, authorization: str | None = Header(None)) -> PredictResponse:
+            return await super().predict(request, authorization)
 
         @api.post("/feedback")
         def feedback(self, request: FeedbackRequest, authorization: str | None = Header(None)) -> dict:
@@ -183,5 +261,26 @@ def _deployment():
     return Classifier
 
 
+def deployment_options(args: ServeArgs) -> dict:
+    """Replicas, their resources, and how many requests each may hold (enough to fill batches)."""
+    resources = {"num_cpus": args.replica_cpus}
+    if args.replica_gpus:  # only when asked: local testing mode warns about any num_gpus
+        resources["num_gpus"] = args.replica_gpus
+    options = {
+        "max_ongoing_requests": max(args.max_ongoing_requests, args.max_batch_size),
+        "logging_config": {"enable_access_log": args.access_log},
+        "ray_actor_options": resources,
+    }
+    if args.max_replicas > args.num_replicas:
+        options["autoscaling_config"] = {
+            "min_replicas": args.num_replicas, "initial_replicas": args.num_replicas,
+            "max_replicas": args.max_replicas, "target_ongoing_requests": args.target_ongoing_requests,
+            "upscale_delay_s": args.upscale_delay_s, "downscale_delay_s": args.downscale_delay_s,
+        }
+    else:
+        options["num_replicas"] = args.num_replicas
+    return options
+
+
 def build_app(args: ServeArgs) -> serve.Application:
-    return _deployment().options(num_replicas=args.num_replicas).bind(args)
+    return _deployment().options(**deployment_options(args)).bind(args)

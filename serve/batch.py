@@ -29,7 +29,7 @@ def predict_files(cfg: PipelineConfig, model_dir: str, source: str, out_dir: Pat
         batch_format="pandas",
         batch_size=64,
         compute=ray.data.ActorPoolStrategy(size=cfg.resources.predict_actors),
-        fn_constructor_kwargs={"model_dir": model_dir},
+        fn_constructor_kwargs={"model_dir": model_dir, "raw_text": True},
         **on_this_node(),
     )
     scored.write_parquet(str(out_dir))

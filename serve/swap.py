@@ -19,6 +19,7 @@ class Loaded:
     name: str | None
     version: str | None
     loaded_at: float
+    drift: object = None  # raylane.drift.DriftWindow over this model's predictions, if it has a reference
 
 
 def alias_of(model_uri: str) -> tuple[str, str] | None:

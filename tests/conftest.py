@@ -4,8 +4,6 @@ a real (tiny, random) BERT with the real tokenizer, real HTTP."""
 from __future__ import annotations
 
 import os
-import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,32 +11,11 @@ from pathlib import Path
 import pytest
 
 from raylane.config import PROJECT_ROOT, load_config
-from raylane.http import wait_until_ok
+from raylane.http import free_port, wait_until_ok
 from tests.tiny_model import make_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free ports clear of Ray, whose processes take random ephemeral ports while they
-    start (workers 10002+, the dashboard 8265 and up): one once took the port a test had picked
-    for Serve."""
-    ports = []
-    for port in random.sample(range(8400, 9990), 400):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == n:
-            return ports
-    raise RuntimeError(f"not {n} free ports in 8400-9989")
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
 
 
 @pytest.fixture(scope="session")

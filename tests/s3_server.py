@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from raylane.http import wait_until_ok
-from tests.conftest import free_port
+from raylane.http import free_port
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 from raylane.config import PipelineConfig
 from raylane.dataset import DatasetInfo
+from raylane.text import TextPrep
 from raylane.tracking import RunRef
 from train.checkpoint import MODEL_DIR
 from train.loop import train_fn_per_worker
@@ -95,6 +96,8 @@ def export_best(cfg: PipelineConfig, result, name: str) -> TrainResult:
         shutil.rmtree(export)
     with best.as_directory() as d:
         shutil.copytree(Path(d) / MODEL_DIR, export)
+    # Serving and batch prediction must prepare raw text the way ingest prepared the training data.
+    TextPrep(cfg.data.lowercase, tuple(cfg.data.mask_pii)).save(export)
     return TrainResult(str(export), best.path, dict(metrics))
 
 def _best(result, metric: str, mode: str):

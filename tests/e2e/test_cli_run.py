@@ -13,7 +13,7 @@ import requests
 from mlflow import MlflowClient
 
 from raylane.config import PROJECT_ROOT
-from tests.conftest import free_port
+from raylane.http import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ import yaml
 from mlflow import MlflowClient
 
 from raylane.config import PROJECT_ROOT
-from tests.conftest import free_port, free_ports
+from raylane.http import free_port, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -120,8 +120,9 @@ def test_pipeline_job_on_two_nodes(two_node_cluster, tiny_model, mlflow_server, 
     serve_config = yaml.safe_load((PROJECT_ROOT / "configs" / "serve.yaml").read_text())
     serve_config.update(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     pinned = f"models:/cluster-model/{champion.version}"  # the job served @champion: a visible change
-    serve_config["applications"][0]["args"].update(model_uri=pinned,
-                                                   tracking_uri=mlflow_server, num_replicas=1)
+    # Sized for this test's 1-CPU nodes: one fixed replica of half a CPU.
+    serve_config["applications"][0]["args"].update(model_uri=pinned, tracking_uri=mlflow_server, num_replicas=1,
+                                                   max_replicas=0, replica_cpus=0.5)
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(serve_config))
     deployed = subprocess.run([str(Path(RAY).with_name("serve")), "deploy", str(tmp_path / "serve.yaml"),
                                "--address", address], env=env, capture_output=True, text=True, timeout=120)

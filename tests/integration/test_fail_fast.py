@@ -9,7 +9,7 @@ import time
 import pytest
 
 from raylane.config import PROJECT_ROOT
-from tests.conftest import free_port
+from raylane.http import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,10 @@ from evaluate.gate import register, score_champion
 from evaluate.stage import run as evaluate
 from raylane.registry import resolve_model
 from raylane.tracking import start_run
-from serve.deploy import deploy
-from tests.conftest import free_port
+from serve.deploy import APP_NAME, deploy
+from serve.loadtest import run_load
+from raylane.http import free_port
+from tests.prometheus import metrics_port, scrape, total, wait_for
 from train.driver import fit
 
 
@@ -51,6 +53,31 @@ def test_evaluation_covers_the_whole_test_split(evaluation, smoke_dataset):
     slices = evaluation.metrics["slices"]
     assert slices["short"]["rows"] == sum(len(t.split()) <= 12 for t in texts) > 0
     assert slices["learning"]["rows"] == sum("learning" in t.lower() for t in texts) > 0
+
+
+def test_int8_serving_variant_is_scored_and_its_cost_recorded(registry_cfg, smoke_dataset, trained, evaluation,
+                                                              tmp_path_factory):
+    from raylane.predictor import Predictor
+
+    cfg = dataclasses.replace(registry_cfg, serve=dataclasses.replace(registry_cfg.serve, quantize="int8"))
+    with start_run(cfg, "evaluate") as run:
+        result = evaluate(cfg, trained.model_dir, smoke_dataset, tmp_path_factory.mktemp("eval-int8"), run)
+    variant = result.metrics["serving_variant"]
+    assert result.metrics["accuracy"] == pytest.approx(evaluation.metrics["accuracy"])  # fp32 scores unchanged
+    # Recomputed here from the int8 model itself: the recorded figure is what that model scores.
+    test = smoke_dataset.read_split("test").select_columns(["text", "label"]).to_pandas()
+    int8 = Predictor(trained.model_dir, quantize="int8")
+    names = smoke_dataset.label_names
+    predicted = [names.index(p["label"]) for p in int8.predict(list(test["text"]))]
+    # Dynamic quantization scales activations per batch, so a text's int8 scores depend a little on
+    # the texts batched with it: allow a row or two of the 191 to fall the other way.
+    assert variant["accuracy"] == pytest.approx((test["label"].to_numpy() == predicted).mean(), abs=2.5 / len(test))
+    assert variant["variant"] == "int8"
+    assert variant["accuracy_delta_points"] == pytest.approx(100 * (variant["accuracy"] - result.metrics["accuracy"]),
+                                                             abs=1e-3)
+    recorded = MlflowClient(cfg.tracking.uri).get_run(run.run_id).data
+    assert recorded.metrics["test_serving_accuracy_delta_points"] == pytest.approx(variant["accuracy_delta_points"])
+    assert recorded.tags["serving_variant"] == "int8"
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +254,44 @@ def test_schema_driven_fuzzing_finds_no_5xx(served, mode):
     check()
     assert len(seen) >= 30
     assert requests.post(f"{url}/predict", json={"texts": ["still here"]}, headers=AUTH, timeout=30).status_code == 200
+
+
+def test_prometheus_metrics_count_requests_batches_labels_and_drift(served, smoke_dataset):
+    """Concurrent requests are scored in shared batches, and what the replica saw is on the node's
+    metrics port: requests by route and status, latency, batch sizes, labels, lengths, drift."""
+    url, version, _ = served
+    port = metrics_port()
+    app = {"application": APP_NAME}
+    before = scrape(port, **app)
+    load = run_load(url, concurrency=16, requests=240, headers=AUTH)
+    assert load.ok == 240, load.statuses
+    assert requests.post(f"{url}/predict", json={"texts": []}, headers=AUTH, timeout=30).status_code == 422
+    assert requests.post(f"{url}/predict", json={"texts": ["x"]}, timeout=30).status_code == 401
+
+    def grew(samples, name, by, **labels):
+        return total(samples, name, **labels) - total(before, name, **labels) >= by
+
+    after = wait_for(port, lambda s: grew(s, "ray_raylane_requests_total", 240, route="/predict", status="200")
+                     and grew(s, "ray_raylane_requests_total", 1, status="422")
+                     and grew(s, "ray_raylane_requests_total", 1, status="401")
+                     and grew(s, "ray_raylane_input_tokens_count", 240), **app)
+    delta = {name: total(after, name) - total(before, name) for name in (
+        "ray_raylane_requests_total", "ray_raylane_batch_size_count", "ray_raylane_predictions_total",
+        "ray_raylane_input_tokens_count", "ray_raylane_request_latency_s_count")}
+    assert delta["ray_raylane_requests_total"] >= 242, delta
+    assert delta["ray_raylane_request_latency_s_count"] >= 242, delta
+    assert delta["ray_raylane_predictions_total"] >= 240, delta
+    # Batching: the 240 texts went through fewer forward passes than there were requests.
+    assert 0 < delta["ray_raylane_batch_size_count"] < 240, delta
+    labels = {labels["label"] for name, labels, _ in after if name == "ray_raylane_predictions_total"}
+    assert labels and labels <= set(smoke_dataset.label_names)
+    drift = {labels["feature"]: value for name, labels, value in after if name == "ray_raylane_drift_psi"}
+    assert set(drift) == {"label", "input_tokens"} and all(v >= 0 for v in drift.values())
+    assert total(after, "ray_raylane_model_version") == float(version)
+    info = requests.get(f"{url}/model", headers=AUTH, timeout=30).json()
+    assert info["drift"]["window"] >= 240 and info["variant"] == "fp32"
+    print(f"240 requests at concurrency 16: p50 {load.percentile_ms(50):.1f} ms, p99 {load.percentile_ms(99):.1f} ms, "
+          f"{delta['ray_raylane_batch_size_count']:.0f} forward passes; drift {drift}")
 
 
 def test_hot_swap_follows_the_champion_without_failing_a_request(served, trained, smoke_dataset, evaluation):

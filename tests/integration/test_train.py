@@ -38,3 +38,30 @@ def test_two_real_workers_train_and_export(smoke_dataset, smoke_cfg_factory):
     predictions = Predictor(result.model_dir).predict(["a computer vision paper"])
     assert predictions[0]["label"] in smoke_dataset.label_names
     assert len(_history(run, "train_loss")) == 2
+
+
+def test_placement_groups_left_behind_are_released_so_the_next_stage_gets_cpus(ray_session):
+    """What a trial stopped early can leave behind: a placement group of this job holding a CPU."""
+    import ray
+    from ray.util.placement_group import placement_group
+
+    from raylane.runtime import release_stray_placement_groups, stray_placement_groups
+
+    job_id = ray.get_runtime_context().get_job_id()
+    cpus = ray.cluster_resources()["CPU"]
+    stray = placement_group([{"CPU": 1}])
+    ray.get(stray.ready())
+    assert stray_placement_groups(ray.util.placement_group_table(), job_id) == [stray.id.hex()]
+    assert release_stray_placement_groups(grace_s=1) == 1
+    assert stray_placement_groups(ray.util.placement_group_table(), job_id) == []
+    # The CPU is free again: a task asking for every CPU runs.
+    assert ray.get(ray.remote(num_cpus=cpus)(lambda: "ran").remote(), timeout=60) == "ran"
+    assert release_stray_placement_groups(grace_s=1) == 0
+
+
+def test_only_this_jobs_live_placement_groups_count_as_strays():
+    from raylane.runtime import stray_placement_groups
+
+    table = {"aa01000000": {"state": "CREATED"}, "bb01000000": {"state": "REMOVED"},
+             "cc02000000": {"state": "CREATED"}, "dd01000000": {"state": "PENDING"}}
+    assert stray_placement_groups(table, "01000000") == ["aa01000000", "dd01000000"]

@@ -57,6 +57,11 @@ def test_dotted_overrides_are_typed():
         ("evaluate.slices=[{name: s, max_words: -1}]", "evaluate.slices[0].max_words"),
         ("gate.min_class_f1=1.5", "gate.min_class_f1"),
         ("gate.alias=previous", "gate.alias"),
+        (("serve.num_replicas=3", "serve.max_replicas=2"), "serve.max_replicas"),
+        ("serve.quantize=int4", "serve.quantize"),
+        ("serve.prune_amount=1.0", "serve.prune_amount"),
+        ("serve.max_batch_size=0", "serve.max_batch_size"),
+        ("serve.replica_cpus=0", "serve.replica_cpus"),
     ],
 )
 def test_bad_values_name_the_key(override, key):

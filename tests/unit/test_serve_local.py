@@ -30,6 +30,17 @@ def test_predictor_scores_sum_to_one_and_rank_top_k(classifier_dir):
         assert row["label"] == row["top_k"][0]["label"] and row["label"] in {"alpha", "beta", "gamma"}
 
 
+def test_predictor_batches_by_length_but_answers_in_the_order_asked(classifier_dir):
+    import numpy as np
+
+    predictor = Predictor(str(classifier_dir))
+    texts = ["a much longer text than the others, with many more words in it", "short", "", "medium length text"] * 3
+    together, lengths = predictor.scores(texts, batch_size=4)
+    alone = np.concatenate([predictor.scores([t])[0] for t in texts])
+    assert np.allclose(together, alone, atol=1e-5)
+    assert list(lengths) == [len(predictor.tokenizer(t)["input_ids"]) for t in texts]
+
+
 def test_app_predicts_and_enforces_limits(classifier_dir):
     handle = serve.run(
         build_app(ServeArgs(model_uri=str(classifier_dir), tracking_uri="unused", max_texts=2)),
@@ -78,3 +89,44 @@ def test_feedback_is_validated_and_written_where_ingest_reads_it(classifier_dir,
     with pytest.raises(HTTPException) as err:
         off.feedback.remote(FeedbackRequest(text="a text", label="beta")).result()
     assert err.value.status_code == 404
+
+
+def test_deployment_options_fixed_or_autoscaled():
+    from serve.app import deployment_options
+
+    fixed = deployment_options(ServeArgs(model_uri="m", num_replicas=2, max_batch_size=32, max_ongoing_requests=8,
+                                         replica_cpus=0.5))
+    assert fixed["num_replicas"] == 2 and "autoscaling_config" not in fixed
+    assert fixed["max_ongoing_requests"] == 32  # never fewer than a full batch
+    assert fixed["ray_actor_options"] == {"num_cpus": 0.5}
+    scaled = deployment_options(ServeArgs(model_uri="m", num_replicas=1, max_replicas=4, target_ongoing_requests=8,
+                                          replica_gpus=1))
+    assert "num_replicas" not in scaled
+    assert scaled["autoscaling_config"]["min_replicas"] == 1 and scaled["autoscaling_config"]["max_replicas"] == 4
+    assert scaled["autoscaling_config"]["target_ongoing_requests"] == 8
+    assert scaled["ray_actor_options"]["num_gpus"] == 1
+
+
+def test_model_info_reports_the_variant_and_drift_against_the_training_mix(classifier_dir, tmp_path):
+    import shutil
+
+    from raylane.drift import LENGTH_EDGES, write_reference
+
+    model = tmp_path / "model"
+    shutil.copytree(classifier_dir, model)
+    # Training saw only 'alpha' texts of 8-15 tokens: whatever the random head predicts now drifts
+    # in the label mix, unless it happens to say 'alpha' to everything.
+    write_reference(str(model), {"labels": ["alpha", "beta", "gamma"], "label_counts": [100, 0, 0],
+                                 "length_edges": list(LENGTH_EDGES),
+                                 "length_counts": [0, 100] + [0] * (len(LENGTH_EDGES) - 2)})
+    handle = serve.run(build_app(ServeArgs(model_uri=str(model), quantize="int8", drift_window=50)),
+                       _local_testing_mode=True)
+    texts = [f"number {i}" for i in range(30)]
+    response = handle.predict.remote(PredictRequest(texts=texts)).result()
+    predicted = [p.label for p in response.predictions]
+    info = handle.model.remote().result()
+    assert info["variant"] == "int8"
+    assert info["drift"]["window"] == 30
+    # "number 7" is 4 tokens with [CLS]/[SEP]: bin 0, which training never saw.
+    assert info["drift"]["input_tokens_psi"] > 1
+    assert (info["drift"]["label_psi"] > 1) == (set(predicted) != {"alpha"})
