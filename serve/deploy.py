@@ -13,32 +13,15 @@ APP_NAME = "raylane"
 
 
 def serve_args(cfg: PipelineConfig, model_uri: str | None = None) -> ServeArgs:
-    return ServeArgs(
-        model_uri=model_uri or cfg.serve_model_uri,
-        tracking_uri=tracking_uri(cfg),
-        max_texts=cfg.serve.max_texts,
-        max_chars=cfg.serve.max_chars,
-        on_too_long=cfg.serve.on_too_long,
-        num_replicas=cfg.serve.num_replicas,
-        max_replicas=cfg.serve.max_replicas,
-        target_ongoing_requests=cfg.serve.target_ongoing_requests,
-        upscale_delay_s=cfg.serve.upscale_delay_s,
-        downscale_delay_s=cfg.serve.downscale_delay_s,
-        replica_cpus=cfg.serve.replica_cpus,
-        replica_gpus=cfg.serve.replica_gpus,
-        max_batch_size=cfg.serve.max_batch_size,
-        batch_wait_timeout_s=cfg.serve.batch_wait_timeout_s,
-        max_ongoing_requests=cfg.serve.max_ongoing_requests,
-        quantize=cfg.serve.quantize,
-        prune_amount=cfg.serve.prune_amount,
-        drift_window=cfg.serve.drift_window,
-        access_log=cfg.serve.access_log,
-        api_keys_env=cfg.serve.api_keys_env,
-        api_keys_file=cfg.serve.api_keys_file,
-        feedback_uri=cfg.serve.feedback_uri or str(cfg.output_path / "feedback"),
-        feedback_format=cfg.serve.feedback_format,
-        poll_interval_s=cfg.serve.poll_interval_s,
-    )
+    """The app's arguments from `cfg.serve`, field by field (the names match); only what the
+    pipeline resolves (model, tracking server, default feedback sink) is filled in here."""
+    shared = {name: getattr(cfg.serve, name) for name in ServeArgs.model_fields if hasattr(cfg.serve, name)}
+    return ServeArgs(**{
+        **shared,
+        "model_uri": model_uri or cfg.serve_model_uri,
+        "tracking_uri": tracking_uri(cfg),
+        "feedback_uri": cfg.serve.feedback_uri or str(cfg.output_path / "feedback"),
+    })
 
 
 def deploy(cfg: PipelineConfig, model_uri: str | None = None) -> str:

@@ -130,3 +130,25 @@ def test_model_info_reports_the_variant_and_drift_against_the_training_mix(class
     # "number 7" is 4 tokens with [CLS]/[SEP]: bin 0, which training never saw.
     assert info["drift"]["input_tokens_psi"] > 1
     assert (info["drift"]["label_psi"] > 1) == (set(predicted) != {"alpha"})
+
+
+def test_pipeline_config_and_serve_args_agree_on_every_setting(tmp_path):
+    """`serve deploy` reads ServeArgs, the pipeline reads ServeConfig: a setting either lacks, or
+    a default they disagree on, would make the two ways of deploying serve differently."""
+    import dataclasses
+
+    from raylane.config import ServeConfig, load_config
+    from serve.deploy import serve_args
+
+    config_defaults = {f.name: f.default for f in dataclasses.fields(ServeConfig)}
+    resolved_by_the_pipeline = {"model_uri", "tracking_uri", "feedback_uri"}
+    for name, field in ServeArgs.model_fields.items():
+        if name in resolved_by_the_pipeline:
+            continue
+        assert name in config_defaults, f"serve.{name} is missing from the pipeline config"
+        assert field.default == config_defaults[name], f"serve.{name}: {field.default} vs {config_defaults[name]}"
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", "serve.max_batch_size=7", "serve.quantize=int8"])
+    args = serve_args(cfg)
+    assert (args.max_batch_size, args.quantize, args.replica_cpus) == (7, "int8", cfg.serve.replica_cpus)
+    assert args.model_uri == cfg.serve_model_uri and args.feedback_uri == str(cfg.output_path / "feedback")
