@@ -15,7 +15,7 @@ from pathlib import Path
 
 from raylane.config import PROJECT_ROOT, PipelineConfig
 from raylane.dataset import DatasetInfo, open_dataset
-from raylane.runtime import init_ray
+from raylane.runtime import init_ray, release_stray_placement_groups
 from raylane.tracking import RunRef, start_run, tracking_uri, ui_command
 
 
@@ -189,6 +189,7 @@ def run(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     with pipeline_run(cfg, "run") as parent:
         dataset = ingest_stage(cfg, parent, force=args.force, tasks=tasks)
         best = tune_stage(cfg, dataset, parent) if cfg.sweep.enabled else train_stage(cfg, dataset, parent)
+        release_stray_placement_groups()  # or evaluate may wait forever for the CPUs they hold
         evaluation, evaluate_run_id = evaluate_stage(cfg, best.model_dir, dataset, parent)
         reg = register_stage(cfg, best.model_dir, dataset, evaluation, parent,
                              {"training_run_id": best.run_id, "evaluate_run_id": evaluate_run_id})

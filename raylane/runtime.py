@@ -40,10 +40,10 @@ def stray_placement_groups(table: dict, job_id: str) -> list[str]:
 def release_stray_placement_groups(grace_s: float = 10.0) -> int:
     """Remove placement groups this job's finished training left behind; returns how many.
 
-    Call only from the driver once no training runs (the sweep does, when its trials are done).
-    A sweep's trials each create a Ray Train worker group with a placement group; a trial stopped
-    early by ASHA can leave it behind (seen with Ray 2.60), holding its CPUs for good, and on a
-    small machine the next stage (evaluate) then waits forever for a CPU. Anything still there after `grace_s` (normal teardown takes about a
+    Call only from the driver once no training runs. A sweep's trials each create a Ray Train
+    worker group with a placement group; a trial stopped early by ASHA can leave it behind
+    (seen with Ray 2.60), holding its CPUs for good, and on a small machine the next stage then
+    waits forever for a CPU. Anything still there after `grace_s` (normal teardown takes about a
     second) is removed."""
     import time
 

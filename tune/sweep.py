@@ -11,7 +11,6 @@ from typing import Any
 
 from raylane.config import PipelineConfig, TrainConfig, from_dict
 from raylane.dataset import DatasetInfo
-from raylane.runtime import release_stray_placement_groups
 from raylane.tracking import RunRef, close_open_children, start_run
 from train.driver import TrainResult, export_best, fit, storage_path
 from tune.search import concurrent_trials, num_samples, scheduler, search_algorithm
@@ -59,11 +58,8 @@ def run_sweep(cfg: PipelineConfig, dataset: DatasetInfo, sweep_run: RunRef | Non
     metric, mode = cfg.train.metric, cfg.train.metric_mode
     started = time.time()
     grid = _tuner(cfg, dataset, sweep_run, name).fit()
-    # Trials ASHA stopped leave things behind: MLflow runs never closed, and at times their Ray
-    # Train worker group's placement group, holding its CPUs for good.
-    release_stray_placement_groups()
     if sweep_run:
-        close_open_children(sweep_run, status="KILLED")
+        close_open_children(sweep_run, status="KILLED")  # trials ASHA stopped never closed their runs
 
     results = list(grid)
     trials = [_summarize_trial(r, cfg) for r in results]
