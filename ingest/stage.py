@@ -4,8 +4,8 @@ Three streaming passes, none of which brings the data to the driver:
   1. read + clean + mask + validate every row -> `_staging/` Parquet (Ray Data tasks);
   2. the driver streams a few key columns of `_staging/` and decides duplicates, conflicting
      labels, the label set and split thresholds (`plan.build_plan`);
-  3. apply those verdicts per block -> `quarantine/`, and tokenize the accepted rows in an
-     actor pool -> `split=train|val|test/`.
+  3. apply those verdicts per block -> `quarantine/`, and tokenize the accepted rows
+     (`ingest.tokenize`: tasks, or an actor pool) -> `split=train|val|test/`.
 The written row counts are checked against the plan before the manifest is written.
 """
 
@@ -23,7 +23,7 @@ from ray.data.expressions import col
 from ingest.plan import INDEX_COLUMNS, RowIndex, Verdicts, build_plan
 from ingest.inputs import FORMAT_VERSION, config_digest, source_digest, source_tasks
 from ingest.reader import FileTask, read_files, read_parquet_files
-from ingest.tokenize import TokenizeBatch, definition_digest, tokenizer_definition
+from ingest.tokenize import TokenizeBatch, definition_digest, tokenize_batch, tokenizer_definition
 from ingest.transforms import ACCEPTED, RowSpec, finalize_batch, prepare_batch
 from raylane.config import PipelineConfig
 from raylane.dataset import SPLITS, DatasetInfo, join, read_manifest, write_manifest
@@ -107,22 +107,30 @@ def _length_stats(uri: str, max_length: int) -> dict[str, Any]:
     }
 
 
-def _tokenizer_pool(cfg: PipelineConfig) -> tuple[int, float]:
-    """(actors, CPUs per actor). The actors must leave a whole CPU free on every node for the
+def _tokenizer_pool(actors: int) -> float:
+    """CPUs per tokenizer actor. The actors must leave a whole CPU free on every node for the
     read, filter and write tasks around them, or the CPUs are held by idle tokenizers and the job
     deadlocks: on a small machine, and on a cluster of small nodes, where leftovers scattered
     across nodes add up to a CPU but no node has one, or where a Serve replica already holds one.
     With nothing to spare, actors take no CPU and share with the tasks."""
     node_cpus = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
     node_cpus = [c for c in node_cpus if c > 0] or [1.0]
-    cpus = max(1, int(sum(node_cpus)))
-    actors = cfg.resources.tokenize_actors or cpus
     # What others hold (a Serve replica, another job) is not ours to count on.
-    free = min(float(cpus), ray.available_resources().get("CPU", 0.0))
+    free = min(sum(node_cpus), ray.available_resources().get("CPU", 0.0))
     spare = int(free) - len(node_cpus)  # one CPU kept free per node
     if spare <= 0:
-        return actors, 0.0
-    return actors, round(min(1.0, max(0.1, spare / actors)), 2)
+        return 0.0
+    return round(min(1.0, max(0.1, spare / actors)), 2)
+
+
+def _tokenized(staged: ray.data.Dataset, cfg: PipelineConfig, definition: str, label_names: list[str]) -> ray.data.Dataset:
+    """Accepted rows (text, label, split) -> tokenized rows, in tasks or in an actor pool."""
+    kwargs = {"definition": definition, "max_length": cfg.data.max_length, "label_names": label_names}
+    actors = cfg.resources.tokenize_actors
+    if not actors:
+        return staged.map_batches(tokenize_batch, batch_format="pyarrow", fn_kwargs=kwargs)
+    return staged.map_batches(TokenizeBatch, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+                              num_cpus=_tokenizer_pool(actors), fn_constructor_kwargs=kwargs)
 
 
 def run(cfg: PipelineConfig, run: RunRef | None = None, force: bool = False,
@@ -201,7 +209,6 @@ def _write(cfg: PipelineConfig, out: str, staging: str, verdicts: Verdicts, defi
     """Pass 3: apply the verdicts per block; write the rejects to quarantine/ and the tokenized
     rest to split=*/; then check the written row counts against the plan."""
     counts = verdicts.counts
-    actors, cpus = _tokenizer_pool(cfg)
     fs, parts = _parquet_files(staging)
     staged = ray.data.from_items([{"path": p} for p in parts], override_num_blocks=len(parts)).map_batches(
         read_parquet_files, batch_size=1, batch_format="numpy", fn_kwargs={"fs": fs}
@@ -212,14 +219,10 @@ def _write(cfg: PipelineConfig, out: str, staging: str, verdicts: Verdicts, defi
         ).write_parquet(join(out, QUARANTINE))
     bytes_per_row = 24 + 2 * accepted_chars / max(1, counts["accepted"])  # text + ~1 token id per 2 chars
     shard_rows = max(1, int(cfg.data.shard_mb * 2**20 / bytes_per_row))
-    staged.filter(expr=col("reason") == ACCEPTED).select_columns(["text", "label", "split"]).map_batches(
-        TokenizeBatch,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=cpus,
-        fn_constructor_kwargs={"definition": definition, "max_length": cfg.data.max_length,
-                               "label_names": list(verdicts.plan.labels)},
-    ).write_parquet(out, partition_cols=["split"], min_rows_per_file=shard_rows, max_rows_per_file=shard_rows)
+    accepted = staged.filter(expr=col("reason") == ACCEPTED).select_columns(["text", "label", "split"])
+    _tokenized(accepted, cfg, definition, list(verdicts.plan.labels)).write_parquet(
+        out, partition_cols=["split"], min_rows_per_file=shard_rows, max_rows_per_file=shard_rows
+    )
 
     written = {s: _row_count(join(out, f"split={s}")) for s in SPLITS}
     quarantined = _row_count(join(out, QUARANTINE))

@@ -299,7 +299,8 @@ class ResourcesConfig:
     use_gpu: bool = opt(False, "One GPU per training worker.")
     cpus_per_worker: float = opt(1.0, "CPUs reserved per training worker; also its torch thread count.")
     tokenize_actors: int = opt(
-        0, "Ray Data actors that tokenize during ingest (each builds the tokenizer once); 0: one per CPU."
+        0, "0: ingest tokenizes in Ray Data tasks (each worker process builds the tokenizer once); "
+        "N: in a pool of N actors instead."
     )
     predict_actors: int = opt(1, "Ray Data actors that score data in evaluate and predict.")
 

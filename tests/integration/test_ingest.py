@@ -141,3 +141,12 @@ def test_shards_follow_the_target_size(ray_session, smoke_cfg_factory, tmp_path)
     assert len(files) >= 3
     assert result.dataset.manifest["shards"]["train"] == len(files)
     assert json.loads((Path(result.dataset.uri) / "manifest.json").read_text())["counts"]["input"] == 955
+
+
+def test_an_actor_pool_tokenizes_exactly_as_the_default_tasks(smoke_dataset, smoke_cfg_factory, tmp_path):
+    pooled = ingest(smoke_cfg_factory("resources.tokenize_actors=2", out=tmp_path / "out")).dataset
+    assert pooled.manifest["splits"] == smoke_dataset.manifest["splits"]
+    for split in ("train", "val", "test"):
+        by_tasks = sorted((r["text"], r["label"], list(r["input_ids"])) for r in smoke_dataset.read_split(split).take_all())
+        by_actors = sorted((r["text"], r["label"], list(r["input_ids"])) for r in pooled.read_split(split).take_all())
+        assert by_actors == by_tasks

@@ -7,7 +7,7 @@ import pytest
 
 from ingest.plan import RowIndex, build_plan, find_duplicates
 from ingest.reader import FileTask, read_file
-from ingest.tokenize import TokenizeBatch, tokenizer_definition
+from ingest.tokenize import TokenizeBatch, tokenize_batch, tokenizer_definition
 from ingest.transforms import (
     ACCEPTED,
     CONFLICTING_LABEL,
@@ -218,13 +218,15 @@ def test_prepare_batch_maps_reader_rows_one_to_one(tmp_path):
             assert all(out.column("raw").to_pylist())  # the original content of every row, kept
 
 
-def test_tokenizer_actor_gives_the_same_ids_as_transformers(tiny_model):
+def test_tokenizer_gives_the_same_ids_as_transformers_as_actor_and_as_task(tiny_model):
     from transformers import AutoTokenizer
 
     texts = ["A short one.", "word " * 400, "Ünïcödé and emoji 🙂", "x"]
     reference = AutoTokenizer.from_pretrained(tiny_model)(texts, truncation=True, max_length=32)["input_ids"]
     batch = pa.table({"text": texts, "label": ["a", "b", "a", "b"], "split": ["train"] * 4})
     out = TokenizeBatch(tokenizer_definition(str(tiny_model)), 32, ["a", "b"])(batch).to_pydict()
+    as_task = tokenize_batch(batch, definition=tokenizer_definition(str(tiny_model)), max_length=32, label_names=["a", "b"])
+    assert as_task.to_pydict() == out
     assert out["input_ids"] == reference
     assert out["length"] == [len(r) for r in reference]
     assert out["label"] == [0, 1, 0, 1]
