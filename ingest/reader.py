@@ -34,11 +34,22 @@ _to_json = json.JSONEncoder(ensure_ascii=False).encode  # a huge field is quaran
 @dataclass(frozen=True)
 class FileTask:
     """One file to read and where its rows go: `role` is "data" or "test" (an explicit test
-    source), `ordinal` orders files so every row gets a unique, stable position."""
+    source), `ordinal` orders files so every row gets a unique, stable position.
+
+    A big file can be shared by `parts` tasks: each parses the whole file (record boundaries in
+    CSV depend on quoting, so no task can start mid-file) but builds rows only for the chunks of
+    CHUNK_ROWS records whose number modulo `parts` is its `part`. Parsing is the cheap part of
+    reading; building, cleaning and masking rows is the costly rest, and that is what is split."""
 
     file: SourceFile
     ordinal: int
     role: str
+    part: int = 0
+    parts: int = 1
+
+    def owns(self, record: int) -> bool:
+        """Whether this task builds the row of the file's `record`-th record (from 0)."""
+        return self.parts == 1 or (record // CHUNK_ROWS) % self.parts == self.part
 
 
 def field_columns(n: int) -> list[str]:
@@ -120,7 +131,9 @@ def _csv(task: FileTask, fields: list[str], delimiter: str) -> Iterator[Record]:
         header = next(records, (0, []))[1]
         index = {name: i for i, name in enumerate(header)}
         wanted = [index.get(name) for name in fields]
-        for line, record in records:
+        for n, (line, record) in enumerate(records):
+            if not task.owns(n):
+                continue
             if len(record) != len(header):
                 yield line, json.dumps([_printable(v) for v in record], ensure_ascii=False), none, MALFORMED
                 continue
@@ -133,9 +146,13 @@ def _csv(task: FileTask, fields: list[str], delimiter: str) -> Iterator[Record]:
 
 def _jsonl(task: FileTask, fields: list[str]) -> Iterator[Record]:
     none = [None] * len(fields)
+    n = -1
     with task.file.open() as stream:
         for line, data in enumerate(io.BufferedReader(stream), start=1):
             if not data.strip():
+                continue
+            n += 1
+            if not task.owns(n):
                 continue
             try:
                 raw = data.decode("utf-8-sig" if line == 1 else "utf-8").rstrip("\r\n")
@@ -160,6 +177,9 @@ def _parquet(task: FileTask, fields: list[str]) -> Iterator[Record]:
         present = [name for name in fields if name in parquet.schema_arrow.names]
         line = 0
         for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=present):
+            if not task.owns(line):  # a batch goes whole to the task that owns its first record
+                line += batch.num_rows
+                continue
             for record in batch.to_pylist():
                 line += 1
                 yield line, json.dumps(record, ensure_ascii=False, default=str), [_as_field(record.get(n)) for n in fields], ""

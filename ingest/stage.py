@@ -11,9 +11,10 @@ The written row counts are checked against the plan before the manifest is writt
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -33,6 +34,8 @@ from raylane.tracking import RunRef
 
 STAGING, QUARANTINE = "_staging", "quarantine"
 STAGING_ROWS_PER_FILE = 16_384
+# A file shares its reading with other tasks only above this size, and with at most this many.
+PART_MIN_BYTES, MAX_PARTS = 2**20, 8
 _OUTPUTS = (STAGING, QUARANTINE, *(f"split={s}" for s in SPLITS), *SPLITS)  # the last: format 1 layout
 
 
@@ -133,6 +136,32 @@ def _tokenized(staged: ray.data.Dataset, cfg: PipelineConfig, definition: str, l
                               num_cpus=_tokenizer_pool(actors), fn_constructor_kwargs=kwargs)
 
 
+@contextlib.contextmanager
+def _every_cpu_for_every_operator():
+    """Turn off Ray Data's per-operator resource reservation for the executions inside.
+
+    It splits the cluster's CPUs between the operators of an execution up front; on 2 CPUs that
+    left the read operator one CPU, so two read tasks ran one after the other (measured: 2 x 1 s
+    of work took 2.07 s with it, 1.06 s without). Ingest's executions are chains of tasks with no
+    actor pool by default, so no operator can hold CPUs another one waits for. The setting is
+    global to the driver's DataContext, so it is put back afterwards."""
+    ctx = ray.data.DataContext.get_current()
+    saved, ctx.op_resource_reservation_enabled = ctx.op_resource_reservation_enabled, False
+    try:
+        yield
+    finally:
+        ctx.op_resource_reservation_enabled = saved
+
+
+def _split_files(tasks: list[FileTask]) -> list[FileTask]:
+    """Share big files among read tasks when there are fewer files than CPUs: one big file
+    would otherwise be read, cleaned and masked by a single task (see `FileTask`)."""
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    per_file = max(1, min(MAX_PARTS, cpus // len(tasks)))
+    return [replace(t, part=k, parts=n) for t in tasks
+            for n in [max(1, min(per_file, t.file.size // PART_MIN_BYTES))] for k in range(n)]
+
+
 def run(cfg: PipelineConfig, run: RunRef | None = None, force: bool = False,
         tasks: list[FileTask] | None = None) -> IngestResult:
     """Ingest `cfg.data`; `tasks` are its checked input files when the caller already has them."""
@@ -159,9 +188,10 @@ def run(cfg: PipelineConfig, run: RunRef | None = None, force: bool = False,
                    max_chars=data.max_chars, pii_kinds=tuple(data.mask_pii), labels=tuple(data.labels))
     staging = join(out, STAGING)
     columns = [*data.text_fields, data.label_field] + ([data.id_field] if data.id_field else [])
-    _prepare(tasks, columns, spec, staging)
-    index, verdicts = _decide(cfg, spec, staging)
-    _write(cfg, out, staging, verdicts, definition, index.accepted_chars)
+    with _every_cpu_for_every_operator():
+        _prepare(_split_files(tasks), columns, spec, staging)
+        index, verdicts = _decide(cfg, spec, staging)
+        _write(cfg, out, staging, verdicts, definition, index.accepted_chars)
     fs, root = filesystem(out)
     fs.delete_dir(join(root, STAGING))
 
