@@ -1,11 +1,11 @@
 """The ingest stage: source shards in; tokenized Parquet splits, quarantined rows and a manifest out.
 
 Three streaming passes, none of which brings the data to the driver:
-  1. read + clean + mask + validate every row -> `_staging/` Parquet (Ray Data tasks);
+  1. read + clean + mask + validate every row, and tokenize the rows accepted so far
+     (`ingest.tokenize`: in the same tasks, or an actor pool) -> `_staging/` Parquet;
   2. the driver streams a few key columns of `_staging/` and decides duplicates, conflicting
      labels, the label set and split thresholds (`plan.build_plan`);
-  3. apply those verdicts per block -> `quarantine/`, and tokenize the accepted rows
-     (`ingest.tokenize`: tasks, or an actor pool) -> `split=train|val|test/`.
+  3. apply those verdicts per block (tasks) -> `quarantine/` and `split=train|val|test/`.
 The written row counts are checked against the plan before the manifest is written.
 """
 
@@ -25,7 +25,7 @@ from ingest.plan import INDEX_COLUMNS, RowIndex, Verdicts, build_plan
 from ingest.inputs import FORMAT_VERSION, config_digest, source_digest, source_tasks
 from ingest.reader import FileTask, read_files, read_parquet_files
 from ingest.tokenize import TokenizeBatch, definition_digest, tokenize_batch, tokenizer_definition
-from ingest.transforms import ACCEPTED, RowSpec, finalize_batch, prepare_batch
+from ingest.transforms import ACCEPTED, RowSpec, finalize_batch, output_rows, prepare_batch
 from raylane.config import PipelineConfig
 from raylane.dataset import SPLITS, DatasetInfo, join, read_manifest, write_manifest
 from raylane.drift import length_histogram
@@ -126,14 +126,14 @@ def _tokenizer_pool(actors: int) -> float:
     return round(min(1.0, max(0.1, spare / actors)), 2)
 
 
-def _tokenized(staged: ray.data.Dataset, cfg: PipelineConfig, definition: str, label_names: list[str]) -> ray.data.Dataset:
-    """Accepted rows (text, label, split) -> tokenized rows, in tasks or in an actor pool."""
-    kwargs = {"definition": definition, "max_length": cfg.data.max_length, "label_names": label_names}
+def _tokenized(prepared: ray.data.Dataset, cfg: PipelineConfig, definition: str) -> ray.data.Dataset:
+    """Prepared rows -> the same with token ids, in the read tasks or in an actor pool."""
+    kwargs = {"definition": definition, "max_length": cfg.data.max_length}
     actors = cfg.resources.tokenize_actors
     if not actors:
-        return staged.map_batches(tokenize_batch, batch_format="pyarrow", fn_kwargs=kwargs)
-    return staged.map_batches(TokenizeBatch, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
-                              num_cpus=_tokenizer_pool(actors), fn_constructor_kwargs=kwargs)
+        return prepared.map_batches(tokenize_batch, batch_format="pyarrow", fn_kwargs=kwargs)
+    return prepared.map_batches(TokenizeBatch, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+                                num_cpus=_tokenizer_pool(actors), fn_constructor_kwargs=kwargs)
 
 
 @contextlib.contextmanager
@@ -189,9 +189,9 @@ def run(cfg: PipelineConfig, run: RunRef | None = None, force: bool = False,
     staging = join(out, STAGING)
     columns = [*data.text_fields, data.label_field] + ([data.id_field] if data.id_field else [])
     with _every_cpu_for_every_operator():
-        _prepare(_split_files(tasks), columns, spec, staging)
+        _prepare(cfg, _split_files(tasks), columns, spec, staging, definition)
         index, verdicts = _decide(cfg, spec, staging)
-        _write(cfg, out, staging, verdicts, definition, index.accepted_chars)
+        _write(cfg, out, staging, verdicts, index.accepted_chars)
     fs, root = filesystem(out)
     fs.delete_dir(join(root, STAGING))
 
@@ -211,14 +211,16 @@ def run(cfg: PipelineConfig, run: RunRef | None = None, force: bool = False,
     return IngestResult(dataset)
 
 
-def _prepare(tasks: list[FileTask], columns: list[str], spec: RowSpec, staging: str) -> None:
-    """Pass 1: read, clean, mask and validate every row; one read task per file (files are the
-    unit of parallelism)."""
-    ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks)).map_batches(
+def _prepare(cfg: PipelineConfig, tasks: list[FileTask], columns: list[str], spec: RowSpec, staging: str,
+             definition: str) -> None:
+    """Pass 1: read, clean, mask, validate and tokenize every row; one read task per file or
+    part of a file."""
+    prepared = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks)).map_batches(
         read_files, batch_size=1, batch_format="numpy", fn_kwargs={"fields": columns}
-    ).map_batches(prepare_batch, batch_format="pyarrow", fn_kwargs={"spec": spec}).write_parquet(
+    ).map_batches(prepare_batch, batch_format="pyarrow", fn_kwargs={"spec": spec})
+    _tokenized(prepared, cfg, definition).write_parquet(
         # Small staging files: each is a block of the next pass, so even a single big source
-        # file keeps every tokenizer actor busy.
+        # file keeps every CPU busy there.
         staging, max_rows_per_file=STAGING_ROWS_PER_FILE
     )
 
@@ -235,9 +237,9 @@ def _decide(cfg: PipelineConfig, spec: RowSpec, staging: str) -> tuple[RowIndex,
     return index, verdicts
 
 
-def _write(cfg: PipelineConfig, out: str, staging: str, verdicts: Verdicts, definition: str, accepted_chars: int) -> None:
-    """Pass 3: apply the verdicts per block; write the rejects to quarantine/ and the tokenized
-    rest to split=*/; then check the written row counts against the plan."""
+def _write(cfg: PipelineConfig, out: str, staging: str, verdicts: Verdicts, accepted_chars: int) -> None:
+    """Pass 3: apply the verdicts per block; write the rejects to quarantine/ and the accepted,
+    already tokenized rows to split=*/; then check the written row counts against the plan."""
     counts = verdicts.counts
     fs, parts = _parquet_files(staging)
     staged = ray.data.from_items([{"path": p} for p in parts], override_num_blocks=len(parts)).map_batches(
@@ -249,10 +251,9 @@ def _write(cfg: PipelineConfig, out: str, staging: str, verdicts: Verdicts, defi
         ).write_parquet(join(out, QUARANTINE))
     bytes_per_row = 24 + 2 * accepted_chars / max(1, counts["accepted"])  # text + ~1 token id per 2 chars
     shard_rows = max(1, int(cfg.data.shard_mb * 2**20 / bytes_per_row))
-    accepted = staged.filter(expr=col("reason") == ACCEPTED).select_columns(["text", "label", "split"])
-    _tokenized(accepted, cfg, definition, list(verdicts.plan.labels)).write_parquet(
-        out, partition_cols=["split"], min_rows_per_file=shard_rows, max_rows_per_file=shard_rows
-    )
+    staged.filter(expr=col("reason") == ACCEPTED).map_batches(
+        output_rows, batch_format="pyarrow", fn_kwargs={"labels": list(verdicts.plan.labels)}
+    ).write_parquet(out, partition_cols=["split"], min_rows_per_file=shard_rows, max_rows_per_file=shard_rows)
 
     written = {s: _row_count(join(out, f"split={s}")) for s in SPLITS}
     quarantined = _row_count(join(out, QUARANTINE))

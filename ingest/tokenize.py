@@ -1,18 +1,17 @@
-"""Tokenization for Ray Data: a callable class that builds its tokenizer once, run either as
-tasks (`tokenize_batch`, the default: each worker process keeps its tokenizer between tasks) or
-as an actor pool (`resources.tokenize_actors` > 0).
+"""Tokenization for Ray Data: a callable class that builds its tokenizer once, run either in the
+read tasks (`tokenize_batch`, the default: each worker process keeps its tokenizer between
+tasks) or in an actor pool (`resources.tokenize_actors` > 0).
 
-Tasks are the default because starting the pool's actors costs a new Python process each,
-with Ray Data imported: about 1.4 s on 2 CPUs, measured as the gap before the first batch, which
-is longer than tokenizing all 67k rows of SST-2 (1.2 s). Workers that already ran the read
-tasks are reused, and building a Rust tokenizer from its definition takes milliseconds.
+The read tasks are the default because each actor of a pool is a new Python process that
+imports Ray Data: about 1.4 s before its first batch on 2 CPUs (measured), longer than
+tokenizing all 67k rows of SST-2. Task workers are reused, and building a Rust tokenizer from
+its definition takes milliseconds.
 
 The driver resolves the model's tokenizer (hub id, local directory or the wheel-shipped default)
-and hands the actors its Rust `tokenizers` definition as JSON. Actors then import only the small
-`tokenizers` library, not `transformers` (seconds per actor), every actor is guaranteed the very
-tokenizer the driver saw, and batches skip `transformers`' Python wrapper. The ids are the same
-as `AutoTokenizer(...)(texts, truncation=True, max_length=n)` gives (tested).
-"""
+and hands the workers its Rust `tokenizers` definition as JSON. Workers then import only the
+small `tokenizers` library, not `transformers` (seconds each), every worker is guaranteed the
+very tokenizer the driver saw, and batches skip `transformers`' Python wrapper. The ids are the
+same as `AutoTokenizer(...)(texts, truncation=True, max_length=n)` gives (tested)"""
 
 from __future__ import annotations
 
@@ -38,35 +37,35 @@ def definition_digest(definition: str) -> str:
 
 
 class TokenizeBatch:
-    """Accepted rows (text, label, split) -> text, label id, input_ids (unpadded), length, split."""
+    """Prepared rows in, the same rows out with `input_ids` (unpadded) and `length` added.
 
-    def __init__(self, definition: str, max_length: int, label_names: list[str]):
+    Only rows still accepted (`reason` empty) are tokenized; the rest get no ids. Ingest
+    tokenizes before the whole-dataset verdicts, in the same task as the read, so the few rows
+    later found to be duplicates are tokenized for nothing."""
+
+    def __init__(self, definition: str, max_length: int):
         from tokenizers import Tokenizer
 
         self.tokenizer = Tokenizer.from_str(definition)
         # No padding here: the training collate pads each batch to its own longest row.
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length)
-        self.label_ids = {name: i for i, name in enumerate(label_names)}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        texts = batch.column("text").to_pylist()
-        ids = [encoding.ids for encoding in self.tokenizer.encode_batch_fast(texts)]
-        return pa.table({
-            "text": batch.column("text"),
-            "label": pa.array([self.label_ids[x] for x in batch.column("label").to_pylist()], pa.int32()),
-            "input_ids": pa.array(ids, pa.list_(pa.int32())),
-            "length": pa.array([len(x) for x in ids], pa.int32()),
-            "split": batch.column("split"),
-        })
+        accepted = [reason == "" for reason in batch.column("reason").to_pylist()]
+        texts = [text for text, ok in zip(batch.column("text").to_pylist(), accepted) if ok]
+        encodings = iter(self.tokenizer.encode_batch_fast(texts))
+        ids = [next(encodings).ids if ok else [] for ok in accepted]
+        return batch.append_column("input_ids", pa.array(ids, pa.list_(pa.int32()))).append_column(
+            "length", pa.array([len(x) for x in ids], pa.int32()))
 
 
 @functools.lru_cache(maxsize=4)
-def _cached(definition: str, max_length: int, label_names: tuple[str, ...]) -> TokenizeBatch:
+def _cached(definition: str, max_length: int) -> TokenizeBatch:
     """One tokenizer per worker process and settings, kept for the next task."""
-    return TokenizeBatch(definition, max_length, list(label_names))
+    return TokenizeBatch(definition, max_length)
 
 
-def tokenize_batch(batch: pa.Table, *, definition: str, max_length: int, label_names: list[str]) -> pa.Table:
+def tokenize_batch(batch: pa.Table, *, definition: str, max_length: int) -> pa.Table:
     """`TokenizeBatch` as a Ray Data task function."""
-    return _cached(definition, max_length, tuple(label_names))(batch)
+    return _cached(definition, max_length)(batch)

@@ -183,3 +183,16 @@ def finalize_batch(batch: pa.Table, *, plan: Plan) -> pa.Table:
         .set_column(batch.schema.get_field_index("detail"), "detail", pa.array(details, pa.string()))
         .append_column("split", pa.array(splits, pa.string()))
     )
+
+
+def output_rows(batch: pa.Table, *, labels: list[str]) -> pa.Table:
+    """Accepted, finalized rows -> the columns of a split shard, the label as its index in `labels`."""
+    import pyarrow.compute as pc
+
+    return pa.table({
+        "text": batch.column("text"),
+        "label": pc.index_in(batch.column("label"), value_set=pa.array(labels, pa.string())).cast(pa.int32()),
+        "input_ids": batch.column("input_ids"),
+        "length": batch.column("length"),
+        "split": batch.column("split"),
+    })

@@ -20,6 +20,7 @@ from ingest.transforms import (
     RowSpec,
     finalize_batch,
     normalize,
+    output_rows,
     prepare_batch,
     prepare_row,
     stable_fraction,
@@ -218,18 +219,27 @@ def test_prepare_batch_maps_reader_rows_one_to_one(tmp_path):
             assert all(out.column("raw").to_pylist())  # the original content of every row, kept
 
 
-def test_tokenizer_gives_the_same_ids_as_transformers_as_actor_and_as_task(tiny_model):
+def test_tokenizer_gives_transformers_ids_to_accepted_rows_only_as_actor_and_as_task(tiny_model):
     from transformers import AutoTokenizer
 
-    texts = ["A short one.", "word " * 400, "Ünïcödé and emoji 🙂", "x"]
-    reference = AutoTokenizer.from_pretrained(tiny_model)(texts, truncation=True, max_length=32)["input_ids"]
-    batch = pa.table({"text": texts, "label": ["a", "b", "a", "b"], "split": ["train"] * 4})
-    out = TokenizeBatch(tokenizer_definition(str(tiny_model)), 32, ["a", "b"])(batch).to_pydict()
-    as_task = tokenize_batch(batch, definition=tokenizer_definition(str(tiny_model)), max_length=32, label_names=["a", "b"])
-    assert as_task.to_pydict() == out
-    assert out["input_ids"] == reference
-    assert out["length"] == [len(r) for r in reference]
-    assert out["label"] == [0, 1, 0, 1]
+    texts = ["A short one.", "word " * 400, "Ünïcödé and emoji 🙂", "x", "rejected"]
+    reference = AutoTokenizer.from_pretrained(tiny_model)(texts[:4], truncation=True, max_length=32)["input_ids"]
+    batch = pa.table({"text": texts, "reason": ["", "", "", "", EMPTY_TEXT]})
+    definition = tokenizer_definition(str(tiny_model))
+    out = TokenizeBatch(definition, 32)(batch).to_pydict()
+    assert out["input_ids"] == [*reference, []]
+    assert out["length"] == [*(len(r) for r in reference), 0]
+    assert out["reason"] == batch.column("reason").to_pylist()  # the rows pass through, one to one
+    assert tokenize_batch(batch, definition=definition, max_length=32).to_pydict() == out
+
+
+def test_output_rows_index_labels_in_the_plan_order():
+    batch = pa.table({"text": ["x", "y", "z"], "label": ["b", "a", "b"], "input_ids": [[1], [2, 3], [4]],
+                      "length": pa.array([1, 2, 1], pa.int32()), "split": ["train", "val", "test"], "pos": [1, 2, 3]})
+    out = output_rows(batch, labels=["b", "a"])
+    assert out.column_names == ["text", "label", "input_ids", "length", "split"]
+    assert out.column("label").type == pa.int32()
+    assert out.column("label").to_pylist() == [0, 1, 0]
 
 
 def _write_big_source(directory, fmt: str, rows: int):
