@@ -288,3 +288,59 @@ def test_a_file_read_in_parts_gives_every_row_exactly_once(tmp_path, fmt):
     assert sorted(r["pos"] for p in parts for r in p) == sorted(r["pos"] for r in whole)
     by_pos = {r["pos"]: r for r in whole}
     assert all(r == by_pos[r["pos"]] for p in parts for r in p)  # same line, raw, fields and error
+
+
+_ODD_CHARS = ["a", "b", "Z", "1", "7", " ", "  ", "\t", "\n", "\r\n", "\x00", "\x07", "\x0b", "\x0c", "\x1c", "\x1f",
+              "\x7f", "@", ".", ":", "/", "www.", "://", "é", "\u00a0", "\u2028", "\u3000", "\x85", "ﬁ", "①", "🙂"]
+
+
+def _random_texts(seed: int, n: int = 400) -> list[str | None]:
+    rng = random.Random(seed)
+    texts = ["".join(rng.choices(_ODD_CHARS, k=rng.randint(0, 12))) for _ in range(n)]
+    return texts + [None, "", "   ", "plain ascii words", "Call +1 (555) 123-4567 or jo@example.com"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_clean_column_equals_clean_text_value_by_value(seed):
+    from ingest.transforms import clean_column
+    from raylane.text import clean_text
+
+    texts = _random_texts(seed)
+    assert clean_column(pa.chunked_array([pa.array(texts, pa.string())])) == [clean_text(t) for t in texts]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_may_hold_pii_never_misses_what_mask_pii_masks(seed):
+    from ingest.transforms import may_hold_pii
+    from raylane.pii import mask_pii
+
+    rng = random.Random(seed)
+    pii = ["jo@example.com", "http://x.org/a", "www.example.com", "10.0.0.1", "4111 1111 1111 1111",
+           "+44 20 7946 0958", "555-123-4567", "fe80::1", "plain"]
+    texts = [t or "" for t in _random_texts(seed)] + [f"{rng.choice(pii)} and {rng.choice(pii)}" for _ in range(200)]
+    hints = may_hold_pii(texts)
+    assert not all(hints)  # it does rule texts out
+    assert all(hint for text, hint in zip(texts, hints) if mask_pii(text)[0] != text)
+
+
+@pytest.mark.parametrize("lowercase", [False, True])
+@pytest.mark.parametrize("fields", [1, 2])
+def test_prepare_batch_gives_what_prepare_row_gives(fields, lowercase):
+    from ingest.reader import field_columns
+
+    texts = _random_texts(fields, 300)
+    rng = random.Random(fields)
+    n = len(texts)
+    spec = RowSpec(n_text_fields=fields, lowercase=lowercase, pii_kinds=("email", "url", "ip", "card", "phone"),
+                   max_chars=10)
+    columns = [texts, rng.sample(texts, n)][:fields] + [[rng.choice(["a", "b", None, " A "]) for _ in range(n)]]
+    errors = [rng.choice(["", "", "", "malformed_row"]) for _ in range(n)]
+    table = pa.table({"source": ["f"] * n, "line": list(range(n)), "pos": list(range(n)), "role": ["data"] * n,
+                      "error": errors, "raw": ["{}"] * n,
+                      **{name: pa.array(col, pa.string()) for name, col in zip(field_columns(fields + 1), columns)}})
+    out = prepare_batch(table, spec=spec).to_pylist()
+    for i, row in enumerate(out):
+        want = prepare_row(errors[i], [c[i] for c in columns[:fields]], columns[fields][i], None, spec)
+        assert {k: row[k] for k in ("text", "label", "reason", "detail", "text_hash", "key_frac", "n_chars")} == \
+               {k: want[k] for k in ("text", "label", "reason", "detail", "text_hash", "key_frac", "n_chars")}
+        assert {k: row[f"pii_{k}"] for k in spec.pii_kinds if row[f"pii_{k}"]} == want["pii"]
