@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,7 +26,7 @@ from ingest.plan import INDEX_COLUMNS, RowIndex, Verdicts, build_plan
 from ingest.inputs import FORMAT_VERSION, config_digest, source_digest, source_tasks
 from ingest.reader import FileTask, read_files, read_parquet_files
 from ingest.tokenize import TokenizeBatch, definition_digest, tokenize_batch, tokenizer_definition
-from ingest.transforms import ACCEPTED, RowSpec, finalize_batch, output_rows, prepare_batch
+from ingest.transforms import ACCEPTED, FINALIZE_COLUMNS, RowSpec, finalize_batch, output_rows, prepare_batch
 from raylane.config import PipelineConfig
 from raylane.dataset import SPLITS, DatasetInfo, join, read_manifest, write_manifest
 from raylane.drift import length_histogram
@@ -241,19 +242,29 @@ def _write(cfg: PipelineConfig, out: str, staging: str, verdicts: Verdicts, acce
     """Pass 3: apply the verdicts per block; write the rejects to quarantine/ and the accepted,
     already tokenized rows to split=*/; then check the written row counts against the plan."""
     counts = verdicts.counts
-    fs, parts = _parquet_files(staging)
-    staged = ray.data.from_items([{"path": p} for p in parts], override_num_blocks=len(parts)).map_batches(
-        read_parquet_files, batch_size=1, batch_format="numpy", fn_kwargs={"fs": fs}
-    ).map_batches(finalize_batch, batch_format="pyarrow", fn_kwargs={"plan": verdicts.plan})
-    if counts["quarantined"]:
-        staged.filter(expr=col("reason") != ACCEPTED).select_columns(
-            ["source", "line", "reason", "detail", "label", "text", "raw"]
-        ).write_parquet(join(out, QUARANTINE))
     bytes_per_row = 24 + 2 * accepted_chars / max(1, counts["accepted"])  # text + ~1 token id per 2 chars
     shard_rows = max(1, int(cfg.data.shard_mb * 2**20 / bytes_per_row))
-    staged.filter(expr=col("reason") == ACCEPTED).map_batches(
+    fs, parts = _parquet_files(staging)
+    # One task per run of consecutive staging files holding about a shard of accepted rows, so
+    # each task writes a shard per split. (Ray Data's `min_rows_per_file` would do the bundling
+    # at the input of the fused read-and-write task, whose rows are paths: one task for all.)
+    tasks = max(1, min(len(parts), math.ceil(counts["accepted"] / shard_rows)))
+
+    def staged(columns: list[str]) -> ray.data.Dataset:
+        """The staged rows with the final verdicts, reading only `columns` (+ what they need)."""
+        needed = sorted({*columns, *FINALIZE_COLUMNS})
+        return ray.data.from_items([{"path": p} for p in parts], override_num_blocks=tasks).map_batches(
+            read_parquet_files, batch_size=1, batch_format="numpy", fn_kwargs={"fs": fs, "columns": needed}
+        ).map_batches(finalize_batch, batch_format="pyarrow", fn_kwargs={"plan": verdicts.plan})
+
+    if counts["quarantined"]:
+        quarantine_columns = ["source", "line", "reason", "detail", "label", "text", "raw"]
+        staged(quarantine_columns).filter(expr=col("reason") != ACCEPTED).select_columns(
+            quarantine_columns
+        ).write_parquet(join(out, QUARANTINE))
+    staged(["text", "label", "input_ids", "length"]).filter(expr=col("reason") == ACCEPTED).map_batches(
         output_rows, batch_format="pyarrow", fn_kwargs={"labels": list(verdicts.plan.labels)}
-    ).write_parquet(out, partition_cols=["split"], min_rows_per_file=shard_rows, max_rows_per_file=shard_rows)
+    ).write_parquet(out, partition_cols=["split"], max_rows_per_file=shard_rows)
 
     written = {s: _row_count(join(out, f"split={s}")) for s in SPLITS}
     quarantined = _row_count(join(out, QUARANTINE))

@@ -13,6 +13,12 @@ def init_ray() -> None:
         return
     # Keep Ray Data's progress bars but drop its per-operator log spam from the driver's output.
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    if not os.environ.get("RAY_ADDRESS"):
+        # A local Ray's workers inherit this environment. Arrow's default allocator (mimalloc)
+        # keeps freed memory for reuse, so a long-lived worker holds the peak of every task it
+        # ran: ingesting 8x SST-2, 610 MiB per worker against 400 MiB with the C library's
+        # malloc. Clusters set it in cluster.yaml (a job runtime_env would cost seconds per job).
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, configure_logging=True, logging_level="WARNING")
     from ray.data import DataContext
 

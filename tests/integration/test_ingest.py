@@ -150,3 +150,16 @@ def test_an_actor_pool_tokenizes_exactly_as_the_default_tasks(smoke_dataset, smo
         by_tasks = sorted((r["text"], r["label"], list(r["input_ids"])) for r in smoke_dataset.read_split(split).take_all())
         by_actors = sorted((r["text"], r["label"], list(r["input_ids"])) for r in pooled.read_split(split).take_all())
         assert by_actors == by_tasks
+
+
+def test_local_ray_workers_allocate_arrow_memory_with_malloc(ray_session):
+    """Workers of a Ray started by raylane use Arrow's system allocator (raylane.runtime), so
+    ingest workers give memory back between tasks."""
+
+    @ray_session.remote
+    def arrow_allocator() -> str:
+        import pyarrow as pa
+
+        return pa.default_memory_pool().backend_name
+
+    assert ray_session.get(arrow_allocator.remote()) == "system"
