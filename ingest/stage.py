@@ -156,7 +156,7 @@ def _every_cpu_for_every_operator():
 
 def _split_files(tasks: list[FileTask]) -> list[FileTask]:
     """Share big files among read tasks when there are fewer files than CPUs: one big file
-    would otherwise be read, cleaned and masked by a single task (see `FileTask`)."""
+    would otherwise be read, cleaned, masked and tokenized by a single task (see `FileTask`)."""
     cpus = int(ray.cluster_resources().get("CPU", 1))
     per_file = max(1, min(MAX_PARTS, cpus // len(tasks)))
     return [replace(t, part=k, parts=n) for t in tasks
