@@ -18,22 +18,23 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import ray.data
-from ray.data.expressions import col
 
 from ingest.plan import INDEX_COLUMNS, RowIndex, Verdicts, build_plan
 from ingest.inputs import FORMAT_VERSION, config_digest, source_digest, source_tasks
-from ingest.reader import FileTask, read_files, read_parquet_files
+from ingest.reader import FileTask, read_files
 from ingest.tokenize import TokenizeBatch, definition_digest, tokenize_batch, tokenizer_definition
-from ingest.transforms import ACCEPTED, FINALIZE_COLUMNS, RowSpec, finalize_batch, output_rows, prepare_batch
+from ingest.transforms import RowSpec, prepare_batch
+from ingest.writer import QUARANTINE, write_group
 from raylane.config import PipelineConfig
 from raylane.dataset import SPLITS, DatasetInfo, join, read_manifest, write_manifest
 from raylane.drift import length_histogram
 from raylane.sources import filesystem
 from raylane.tracking import RunRef
 
-STAGING, QUARANTINE = "_staging", "quarantine"
+STAGING = "_staging"
 STAGING_ROWS_PER_FILE = 16_384
 # A file shares its reading with other tasks only above this size, and with at most this many.
 PART_MIN_BYTES, MAX_PARTS = 2**20, 8
@@ -232,6 +233,9 @@ def _decide(cfg: PipelineConfig, spec: RowSpec, staging: str) -> tuple[RowIndex,
     index = RowIndex(pii_kinds=spec.pii_kinds)
     for batch in _scan(staging, INDEX_COLUMNS + [f"pii_{k}" for k in spec.pii_kinds]):
         index.add(batch)
+    # The driver imported pyarrow before raylane.runtime could pick its allocator: hand the
+    # scan's buffers back now rather than keep them for the rest of the run.
+    pa.default_memory_pool().release_unused()
     verdicts = build_plan(index, labels=spec.labels, dedup=data.dedup, stratify=data.stratify,
                           val_fraction=data.val_fraction, test_fraction=0.0 if data.test_source else data.test_fraction,
                           source=data.source)
@@ -239,32 +243,23 @@ def _decide(cfg: PipelineConfig, spec: RowSpec, staging: str) -> tuple[RowIndex,
 
 
 def _write(cfg: PipelineConfig, out: str, staging: str, verdicts: Verdicts, accepted_chars: int) -> None:
-    """Pass 3: apply the verdicts per block; write the rejects to quarantine/ and the accepted,
-    already tokenized rows to split=*/; then check the written row counts against the plan."""
+    """Pass 3: apply the verdicts to the staged rows, streaming the rejects to quarantine/ and
+    the accepted, already tokenized rows to split=*/ (`ingest.writer`); then check the written
+    row counts against the plan."""
     counts = verdicts.counts
     bytes_per_row = 24 + 2 * accepted_chars / max(1, counts["accepted"])  # text + ~1 token id per 2 chars
     shard_rows = max(1, int(cfg.data.shard_mb * 2**20 / bytes_per_row))
     fs, parts = _parquet_files(staging)
     # One task per run of consecutive staging files holding about a shard of accepted rows, so
-    # each task writes a shard per split. (Ray Data's `min_rows_per_file` would do the bundling
-    # at the input of the fused read-and-write task, whose rows are paths: one task for all.)
-    tasks = max(1, min(len(parts), math.ceil(counts["accepted"] / shard_rows)))
-
-    def staged(columns: list[str]) -> ray.data.Dataset:
-        """The staged rows with the final verdicts, reading only `columns` (+ what they need)."""
-        needed = sorted({*columns, *FINALIZE_COLUMNS})
-        return ray.data.from_items([{"path": p} for p in parts], override_num_blocks=tasks).map_batches(
-            read_parquet_files, batch_size=1, batch_format="numpy", fn_kwargs={"fs": fs, "columns": needed}
-        ).map_batches(finalize_batch, batch_format="pyarrow", fn_kwargs={"plan": verdicts.plan})
-
-    if counts["quarantined"]:
-        quarantine_columns = ["source", "line", "reason", "detail", "label", "text", "raw"]
-        staged(quarantine_columns).filter(expr=col("reason") != ACCEPTED).select_columns(
-            quarantine_columns
-        ).write_parquet(join(out, QUARANTINE))
-    staged(["text", "label", "input_ids", "length"]).filter(expr=col("reason") == ACCEPTED).map_batches(
-        output_rows, batch_format="pyarrow", fn_kwargs={"labels": list(verdicts.plan.labels)}
-    ).write_parquet(out, partition_cols=["split"], max_rows_per_file=shard_rows)
+    # each task writes about a shard per split.
+    groups = max(1, min(len(parts), math.ceil(counts["accepted"] / shard_rows)))
+    runs = [parts[k * len(parts) // groups:(k + 1) * len(parts) // groups] for k in range(groups)]
+    _, root = filesystem(out)
+    ray.data.from_items([{"group": k, "paths": "\n".join(run)} for k, run in enumerate(runs)],
+                        override_num_blocks=groups).map_batches(
+        write_group, batch_size=1, batch_format="numpy",
+        fn_kwargs={"fs": fs, "root": root, "plan": verdicts.plan, "shard_rows": shard_rows},
+    ).materialize()
 
     written = {s: _row_count(join(out, f"split={s}")) for s in SPLITS}
     quarantined = _row_count(join(out, QUARANTINE))

@@ -199,9 +199,6 @@ class Plan:
 _DROP_DETAIL = {DUPLICATE: "same text as an earlier row", CONFLICTING_LABEL: "same text appears with another label"}
 
 
-FINALIZE_COLUMNS = ["pos", "role", "reason", "detail", "label", "key_frac"]  # what finalize_batch reads
-
-
 def finalize_batch(batch: pa.Table, *, plan: Plan) -> pa.Table:
     """Prepared rows -> final reason and split. Adds `split`; reasons set in pass one stay."""
     reasons = batch.column("reason").to_pylist()
