@@ -210,19 +210,6 @@ def read_files(batch: dict[str, Any], *, fields: list[str]) -> Iterator[pa.Table
         yield from read_file(task, fields)
 
 
-def read_parquet_files(batch: dict[str, Any], *, fs: Any) -> Iterator[pa.Table]:
-    """Ray Data entry point for ingest's own intermediate files: paths in, their row groups out.
-    (`ray.data.read_parquet` lists files in a task of its own and reads a small directory in a
-    single task: seconds of start-up and no parallelism for the next operator.)"""
-    import pyarrow.parquet as pq
-
-    for path in batch["path"]:
-        with fs.open_input_file(path) as handle:
-            parquet = pq.ParquetFile(handle)
-            for group in range(parquet.num_row_groups):
-                yield parquet.read_row_group(group)
-
-
 # --- whole-file checks, on the driver, before any compute ---------------------------------------
 
 

@@ -221,8 +221,8 @@ def _prepare(cfg: PipelineConfig, tasks: list[FileTask], columns: list[str], spe
         read_files, batch_size=1, batch_format="numpy", fn_kwargs={"fields": columns}
     ).map_batches(prepare_batch, batch_format="pyarrow", fn_kwargs={"spec": spec})
     _tokenized(prepared, cfg, definition).write_parquet(
-        # Small staging files: each is a block of the next pass, so even a single big source
-        # file keeps every CPU busy there.
+        # Small staging files: pass three hands them out in runs of about a shard, so they bound
+        # how finely its work can be split.
         staging, max_rows_per_file=STAGING_ROWS_PER_FILE
     )
 

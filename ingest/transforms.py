@@ -120,12 +120,13 @@ _ASCII_SPACE_RUN = r"[\x00-\x20\x7f]+"
 _ASCII_PII_HINT = r"[0-9@]|://|www\.|WWW\."
 
 
-def clean_column(values: pa.ChunkedArray | pa.Array) -> list[str]:
+def clean_column(values: pa.ChunkedArray | pa.Array, as_python: list[Any]) -> list[str]:
     """`clean_text` of every value (null -> ""): Arrow kernels for ASCII values, which need no
-    NFKC, and Python for the rest. Equal to `clean_text` value by value (tested)."""
+    NFKC, and Python for the rest (`as_python`: the same values, already converted). Equal to
+    `clean_text` value by value (tested)."""
     fast = pc.utf8_trim(pc.replace_substring_regex(values, _ASCII_SPACE_RUN, " "), " ").to_pylist()
     is_ascii = pc.string_is_ascii(values).to_pylist()
-    return [f if a else clean_text(v) for f, a, v in zip(fast, is_ascii, values.to_pylist())]
+    return [f if a else clean_text(v) for f, a, v in zip(fast, is_ascii, as_python)]
 
 
 def may_hold_pii(texts: list[str]) -> list[bool]:
@@ -141,7 +142,7 @@ def prepare_batch(batch: pa.Table, *, spec: RowSpec) -> pa.Table:
     n = spec.n_text_fields
     columns = [batch.column(name).to_pylist() for name in spec.fields]
     texts_by_row = list(zip(*columns[:n]))
-    cleaned = [clean_column(batch.column(name)) for name in spec.fields[:n]]
+    cleaned = [clean_column(batch.column(name), values) for name, values in zip(spec.fields[:n], columns)]
     joined = cleaned[0] if n == 1 else [". ".join(p for p in parts if p) for parts in zip(*cleaned)]
     if spec.lowercase:
         joined = [t.lower() for t in joined]

@@ -15,12 +15,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ingest.reader import read_parquet_files
 from ingest.transforms import ACCEPTED, Plan, finalize_batch, output_rows
 from raylane.dataset import SPLITS, join
 
 QUARANTINE = "quarantine"
 QUARANTINE_COLUMNS = ["source", "line", "reason", "detail", "label", "text", "raw"]
+
+
+def _row_groups(fs: Any, paths: list[str]):
+    """The row groups of ingest's own staging files, one table at a time."""
+    for path in paths:
+        with fs.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            for group in range(parquet.num_row_groups):
+                yield parquet.read_row_group(group)
 
 
 class ShardWriter:
@@ -68,7 +76,7 @@ def write_group(batch: dict[str, Any], *, fs: Any, root: str, plan: Plan, shard_
     splits = {s: ShardWriter(fs, join(root, f"split={s}"), prefix, shard_rows) for s in SPLITS}
     quarantine = ShardWriter(fs, join(root, QUARANTINE), prefix, shard_rows)
     labels = list(plan.labels)
-    for table in read_parquet_files({"path": paths}, fs=fs):
+    for table in _row_groups(fs, paths):
         table = finalize_batch(table, plan=plan)
         accepted = pc.equal(table.column("reason"), ACCEPTED)
         rejected = table.filter(pc.invert(accepted))

@@ -306,7 +306,7 @@ def test_clean_column_equals_clean_text_value_by_value(seed):
     from raylane.text import clean_text
 
     texts = _random_texts(seed)
-    assert clean_column(pa.chunked_array([pa.array(texts, pa.string())])) == [clean_text(t) for t in texts]
+    assert clean_column(pa.chunked_array([pa.array(texts, pa.string())]), texts) == [clean_text(t) for t in texts]
 
 
 @pytest.mark.parametrize("seed", range(3))
