@@ -1,4 +1,4 @@
-"""e2e_default: wall time of `python -m pipelines run` on the embedded default, from a cold
+"""e2e_default: wall time of `python -m raylane run` on the embedded default, from a cold
 process (Ray start, ingest, sweep, evaluate, register, serve, one HTTP answer)."""
 
 from __future__ import annotations
@@ -10,12 +10,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import REPO_ROOT
 from bench.harness import benchmark
-from raylane.config import PROJECT_ROOT
 
 
-@benchmark("e2e_default", "end-to-end time of the default pipeline, and the holdout weighted F1 it reached",
-           goal="<= 900 s on 2 CPUs")
+@benchmark(
+    "e2e_default",
+    "end-to-end time of the default pipeline, and the holdout weighted F1 it reached",
+    goal="<= 900 s on 2 CPUs",
+)
 def run(quick: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
@@ -23,7 +26,7 @@ def run(quick: bool) -> dict:
         if quick:  # one training run of 2 epochs instead of the sweep
             args += ["sweep.enabled=false", "train.epochs=2"]
         started = time.time()
-        subprocess.run([sys.executable, "-m", "pipelines", "run", *args], cwd=PROJECT_ROOT, check=True)
+        subprocess.run([sys.executable, "-m", "raylane", "run", *args], cwd=REPO_ROOT, check=True)
         elapsed = time.time() - started
         summary = json.loads((out / "run_summary.json").read_text())
     return {

@@ -123,8 +123,9 @@ def render_table(results: dict[str, Any]) -> str:
             f"| {name} | {_fmt(r['ours'])} | {_fmt(r['baseline'])} | {_fmt(r['ratio'])} | {r['unit']} | "
             f"{r.get('goal', '')} | {machine} | `{r['command']}` |"
         )
-    extras = {n: {k: v for k, v in r.items() if k.startswith("holdout_") or k.startswith("note")}
-              for n, r in results.items()}
+    extras = {
+        n: {k: v for k, v in r.items() if k.startswith("holdout_") or k.startswith("note")} for n, r in results.items()
+    }
     notes = [f"- {n}: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in e.items()) for n, e in sorted(extras.items()) if e]
     if notes:
         lines += ["", "Also recorded:", "", *notes]
@@ -152,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.names or list(REGISTRY):
         print(f"== {name}", flush=True)
         entry = record(name, args.quick, REGISTRY[name].fn(args.quick))
-        print(json.dumps({k: entry[k] for k in ("ours", "baseline", "ratio", "unit")} | {
-            k: v for k, v in entry.items() if k.startswith("holdout_")}), flush=True)
+        print(
+            json.dumps(
+                {k: entry[k] for k in ("ours", "baseline", "ratio", "unit")}
+                | {k: v for k, v in entry.items() if k.startswith("holdout_")}
+            ),
+            flush=True,
+        )
     return 0

@@ -5,7 +5,7 @@ ingest_throughput: rows/s of `ingest.stage.run` (Ray Data, all CPUs) against a s
 pandas + tokenizer loop doing the same work with the same pure functions (clean, mask PII,
 validate, dedup, split, tokenize, write Parquet), alternating in one process.
 
-ingest_memory: peak memory of a whole `python -m pipelines ingest` process tree (driver, Ray's
+ingest_memory: peak memory of a whole `python -m raylane ingest` process tree (driver, Ray's
 daemons and workers; proportional set size, so shared object-store pages count once) at 8x the
 data against 1x.
 """
@@ -21,13 +21,18 @@ import threading
 import time
 from pathlib import Path
 
+from bench import REPO_ROOT
 from bench.harness import benchmark, side_by_side
-from raylane.config import PROJECT_ROOT
 
-SST2 = PROJECT_ROOT.parent / "shared" / "data" / "sst2" / "train.tsv"
+SST2 = REPO_ROOT.parent / "shared" / "data" / "sst2" / "train.tsv"
 SST2_ROWS = 67349
-FIELDS = ["data.text_fields=[sentence]", "data.label_field=label", "data.test_source=", "data.val_fraction=0.1",
-          "data.test_fraction=0.1"]
+FIELDS = [
+    "data.text_fields=[sentence]",
+    "data.label_field=label",
+    "data.test_source=",
+    "data.val_fraction=0.1",
+    "data.test_fraction=0.1",
+]
 
 
 def source_file(directory: Path, rows: int | None = None) -> tuple[Path, str]:
@@ -39,7 +44,9 @@ def source_file(directory: Path, rows: int | None = None) -> tuple[Path, str]:
         return target, f"SST-2 train from {SST2}"
     rng = random.Random(0)
     words = [f"w{i}" for i in range(5000)]
-    body = [f"{' '.join(rng.choices(words, k=rng.randint(3, 30)))}\t{rng.randint(0, 1)}\n" for _ in range(rows or SST2_ROWS)]
+    body = [
+        f"{' '.join(rng.choices(words, k=rng.randint(3, 30)))}\t{rng.randint(0, 1)}\n" for _ in range(rows or SST2_ROWS)
+    ]
     target.write_text("sentence\tlabel\n" + "".join(body))
     return target, "synthetic (SST-2 not found)"
 
@@ -50,10 +57,10 @@ def baseline_ingest(source: Path, out: Path, fast_tokenizer: bool = False) -> in
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raylane.pii import PII_KINDS, mask_pii
-    from ingest.transforms import normalize, stable_fraction
     from raylane.config import DEFAULT_MODEL
+    from raylane.ingest.transforms import normalize, stable_fraction
     from raylane.models import load_tokenizer
+    from raylane.pii import PII_KINDS, mask_pii
 
     frame = pd.read_csv(source, sep="\t", dtype=str, keep_default_na=False)
     seen, kept = set(), []
@@ -71,8 +78,10 @@ def baseline_ingest(source: Path, out: Path, fast_tokenizer: bool = False) -> in
         def encode(texts):
             return [e.ids for e in backend.encode_batch_fast(texts)]
     else:
+
         def encode(texts):
             return tokenizer(texts, truncation=True, max_length=128)["input_ids"]
+
     label_ids = {name: i for i, name in enumerate(sorted({k[1] for k in kept}))}
     out.mkdir(parents=True, exist_ok=True)
     for split, low, high in (("test", 0.0, 0.1), ("val", 0.1, 0.2), ("train", 0.2, 1.0)):
@@ -80,17 +89,28 @@ def baseline_ingest(source: Path, out: Path, fast_tokenizer: bool = False) -> in
         ids: list[list[int]] = []
         for start in range(0, len(rows), 1000):
             ids.extend(encode([r[0] for r in rows[start : start + 1000]]))
-        pq.write_table(pa.table({"text": [r[0] for r in rows], "label": [label_ids[r[1]] for r in rows],
-                                 "input_ids": pa.array(ids, pa.list_(pa.int32())),
-                                 "length": [len(x) for x in ids]}), out / f"{split}.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "text": [r[0] for r in rows],
+                    "label": [label_ids[r[1]] for r in rows],
+                    "input_ids": pa.array(ids, pa.list_(pa.int32())),
+                    "length": [len(x) for x in ids],
+                }
+            ),
+            out / f"{split}.parquet",
+        )
     return len(frame)
 
 
-@benchmark("ingest_throughput", "ingest + tokenize rows/s on SST-2 train: Ray Data vs a single-process pandas loop",
-           goal=">= 1.7x on 2 CPUs")
+@benchmark(
+    "ingest_throughput",
+    "ingest + tokenize rows/s on SST-2 train: Ray Data vs a single-process pandas loop",
+    goal=">= 1.7x on 2 CPUs",
+)
 def throughput(quick: bool) -> dict:
-    from ingest.stage import run as ingest
     from raylane.config import load_config
+    from raylane.ingest.stage import run_ingest
     from raylane.runtime import init_ray
 
     init_ray()
@@ -102,7 +122,7 @@ def throughput(quick: bool) -> dict:
 
         def ours() -> float:
             started = time.perf_counter()
-            rows["ours"] = ingest(cfg, force=True).counts["input"]
+            rows["ours"] = run_ingest(cfg, force=True).counts.input
             return time.perf_counter() - started
 
         def baseline() -> float:
@@ -125,7 +145,7 @@ def throughput(quick: bool) -> dict:
             (shards / f"part-{k}.tsv").write_text(header + "".join(body[k::8]))
         sharded_cfg = load_config(None, [*FIELDS, f"data.source={shards}", f"output_dir={tmp_path / 'sharded'}"])
         started = time.perf_counter()
-        ingest(sharded_cfg, force=True)
+        run_ingest(sharded_cfg, force=True)
         sharded = time.perf_counter() - started
         assert rows["ours"] == rows["baseline"], rows
         n = rows["ours"]
@@ -139,8 +159,10 @@ def throughput(quick: bool) -> dict:
         "seconds_ours": [round(t, 2) for t in times["ours_runs"]],
         "seconds_baseline": [round(t, 2) for t in times["baseline_runs"]],
         "note_sharded": f"{sharded:.2f} s for the same rows as 8 shard files (ratio {times['baseline'] / sharded:.3f})",
-        "note_fast_tokenizer_baseline": f"{fast:.2f} s for the same loop calling the Rust tokenizer directly, as ours does "
-                                        f"(ratio {fast / times['ours']:.3f})",
+        "note_fast_tokenizer_baseline": (
+            f"{fast:.2f} s for the same loop calling the Rust tokenizer directly, as ours does "
+            f"(ratio {fast / times['ours']:.3f})"
+        ),
     }
 
 
@@ -164,8 +186,13 @@ def peak_memory(args: list[str]) -> tuple[int, float]:
     """(peak PSS of the process tree in bytes, seconds) for one CLI run in a fresh Ray."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     started = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines", "ingest", "--force", *args], cwd=PROJECT_ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raylane", "ingest", "--force", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     peak = 0
     done = threading.Event()
 
@@ -185,8 +212,9 @@ def peak_memory(args: list[str]) -> tuple[int, float]:
     return peak, time.time() - started
 
 
-@benchmark("ingest_memory", "peak memory (PSS of driver + Ray processes) of ingest at 8x the data vs 1x",
-           goal="<= 1.25x")
+@benchmark(
+    "ingest_memory", "peak memory (PSS of driver + Ray processes) of ingest at 8x the data vs 1x", goal="<= 1.25x"
+)
 def memory(quick: bool) -> dict:
     scale = 2 if quick else 8
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,7 +225,9 @@ def memory(quick: bool) -> dict:
         many.mkdir()
         header, *body = one.read_text().splitlines(keepends=True)
         for k in range(scale):  # distinct copies, or dedup would quarantine 7 in 8 rows
-            (many / f"part-{k}.tsv").write_text(header + "".join(f"{line.split(chr(9))[0]} #{k}\t{line.split(chr(9))[1]}" for line in body))
+            (many / f"part-{k}.tsv").write_text(
+                header + "".join(f"{line.split(chr(9))[0]} #{k}\t{line.split(chr(9))[1]}" for line in body)
+            )
         common = [*FIELDS, f"output_dir={tmp_path / 'out'}"]
         small, small_s = peak_memory([*common, f"data.source={one}"])
         large, large_s = peak_memory([*common, f"data.source={many}"])
@@ -212,5 +242,5 @@ def memory(quick: bool) -> dict:
         "seconds_1x": round(small_s, 1),
         f"seconds_{scale}x": round(large_s, 1),
         f"note_rows_per_s_{scale}x": f"{rows * scale / large_s:.0f} rows/s end to end incl. Ray start vs "
-                                     f"{rows / small_s:.0f} at 1x",
+        f"{rows / small_s:.0f} at 1x",
     }

@@ -1,7 +1,7 @@
 """serve_overhead, serve_batching, serve_vs_fastapi and serve_int8: the Ray Serve app
 (`serve.app.build_app`) under load from `serve.loadtest.run_load` (one asyncio aiohttp client in
 this process). Every request carries one real text: title + description of a row of
-data/holdout.csv (Made-With-ML's 191-row holdout), joined as ingest joins them, cycled in file
+data/made-with-ml/holdout.csv (Made-With-ML's 191-row holdout), joined as ingest joins them, cycled in file
 order, so lengths are what the default model is trained and tested on. Each deployment is a
 single replica with replica_cpus=2 (2 CPUs reserved and 2 torch threads) on a local Ray, serving
 a local model directory; only one server is busy at a time, and every side is warmed up before it
@@ -57,18 +57,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench import REPO_ROOT
 from bench.harness import benchmark, side_by_side
-from raylane.config import PROJECT_ROOT
 from raylane.http import free_port
 
-HOLDOUT = PROJECT_ROOT / "data" / "holdout.csv"
+HOLDOUT = REPO_ROOT / "data" / "made-with-ml" / "holdout.csv"
 APP_NAME = "bench-serve"
 CONCURRENCY = 32
 REPLICA_CPUS = 2
 RAY_WORKER_NICENESS = 15  # Ray's default worker_niceness
 
 # What a user serving the model without Ray writes; run by uvicorn in a subprocess.
-PLAIN_FASTAPI_APP = '''\
+PLAIN_FASTAPI_APP = """\
 import os
 
 from fastapi import FastAPI
@@ -93,7 +93,7 @@ def predict(body: Body):
 @app.get("/healthz")
 def healthz():
     return {"status": "ok"}
-'''
+"""
 
 
 def say(message: str) -> None:
@@ -138,7 +138,7 @@ class ServeBench:
         from ray import serve
 
         from raylane.http import wait_until_ok
-        from serve.app import ServeArgs, build_app
+        from raylane.serve.app import ServeArgs, build_app
 
         args = ServeArgs(model_uri=model_dir, replica_cpus=REPLICA_CPUS, **fields)
         self.delete()
@@ -146,8 +146,10 @@ class ServeBench:
         serve.run(build_app(args), name=APP_NAME, route_prefix="/")
         wait_until_ok(f"{self.url}/healthz")
         self.deployed = True
-        say(f"deployed {', '.join(f'{k}={v}' for k, v in fields.items()) or 'defaults'} "
-            f"in {time.perf_counter() - started:.1f} s")
+        say(
+            f"deployed {', '.join(f'{k}={v}' for k, v in fields.items()) or 'defaults'} "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
 
     def delete(self) -> None:
         from ray import serve
@@ -183,15 +185,34 @@ def plain_fastapi(model_dir: str, directory: Path) -> Iterator[str]:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "plain_app.py").write_text(PLAIN_FASTAPI_APP)
     port = free_port()
-    env = {**os.environ, "MODEL_DIR": model_dir,
-           "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    env = {
+        **os.environ,
+        "MODEL_DIR": model_dir,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
+    }
     log = open(directory / "uvicorn.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "plain_app:app", "--host", "127.0.0.1", "--port",
-                             str(port), "--workers", "1", "--no-access-log"],
-                            cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            # The niceness Ray gives its workers, the Serve replica among them: the
-                            # load generator in this process then competes with both servers alike.
-                            preexec_fn=lambda: os.nice(RAY_WORKER_NICENESS))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "plain_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--no-access-log",
+        ],
+        cwd=directory,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        # The niceness Ray gives its workers, the Serve replica among them: the
+        # load generator in this process then competes with both servers alike.
+        preexec_fn=lambda: os.nice(RAY_WORKER_NICENESS),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         say(f"uvicorn pid {proc.pid} starting on {url}")
@@ -211,23 +232,32 @@ def plain_fastapi(model_dir: str, directory: Path) -> Iterator[str]:
         log.close()
 
 
-def load(url: str, texts: list[str], concurrency: int, seconds: float | None = None, requests: int | None = None,
-         label: str = ""):
+def load(
+    url: str,
+    texts: list[str],
+    concurrency: int,
+    seconds: float | None = None,
+    requests: int | None = None,
+    label: str = "",
+):
     """One run_load; refuses a run that mostly failed (a figure from errors is no figure)."""
-    from serve.loadtest import run_load
+    from raylane.serve.loadtest import run_load
 
     report = run_load(url, concurrency, seconds=seconds, requests=requests, texts=texts)
     summary = report.summary()
     if label:
-        say(f"{label}: {summary['throughput_rps']} req/s, p50 {summary['p50_ms']} ms, p95 {summary['p95_ms']} ms, "
-            f"statuses {summary['statuses']}")
+        say(
+            f"{label}: {summary['throughput_rps']} req/s, p50 {summary['p50_ms']} ms, p95 {summary['p95_ms']} ms, "
+            f"statuses {summary['statuses']}"
+        )
     if report.success_rate < 0.99:
         raise RuntimeError(f"{url}: {label or 'load'} failed too often: {summary}")
     return report
 
 
-def throughput_side(url: str, texts: list[str], seconds: float, warm_s: float, label: str,
-                    reports: list, deploy=None) -> float:
+def throughput_side(
+    url: str, texts: list[str], seconds: float, warm_s: float, label: str, reports: list, deploy=None
+) -> float:
     """(Re)deploy if asked, warm up, then time `seconds` of load at CONCURRENCY; ok requests/s."""
     if deploy:
         deploy()
@@ -237,8 +267,9 @@ def throughput_side(url: str, texts: list[str], seconds: float, warm_s: float, l
     return report.throughput
 
 
-def throughput_result(times: dict, reports: dict[str, list[dict]], ours: str, baseline: str, load_before: float,
-                      seconds: float, unit: str) -> dict[str, Any]:
+def throughput_result(
+    times: dict, reports: dict[str, list[dict]], ours: str, baseline: str, load_before: float, seconds: float, unit: str
+) -> dict[str, Any]:
     """The common fields of a throughput comparison: medians, ratio, runs, p50s, failures."""
     return {
         "load_average_1min": [load_before, load_average()],
@@ -263,8 +294,11 @@ def errors(reports: list[dict]) -> int:
     return sum(r["requests"] - r["ok"] for r in reports)
 
 
-@benchmark("serve_overhead", "p50 latency, 1 text/request, sequential: Serve + HTTP vs a direct Predictor.predict call",
-           goal="<= 5 ms added")
+@benchmark(
+    "serve_overhead",
+    "p50 latency, 1 text/request, sequential: Serve + HTTP vs a direct Predictor.predict call",
+    goal="<= 5 ms added",
+)
 def overhead(quick: bool) -> dict:
     from raylane.predictor import Predictor
 
@@ -316,14 +350,17 @@ def overhead(quick: bool) -> dict:
         "serve_p50_ms_default_batching": round(batched, 2),
         "added_ms_default_batching": round(batched - times["baseline"], 2),
         "note": "with the default batching (max_batch_size 16, batch_wait_timeout_s 0.002) a lone request "
-                "also waits up to 2 ms for a batch to fill",
+        "also waits up to 2 ms for a batch to fill",
         "failed_requests": errors(reports["unbatched"]) + errors(reports["batched"]),
         "model": "MiniLM-L6, fresh 4-label head, fp32; 1 replica, replica_cpus=2",
     }
 
 
-@benchmark("serve_batching", "requests/s at concurrency 32: the same replica with @serve.batch (32) vs without (1)",
-           goal=">= 2x")
+@benchmark(
+    "serve_batching",
+    "requests/s at concurrency 32: the same replica with @serve.batch (32) vs without (1)",
+    goal=">= 2x",
+)
 def batching(quick: bool) -> dict:
     texts, labels = holdout()
     load_before = load_average()
@@ -335,10 +372,24 @@ def batching(quick: bool) -> dict:
         with serve_session() as server:
             reports: dict[str, list[dict]] = {"batched": [], "unbatched": []}
             times = side_by_side(
-                lambda: throughput_side(server.url, texts, seconds, warm_s, "batched", reports["batched"],
-                                        lambda: server.deploy(model_dir, **batched_fields)),
-                lambda: throughput_side(server.url, texts, seconds, warm_s, "unbatched", reports["unbatched"],
-                                        lambda: server.deploy(model_dir, **unbatched_fields)),
+                lambda: throughput_side(
+                    server.url,
+                    texts,
+                    seconds,
+                    warm_s,
+                    "batched",
+                    reports["batched"],
+                    lambda: server.deploy(model_dir, **batched_fields),
+                ),
+                lambda: throughput_side(
+                    server.url,
+                    texts,
+                    seconds,
+                    warm_s,
+                    "unbatched",
+                    reports["unbatched"],
+                    lambda: server.deploy(model_dir, **unbatched_fields),
+                ),
                 rounds,
             )
             server.delete()
@@ -348,9 +399,11 @@ def batching(quick: bool) -> dict:
     }
 
 
-@benchmark("serve_vs_fastapi",
-           "requests/s at concurrency 32: our Serve app (defaults) vs plain FastAPI + uvicorn, same model",
-           goal=">= 1.0x")
+@benchmark(
+    "serve_vs_fastapi",
+    "requests/s at concurrency 32: our Serve app (defaults) vs plain FastAPI + uvicorn, same model",
+    goal=">= 1.0x",
+)
 def versus_fastapi(quick: bool) -> dict:
     texts, labels = holdout()
     load_before = load_average()
@@ -369,21 +422,32 @@ def versus_fastapi(quick: bool) -> dict:
             )
             server.delete()
     return {
-        **throughput_result(times, reports, "serve", "fastapi", load_before, seconds,
-                            "Serve default batching, replica_cpus=2, vs FastAPI+uvicorn"),
+        **throughput_result(
+            times,
+            reports,
+            "serve",
+            "fastapi",
+            load_before,
+            seconds,
+            "Serve default batching, replica_cpus=2, vs FastAPI+uvicorn",
+        ),
         "model": "MiniLM-L6, fresh 4-label head, fp32; Serve: 1 replica, replica_cpus=2, max_batch_size 16; "
-                 "uvicorn: 1 process, sync endpoint, torch default threads",
+        "uvicorn: 1 process, sync endpoint, torch default threads",
     }
 
 
-@benchmark("serve_int8", "requests/s at concurrency 32: int8-quantized vs fp32 replica of the trained default model, "
-           "and the accuracy the pipeline's evaluate records for int8", goal=">= 1.5x; <= 1.0 point accuracy lost")
+@benchmark(
+    "serve_int8",
+    "requests/s at concurrency 32: int8-quantized vs fp32 replica of the trained default model, "
+    "and the accuracy the pipeline's evaluate records for int8",
+    goal=">= 1.5x; <= 1.0 point accuracy lost",
+)
 def int8(quick: bool) -> dict:
-    from evaluate.stage import run as evaluate
-    from ingest.stage import run as ingest
     from raylane.config import load_config
+    from raylane.evaluate.stage import run_evaluation
+    from raylane.ingest.stage import run_ingest
     from raylane.runtime import init_ray
-    from train.driver import fit
+    from raylane.train.driver import fit
 
     texts, _ = holdout()
     load_before = load_average()
@@ -391,39 +455,63 @@ def int8(quick: bool) -> dict:
     seconds, warm_s, rounds = (4, 2, 1) if quick else (20, 5, 3)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
-        cfg = load_config(None, [f"output_dir={out}", f"train.epochs={epochs}", "sweep.enabled=false",
-                                 "train.checkpoints_to_keep=1", "serve.quantize=int8"])
+        cfg = load_config(
+            None,
+            [
+                f"output_dir={out}",
+                f"train.epochs={epochs}",
+                "sweep.enabled=false",
+                "train.checkpoints_to_keep=1",
+                "serve.quantize=int8",
+            ],
+        )
         init_ray()
         say(f"ingest + train ({epochs} epoch(s)) on the embedded default")
         started = time.perf_counter()
-        dataset = ingest(cfg).dataset
+        dataset = run_ingest(cfg).dataset
         trained = fit(cfg, dataset, None, name="bench-serve-int8")
         train_s = time.perf_counter() - started
         say(f"trained in {train_s:.0f} s: {trained.model_dir}; evaluating fp32 and int8 on the test split")
-        evaluation = evaluate(cfg, trained.model_dir, dataset, out / "evaluation")
-        fp32, variant = evaluation.metrics, evaluation.metrics["serving_variant"]
-        say(f"test accuracy fp32 {fp32['accuracy']:.4f}, int8 {variant['accuracy']:.4f} "
-            f"({variant['accuracy_delta_points']:+.2f} points)")
+        evaluation = run_evaluation(cfg, trained.model_dir, dataset, out / "evaluation")
+        fp32, variant = evaluation.metrics, evaluation.serving_variant
+        say(
+            f"test accuracy fp32 {fp32['accuracy']:.4f}, int8 {variant.metrics['accuracy']:.4f} "
+            f"({variant.delta_points['accuracy']:+.2f} points)"
+        )
         with serve_session() as server:
             reports: dict[str, list[dict]] = {"int8": [], "fp32": []}
             times = side_by_side(
-                lambda: throughput_side(server.url, texts, seconds, warm_s, "int8", reports["int8"],
-                                        lambda: server.deploy(trained.model_dir, quantize="int8")),
-                lambda: throughput_side(server.url, texts, seconds, warm_s, "fp32", reports["fp32"],
-                                        lambda: server.deploy(trained.model_dir, quantize="none")),
+                lambda: throughput_side(
+                    server.url,
+                    texts,
+                    seconds,
+                    warm_s,
+                    "int8",
+                    reports["int8"],
+                    lambda: server.deploy(trained.model_dir, quantize="int8"),
+                ),
+                lambda: throughput_side(
+                    server.url,
+                    texts,
+                    seconds,
+                    warm_s,
+                    "fp32",
+                    reports["fp32"],
+                    lambda: server.deploy(trained.model_dir, quantize="none"),
+                ),
                 rounds,
             )
             server.delete()
     return {
         **throughput_result(times, reports, "int8", "fp32", load_before, seconds, "int8 vs fp32, batching on"),
         "holdout_accuracy_fp32": round(fp32["accuracy"], 4),
-        "holdout_accuracy_int8": round(variant["accuracy"], 4),
-        "holdout_accuracy_delta_points": variant["accuracy_delta_points"],
+        "holdout_accuracy_int8": round(variant.metrics["accuracy"], 4),
+        "holdout_accuracy_delta_points": variant.delta_points["accuracy"],
         "holdout_weighted_f1_fp32": round(fp32["weighted_f1"], 4),
-        "holdout_weighted_f1_int8": round(variant["weighted_f1"], 4),
-        "holdout_weighted_f1_delta_points": variant["weighted_f1_delta_points"],
+        "holdout_weighted_f1_int8": round(variant.metrics["weighted_f1"], 4),
+        "holdout_weighted_f1_delta_points": variant.delta_points["weighted_f1"],
         "train_epochs": epochs,
         "train_seconds": round(train_s, 1),
         "model": f"MiniLM-L6 trained {epochs} epoch(s) on the embedded default; 1 replica, replica_cpus=2, "
-                 "max_batch_size 16",
+        "max_batch_size 16",
     }

@@ -22,8 +22,8 @@ def plain_pytorch(dataset, cfg) -> list[float]:
     import torch
 
     from raylane.models import load_classifier, load_tokenizer
-    from train.batches import PadCollate
-    from train.optim import build_optimizer
+    from raylane.train.batches import PadCollate
+    from raylane.train.optim import build_optimizer
 
     torch.manual_seed(cfg.train.seed)
     torch.set_num_threads(int(cfg.resources.cpus_per_worker))
@@ -56,7 +56,7 @@ def ray_train(dataset, cfg, name: str) -> tuple[list[float], float]:
     from mlflow import MlflowClient
 
     from raylane.tracking import start_run
-    from train.driver import fit
+    from raylane.train.driver import fit
 
     started = time.perf_counter()
     with start_run(cfg, name) as run:
@@ -66,11 +66,14 @@ def ray_train(dataset, cfg, name: str) -> tuple[list[float], float]:
     return [m.value for m in sorted(history, key=lambda m: m.step)], wall
 
 
-@benchmark("train_overhead", "training samples/s: Ray Train (1 worker) vs a plain PyTorch loop, same model/data/batch",
-           goal=">= 0.97")
+@benchmark(
+    "train_overhead",
+    "training samples/s: Ray Train (1 worker) vs a plain PyTorch loop, same model/data/batch",
+    goal=">= 0.97",
+)
 def overhead(quick: bool) -> dict:
-    from ingest.stage import run as ingest
     from raylane.config import load_config
+    from raylane.ingest.stage import run_ingest
     from raylane.runtime import init_ray
 
     init_ray()
@@ -80,7 +83,7 @@ def overhead(quick: bool) -> dict:
             common += ["data.max_length=32"]
         one = load_config(None, [*common, "resources.num_workers=1", "resources.cpus_per_worker=2"])
         two = load_config(None, [*common, "resources.num_workers=2", "resources.cpus_per_worker=1"])
-        dataset = ingest(one).dataset
+        dataset = run_ingest(one).dataset
         ours, ours_wall = ray_train(dataset, one, "bench-1-worker")
         baseline = plain_pytorch(dataset, one)
         pair, pair_wall = ray_train(dataset, two, "bench-2-workers")
@@ -89,10 +92,12 @@ def overhead(quick: bool) -> dict:
         "baseline": round(baseline[-1], 2),
         "ratio": round(ours[-1] / baseline[-1], 3),
         "unit": "samples/s (last of 2 epochs, MiniLM-L6, batch 32, 2 CPU threads)",
-        "samples_per_s_by_epoch": {"ray_1_worker": [round(x, 2) for x in ours],
-                                   "plain_pytorch": [round(x, 2) for x in baseline],
-                                   "ray_2_workers": [round(x, 2) for x in pair]},
+        "samples_per_s_by_epoch": {
+            "ray_1_worker": [round(x, 2) for x in ours],
+            "plain_pytorch": [round(x, 2) for x in baseline],
+            "ray_2_workers": [round(x, 2) for x in pair],
+        },
         "note_2_workers": f"2 workers x 1 CPU: {pair[-1]:.2f} samples/s (ratio {pair[-1] / baseline[-1]:.3f} to the "
-                          f"plain loop on 2 threads)",
+        f"plain loop on 2 threads)",
         "note_wall": f"whole fit incl. Ray Train start-up: {ours_wall:.0f} s (1 worker), {pair_wall:.0f} s (2 workers)",
     }

@@ -47,12 +47,22 @@ def plot_curves(y_true: np.ndarray, score: np.ndarray, positive: str, title: str
     pr, rc = precision_recall(y_true, score), roc(y_true, score)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
     left.step(pr["recall"], pr["precision"], where="post")
-    left.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
-             title=f"precision-recall ({positive}), AP {pr['average_precision']:.3f}")
+    left.set(
+        xlabel="recall",
+        ylabel="precision",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title=f"precision-recall ({positive}), AP {pr['average_precision']:.3f}",
+    )
     right.plot(rc["fpr"], rc["tpr"])
     right.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
-    right.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02),
-              title=f"ROC ({positive}), AUC {rc['auc']:.3f}")
+    right.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title=f"ROC ({positive}), AUC {rc['auc']:.3f}",
+    )
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -10,9 +10,11 @@ from raylane.config import SliceConfig
 
 def in_slice(text: str, rule: SliceConfig) -> bool:
     words = len(text.split())
-    return ((not rule.max_words or words <= rule.max_words)
-            and (not rule.min_words or words >= rule.min_words)
-            and (not rule.contains or rule.contains.casefold() in text.casefold()))
+    return (
+        (not rule.max_words or words <= rule.max_words)
+        and (not rule.min_words or words >= rule.min_words)
+        and (not rule.contains or rule.contains.casefold() in text.casefold())
+    )
 
 
 def column(name: str) -> str:

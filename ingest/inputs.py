@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
 
-from ingest.reader import FileTask, check_file
 from raylane.config import PipelineConfig
+from raylane.ingest.reader import FileTask, check_file
+from raylane.manifest import SourceFile
 from raylane.sources import list_files
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the manifest is a typed record (raylane.manifest)
 
 
 def source_tasks(cfg: PipelineConfig) -> list[FileTask]:
@@ -35,6 +35,6 @@ def config_digest(cfg: PipelineConfig, tokenizer_digest: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def source_digest(files: list[dict[str, Any]]) -> str:
-    blob = json.dumps([(f["role"], f["size"], f["sha256"]) for f in files])
+def source_digest(files: list[SourceFile]) -> str:
+    blob = json.dumps([(f.role, f.size, f.sha256) for f in files])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

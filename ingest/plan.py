@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ingest.transforms import ACCEPTED, CONFLICTING_LABEL, DUPLICATE, UNKNOWN_LABEL, Plan
+from raylane.ingest.transforms import ACCEPTED, CONFLICTING_LABEL, DUPLICATE, UNKNOWN_LABEL, Plan
 from raylane.sources import IngestError
 
 INDEX_COLUMNS = ["pos", "role", "reason", "label", "text_hash", "key_frac", "n_chars"]
@@ -45,13 +45,15 @@ class RowIndex:
         kept = batch.filter(ok)
         self.accepted_chars += int(pc.sum(kept.column("n_chars")).as_py() or 0)
         codes = [self._labels.setdefault(label, len(self._labels)) for label in kept.column("label").to_pylist()]
-        self._parts.append({
-            "pos": kept.column("pos").to_numpy(),
-            "hash": kept.column("text_hash").to_numpy(),
-            "frac": kept.column("key_frac").to_numpy(),
-            "test": np.asarray([r == "test" for r in kept.column("role").to_pylist()], bool),
-            "label": np.asarray(codes, np.int32),
-        })
+        self._parts.append(
+            {
+                "pos": kept.column("pos").to_numpy(),
+                "hash": kept.column("text_hash").to_numpy(),
+                "frac": kept.column("key_frac").to_numpy(),
+                "test": np.asarray([r == "test" for r in kept.column("role").to_pylist()], bool),
+                "label": np.asarray(codes, np.int32),
+            }
+        )
 
     def arrays(self) -> dict[str, np.ndarray]:
         dtypes = {"pos": np.int64, "hash": np.int64, "frac": np.float64, "test": bool, "label": np.int32}
@@ -99,8 +101,16 @@ class Verdicts:
     counts: dict[str, Any]
 
 
-def build_plan(index: RowIndex, *, labels: tuple[str, ...], dedup: bool, stratify: bool,
-               val_fraction: float, test_fraction: float, source: str) -> Verdicts:
+def build_plan(
+    index: RowIndex,
+    *,
+    labels: tuple[str, ...],
+    dedup: bool,
+    stratify: bool,
+    val_fraction: float,
+    test_fraction: float,
+    source: str,
+) -> Verdicts:
     """Decide every whole-dataset verdict; `test_fraction` is 0 when an explicit test source exists."""
     if not index.rows:
         raise IngestError(f"{source}: no rows to ingest (every file is empty or has only a header)")
@@ -130,9 +140,13 @@ def build_plan(index: RowIndex, *, labels: tuple[str, ...], dedup: bool, stratif
                 test_cut[name], val_cut[name] = _cuts(a["frac"][rows], (test_fraction, val_fraction))
     else:
         test_cut["*"], val_cut["*"] = test_fraction, test_fraction + val_fraction
-    plan = Plan(labels=label_set, drop_pos=drop_pos,
-                drop_reason=tuple(CONFLICTING_LABEL if c else DUPLICATE for c in drop_conflict.tolist()),
-                test_cut=test_cut, val_cut=val_cut)
+    plan = Plan(
+        labels=label_set,
+        drop_pos=drop_pos,
+        drop_reason=tuple(CONFLICTING_LABEL if c else DUPLICATE for c in drop_conflict.tolist()),
+        test_cut=test_cut,
+        val_cut=val_cut,
+    )
 
     reasons = Counter({r: n for r, n in index.reasons.items() if r != ACCEPTED})
     reasons[CONFLICTING_LABEL] += int(drop_conflict.sum())
@@ -140,7 +154,9 @@ def build_plan(index: RowIndex, *, labels: tuple[str, ...], dedup: bool, stratif
     accepted = kept & label_ok
     reasons[UNKNOWN_LABEL] += int((kept & ~label_ok).sum())
     class_counts: dict[str, Counter] = {s: Counter() for s in ("train", "val", "test")}
-    for code, frac, test in zip(a["label"][accepted].tolist(), a["frac"][accepted].tolist(), a["test"][accepted].tolist()):
+    for code, frac, test in zip(
+        a["label"][accepted].tolist(), a["frac"][accepted].tolist(), a["test"][accepted].tolist()
+    ):
         name = names[code]
         class_counts[plan.split(name, frac, "test" if test else "data")][name] += 1
     counts = {

@@ -58,8 +58,14 @@ def field_columns(n: int) -> list[str]:
 
 def schema(n_fields: int) -> pa.Schema:
     return pa.schema(
-        [("source", pa.string()), ("line", pa.int64()), ("pos", pa.int64()), ("role", pa.string()),
-         ("error", pa.string()), ("raw", pa.string())]
+        [
+            ("source", pa.string()),
+            ("line", pa.int64()),
+            ("pos", pa.int64()),
+            ("role", pa.string()),
+            ("error", pa.string()),
+            ("raw", pa.string()),
+        ]
         + [(name, pa.string()) for name in field_columns(n_fields)]
     )
 
@@ -182,7 +188,12 @@ def _parquet(task: FileTask, fields: list[str]) -> Iterator[Record]:
                 continue
             for record in batch.to_pylist():
                 line += 1
-                yield line, json.dumps(record, ensure_ascii=False, default=str), [_as_field(record.get(n)) for n in fields], ""
+                yield (
+                    line,
+                    json.dumps(record, ensure_ascii=False, default=str),
+                    [_as_field(record.get(n)) for n in fields],
+                    "",
+                )
 
 
 def read_file(task: FileTask, fields: list[str]) -> Iterator[pa.Table]:
@@ -228,9 +239,7 @@ def check_file(file: SourceFile, required: list[str]) -> None:
         hint = ""
         if file.format in ("csv", "tsv") and len(columns) == 1:
             hint = f"; only one column was found: is the delimiter right for .{file.format}?"
-        raise IngestError(
-            f"{file.uri}: required column '{missing[0]}' is missing (found: {sorted(columns)}){hint}"
-        )
+        raise IngestError(f"{file.uri}: required column '{missing[0]}' is missing (found: {sorted(columns)}){hint}")
 
 
 def _columns(file: SourceFile) -> set[str]:

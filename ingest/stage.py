@@ -22,16 +22,28 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import ray.data
 
-from ingest.plan import INDEX_COLUMNS, RowIndex, Verdicts, build_plan
-from ingest.inputs import FORMAT_VERSION, config_digest, source_digest, source_tasks
-from ingest.reader import FileTask, read_files
-from ingest.tokenize import TokenizeBatch, definition_digest, tokenize_batch, tokenizer_definition
-from ingest.transforms import RowSpec, prepare_batch
-from ingest.writer import QUARANTINE, write_group
 from raylane.config import PipelineConfig
-from raylane.dataset import SPLITS, DatasetInfo, join, read_manifest, write_manifest
+from raylane.dataset import SPLITS, DatasetInfo
 from raylane.drift import length_histogram
-from raylane.sources import filesystem
+from raylane.ingest.inputs import FORMAT_VERSION, config_digest, source_digest, source_tasks
+from raylane.ingest.plan import INDEX_COLUMNS, RowIndex, Verdicts, build_plan
+from raylane.ingest.reader import FileTask, read_files
+from raylane.ingest.tokenize import TokenizeBatch, definition_digest, tokenize_batch, tokenizer_definition
+from raylane.ingest.transforms import RowSpec, prepare_batch
+from raylane.ingest.writer import QUARANTINE, write_group
+from raylane.manifest import (
+    MANIFEST,
+    Counts,
+    LengthStats,
+    Manifest,
+    PiiStats,
+    SourceFile,
+    TokenizerRef,
+    read_manifest,
+    remove_manifest,
+    write_manifest,
+)
+from raylane.sources import filesystem, join
 from raylane.tracking import RunRef
 
 STAGING = "_staging"
@@ -47,8 +59,8 @@ class IngestResult:
     cached: bool = False
 
     @property
-    def counts(self) -> dict[str, Any]:
-        return self.dataset.manifest["counts"]
+    def counts(self) -> Counts:
+        return self.dataset.manifest.counts
 
 
 def output_uri(cfg: PipelineConfig) -> str:
@@ -57,13 +69,13 @@ def output_uri(cfg: PipelineConfig) -> str:
 
 def _clear(out: str) -> None:
     """Remove what an earlier ingest wrote (Parquet writes add files next to old ones); leave
-    anything else in the directory alone."""
+    anything else in the directory alone. The manifest goes first: interrupted halfway, this
+    leaves shards without a manifest, which no later run trusts."""
+    remove_manifest(out)
     fs, root = filesystem(out)
     for name in _OUTPUTS:
         if fs.get_file_info(join(root, name)).type == pafs.FileType.Directory:
             fs.delete_dir(join(root, name))
-    if fs.get_file_info(join(root, "manifest.json")).type == pafs.FileType.File:
-        fs.delete_file(join(root, "manifest.json"))
     fs.create_dir(root, recursive=True)
 
 
@@ -91,7 +103,7 @@ def _row_count(uri: str) -> int:
     return pads.dataset(path, filesystem=fs, format="parquet").count_rows()
 
 
-def _length_stats(uri: str, max_length: int) -> dict[str, Any]:
+def _length_stats(uri: str, max_length: int) -> LengthStats:
     """Token-length percentiles from a histogram (max_length + 1 bins), so memory stays flat."""
     import numpy as np
 
@@ -100,16 +112,16 @@ def _length_stats(uri: str, max_length: int) -> dict[str, Any]:
         hist += np.bincount(batch.column("length").to_numpy(), minlength=max_length + 1)[: max_length + 1]
     total = int(hist.sum())
     if not total:
-        return {"p50": 0, "p95": 0, "max": 0, "mean": 0.0, "truncated": 0, "histogram": length_histogram(hist)}
+        return LengthStats(p50=0, p95=0, max=0, mean=0.0, truncated=0, histogram=length_histogram(hist))
     cumulative = np.cumsum(hist)
-    return {
-        "p50": int(np.searchsorted(cumulative, 0.50 * total)),
-        "p95": int(np.searchsorted(cumulative, 0.95 * total)),
-        "max": int(np.flatnonzero(hist)[-1]),
-        "mean": round(float((hist * np.arange(len(hist))).sum() / total), 2),
-        "truncated": int(hist[max_length]),
-        "histogram": length_histogram(hist),  # per raylane.drift.LENGTH_EDGES bin: the drift reference
-    }
+    return LengthStats(
+        p50=int(np.searchsorted(cumulative, 0.50 * total)),
+        p95=int(np.searchsorted(cumulative, 0.95 * total)),
+        max=int(np.flatnonzero(hist)[-1]),
+        mean=round(float((hist * np.arange(len(hist))).sum() / total), 2),
+        truncated=int(hist[max_length]),
+        histogram=length_histogram(hist),  # per raylane.drift.LENGTH_EDGES bin: the drift reference
+    )
 
 
 def _tokenizer_pool(actors: int) -> float:
@@ -134,8 +146,13 @@ def _tokenized(prepared: ray.data.Dataset, cfg: PipelineConfig, definition: str)
     actors = cfg.resources.tokenize_actors
     if not actors:
         return prepared.map_batches(tokenize_batch, batch_format="pyarrow", fn_kwargs=kwargs)
-    return prepared.map_batches(TokenizeBatch, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
-                                num_cpus=_tokenizer_pool(actors), fn_constructor_kwargs=kwargs)
+    return prepared.map_batches(
+        TokenizeBatch,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=_tokenizer_pool(actors),
+        fn_constructor_kwargs=kwargs,
+    )
 
 
 @contextlib.contextmanager
@@ -160,34 +177,50 @@ def _split_files(tasks: list[FileTask]) -> list[FileTask]:
     would otherwise be read, cleaned, masked and tokenized by a single task (see `FileTask`)."""
     cpus = int(ray.cluster_resources().get("CPU", 1))
     per_file = max(1, min(MAX_PARTS, cpus // len(tasks)))
-    return [replace(t, part=k, parts=n) for t in tasks
-            for n in [max(1, min(per_file, t.file.size // PART_MIN_BYTES))] for k in range(n)]
+    return [
+        replace(t, part=k, parts=n)
+        for t in tasks
+        for n in [max(1, min(per_file, t.file.size // PART_MIN_BYTES))]
+        for k in range(n)
+    ]
 
 
-def run(cfg: PipelineConfig, run: RunRef | None = None, force: bool = False,
-        tasks: list[FileTask] | None = None) -> IngestResult:
+def run_ingest(
+    cfg: PipelineConfig, mlflow_run: RunRef | None = None, force: bool = False, tasks: list[FileTask] | None = None
+) -> IngestResult:
     """Ingest `cfg.data`; `tasks` are its checked input files when the caller already has them."""
     started = time.time()
     out = output_uri(cfg)
     data = cfg.data
     tasks = tasks if tasks is not None else source_tasks(cfg)  # whole-file problems fail here, in seconds
-    files = [{"uri": t.file.uri, "role": t.role, "format": t.file.format, "size": t.file.size,
-              "sha256": t.file.sha256()} for t in tasks]
+    files = [
+        SourceFile(uri=t.file.uri, role=t.role, format=t.file.format, size=t.file.size, sha256=t.file.sha256())
+        for t in tasks
+    ]
     definition = tokenizer_definition(cfg.model.name_or_path)
-    digests = {"source_digest": source_digest(files), "config_digest": config_digest(cfg, definition_digest(definition))}
+    digests = {
+        "source_digest": source_digest(files),
+        "config_digest": config_digest(cfg, definition_digest(definition)),
+    }
 
     previous = read_manifest(out)
-    if not force and previous and all(previous.get(k) == v for k, v in digests.items()):
+    if not force and previous and all(getattr(previous, k) == v for k, v in digests.items()):
         print(f"ingest: reusing {out} (same source and config digests; --force reruns)")
-        if run:
-            run.set_tags({"ingest.cached": "true"})
-            log_to_mlflow(run, DatasetInfo(out, previous))
+        if mlflow_run:
+            mlflow_run.set_tags({"ingest.cached": "true"})
+            log_to_mlflow(mlflow_run, DatasetInfo(out, previous))
         return IngestResult(DatasetInfo(out, previous), cached=True)
 
     _clear(out)
-    print(f"ingest: {len(files)} file(s), {sum(f['size'] for f in files) / 2**20:.1f} MiB -> {out}")
-    spec = RowSpec(n_text_fields=len(data.text_fields), has_id=bool(data.id_field), lowercase=data.lowercase,
-                   max_chars=data.max_chars, pii_kinds=tuple(data.mask_pii), labels=tuple(data.labels))
+    print(f"ingest: {len(files)} file(s), {sum(f.size for f in files) / 2**20:.1f} MiB -> {out}")
+    spec = RowSpec(
+        n_text_fields=len(data.text_fields),
+        has_id=bool(data.id_field),
+        lowercase=data.lowercase,
+        max_chars=data.max_chars,
+        pii_kinds=tuple(data.mask_pii),
+        labels=tuple(data.labels),
+    )
     staging = join(out, STAGING)
     columns = [*data.text_fields, data.label_field] + ([data.id_field] if data.id_field else [])
     with _every_cpu_for_every_operator():
@@ -197,33 +230,37 @@ def run(cfg: PipelineConfig, run: RunRef | None = None, force: bool = False,
     fs, root = filesystem(out)
     fs.delete_dir(join(root, STAGING))
 
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **digests,
-        "sources": files,
-        "tokenizer": {"name_or_path": cfg.model.name_or_path, "digest": definition_digest(definition)},
+        sources=files,
+        tokenizer=TokenizerRef(name_or_path=cfg.model.name_or_path, digest=definition_digest(definition)),
         **_describe(cfg, out, verdicts),
-        "elapsed_s": round(time.time() - started, 2),
-    }
-    write_manifest(out, manifest)
+        elapsed_s=round(time.time() - started, 2),
+    )
+    write_manifest(out, manifest)  # last: its presence says the shards beside it are complete
     dataset = DatasetInfo(out, manifest)
-    if run:
-        log_to_mlflow(run, dataset)
+    if mlflow_run:
+        log_to_mlflow(mlflow_run, dataset)
     return IngestResult(dataset)
 
 
-def _prepare(cfg: PipelineConfig, tasks: list[FileTask], columns: list[str], spec: RowSpec, staging: str,
-             definition: str) -> None:
+def _prepare(
+    cfg: PipelineConfig, tasks: list[FileTask], columns: list[str], spec: RowSpec, staging: str, definition: str
+) -> None:
     """Pass 1: read, clean, mask, validate and tokenize every row; one read task per file or
     part of a file."""
-    prepared = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks)).map_batches(
-        read_files, batch_size=1, batch_format="numpy", fn_kwargs={"fields": columns}
-    ).map_batches(prepare_batch, batch_format="pyarrow", fn_kwargs={"spec": spec})
+    prepared = (
+        ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks))
+        .map_batches(read_files, batch_size=1, batch_format="numpy", fn_kwargs={"fields": columns})
+        .map_batches(prepare_batch, batch_format="pyarrow", fn_kwargs={"spec": spec})
+    )
     _tokenized(prepared, cfg, definition).write_parquet(
         # Small staging files: pass three hands them out in runs of about a shard, so they bound
         # how finely its work can be split.
-        staging, max_rows_per_file=STAGING_ROWS_PER_FILE
+        staging,
+        max_rows_per_file=STAGING_ROWS_PER_FILE,
     )
 
 
@@ -236,9 +273,15 @@ def _decide(cfg: PipelineConfig, spec: RowSpec, staging: str) -> tuple[RowIndex,
     # The driver imported pyarrow before raylane.runtime could pick its allocator: hand the
     # scan's buffers back now rather than keep them for the rest of the run.
     pa.default_memory_pool().release_unused()
-    verdicts = build_plan(index, labels=spec.labels, dedup=data.dedup, stratify=data.stratify,
-                          val_fraction=data.val_fraction, test_fraction=0.0 if data.test_source else data.test_fraction,
-                          source=data.source)
+    verdicts = build_plan(
+        index,
+        labels=spec.labels,
+        dedup=data.dedup,
+        stratify=data.stratify,
+        val_fraction=data.val_fraction,
+        test_fraction=0.0 if data.test_source else data.test_fraction,
+        source=data.source,
+    )
     return index, verdicts
 
 
@@ -253,19 +296,24 @@ def _write(cfg: PipelineConfig, out: str, staging: str, verdicts: Verdicts, acce
     # One task per run of consecutive staging files holding about a shard of accepted rows, so
     # each task writes about a shard per split.
     groups = max(1, min(len(parts), math.ceil(counts["accepted"] / shard_rows)))
-    runs = [parts[k * len(parts) // groups:(k + 1) * len(parts) // groups] for k in range(groups)]
+    runs = [parts[k * len(parts) // groups : (k + 1) * len(parts) // groups] for k in range(groups)]
     _, root = filesystem(out)
-    ray.data.from_items([{"group": k, "paths": "\n".join(run)} for k, run in enumerate(runs)],
-                        override_num_blocks=groups).map_batches(
-        write_group, batch_size=1, batch_format="numpy",
+    ray.data.from_items(
+        [{"group": k, "paths": "\n".join(run)} for k, run in enumerate(runs)], override_num_blocks=groups
+    ).map_batches(
+        write_group,
+        batch_size=1,
+        batch_format="numpy",
         fn_kwargs={"fs": fs, "root": root, "plan": verdicts.plan, "shard_rows": shard_rows},
     ).materialize()
 
     written = {s: _row_count(join(out, f"split={s}")) for s in SPLITS}
     quarantined = _row_count(join(out, QUARANTINE))
     if written != counts["splits"] or quarantined != counts["quarantined"]:
-        raise RuntimeError(f"ingest wrote {written} + {quarantined} quarantined rows, but planned "
-                           f"{counts['splits']} + {counts['quarantined']}: output is incomplete")
+        raise RuntimeError(
+            f"ingest wrote {written} + {quarantined} quarantined rows, but planned "
+            f"{counts['splits']} + {counts['quarantined']}: output is incomplete"
+        )
 
 
 def _describe(cfg: PipelineConfig, out: str, verdicts: Verdicts) -> dict[str, Any]:
@@ -278,46 +326,53 @@ def _describe(cfg: PipelineConfig, out: str, verdicts: Verdicts) -> dict[str, An
         "label_field": data.label_field,
         "labels": label_names,
         "label2id": {name: i for i, name in enumerate(label_names)},
-        "counts": {k: counts[k] for k in ("input", "accepted", "quarantined", "quarantine_reasons")},
+        "counts": Counts(**{k: counts[k] for k in ("input", "accepted", "quarantined", "quarantine_reasons")}),
         "splits": counts["splits"],
         "class_counts": counts["class_counts"],
         "token_lengths": {s: _length_stats(join(out, f"split={s}"), data.max_length) for s in SPLITS},
-        "pii": {"masked_kinds": list(data.mask_pii), "counts": counts["pii"]},
+        "pii": PiiStats(masked_kinds=list(data.mask_pii), counts=counts["pii"]),
         "shards": {s: len(_parquet_files(join(out, f"split={s}"))[1]) for s in SPLITS},
-        "schema": {"text": "string", "label": "int32 (index into labels)", "input_ids": "list<int32>", "length": "int32"},
+        "columns": {
+            "text": "string",
+            "label": "int32 (index into labels)",
+            "input_ids": "list<int32>",
+            "length": "int32",
+        },
         "config": cfg.to_dict()["data"],
     }
 
 
-def log_to_mlflow(run: RunRef, dataset: DatasetInfo) -> None:
+def log_to_mlflow(mlflow_run: RunRef, dataset: DatasetInfo) -> None:
     m = dataset.manifest
-    counts = m["counts"]
-    run.log_metrics({
-        "rows_input": counts["input"],
-        "rows_accepted": counts["accepted"],
-        "rows_quarantined": counts["quarantined"],
-        **{f"rows_quarantined_{r}": n for r, n in counts["quarantine_reasons"].items()},
-        **{f"rows_{s}": n for s, n in m["splits"].items()},
-        **{f"pii_masked_{k}": n for k, n in m["pii"]["counts"].items()},
-        "token_length_p95_train": m["token_lengths"]["train"]["p95"],
-        "ingest_seconds": m["elapsed_s"],
-        "rows_per_second": counts["input"] / max(m["elapsed_s"], 1e-9),
-    })
-    run.log_dict(m, "manifest.json")
-    run.log_dataset(dataset.uri, name="tokenized", digest=dataset.digest, context="training")
+    counts = m.counts
+    mlflow_run.log_metrics(
+        {
+            "rows_input": counts.input,
+            "rows_accepted": counts.accepted,
+            "rows_quarantined": counts.quarantined,
+            **{f"rows_quarantined_{r}": n for r, n in counts.quarantine_reasons.items()},
+            **{f"rows_{s}": n for s, n in m.splits.items()},
+            **{f"pii_masked_{k}": n for k, n in m.pii.counts.items()},
+            "token_length_p95_train": m.token_lengths["train"].p95,
+            "ingest_seconds": m.elapsed_s,
+            "rows_per_second": counts.input / max(m.elapsed_s, 1e-9),
+        }
+    )
+    mlflow_run.log_text(m.to_json(), MANIFEST)
+    mlflow_run.log_dataset(dataset.uri, name="tokenized", digest=dataset.digest, context="training")
 
 
 def format_summary(result: IngestResult) -> str:
-    """The table `python -m pipelines ingest` ends with."""
+    """The table `python -m raylane ingest` ends with."""
     m = result.dataset.manifest
-    c = m["counts"]
-    rows = [("rows read", c["input"]), ("accepted", c["accepted"]), ("quarantined", c["quarantined"])]
-    rows += [(f"  {reason}", n) for reason, n in sorted(c["quarantine_reasons"].items(), key=lambda kv: -kv[1])]
-    rows += [(f"split {s}", f"{n}  {dict(m['class_counts'][s])}") for s, n in m["splits"].items()]
-    rows += [("PII masked", ", ".join(f"{k} {n}" for k, n in m["pii"]["counts"].items() if n) or "none")]
-    lengths = m["token_lengths"]["train"]
-    rows += [("tokens (train)", f"p50 {lengths['p50']}, p95 {lengths['p95']}, max {lengths['max']}")]
-    rows += [("time", f"{m['elapsed_s']:.1f} s" + ("  (cached)" if result.cached else ""))]
+    c = m.counts
+    rows = [("rows read", c.input), ("accepted", c.accepted), ("quarantined", c.quarantined)]
+    rows += [(f"  {reason}", n) for reason, n in sorted(c.quarantine_reasons.items(), key=lambda kv: -kv[1])]
+    rows += [(f"split {s}", f"{n}  {dict(m.class_counts[s])}") for s, n in m.splits.items()]
+    rows += [("PII masked", ", ".join(f"{k} {n}" for k, n in m.pii.counts.items() if n) or "none")]
+    lengths = m.token_lengths["train"]
+    rows += [("tokens (train)", f"p50 {lengths.p50}, p95 {lengths.p95}, max {lengths.max}")]
+    rows += [("time", f"{m.elapsed_s:.1f} s" + ("  (cached)" if result.cached else ""))]
     rows += [("output", result.dataset.uri)]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

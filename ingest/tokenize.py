@@ -57,7 +57,8 @@ class TokenizeBatch:
         encodings = iter(self.tokenizer.encode_batch_fast(texts))
         ids = [next(encodings).ids if ok else [] for ok in accepted]
         return batch.append_column("input_ids", pa.array(ids, pa.list_(pa.int32()))).append_column(
-            "length", pa.array([len(x) for x in ids], pa.int32()))
+            "length", pa.array([len(x) for x in ids], pa.int32())
+        )
 
 
 @functools.lru_cache(maxsize=4)

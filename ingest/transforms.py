@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raylane.ingest.reader import MALFORMED, UNDECODABLE, field_columns
 from raylane.pii import mask_pii
-from ingest.reader import MALFORMED, UNDECODABLE, field_columns
 from raylane.text import clean_text, join_text
 
 ACCEPTED = ""
@@ -89,8 +89,9 @@ def prepare_row(error: str, texts: list[Any], label: Any, key: Any, spec: RowSpe
     return _prepared(error, texts, "" if error else join_text(texts, spec.lowercase), label, key, spec)
 
 
-def _prepared(error: str, texts: list[Any], text: str, label: Any, key: Any, spec: RowSpec,
-              maybe_pii: bool = True) -> dict[str, Any]:
+def _prepared(
+    error: str, texts: list[Any], text: str, label: Any, key: Any, spec: RowSpec, maybe_pii: bool = True
+) -> dict[str, Any]:
     """`prepare_row` once the text fields are cleaned and joined into `text`; `maybe_pii` False
     skips masking a text known to hold no candidate for it."""
     pii: dict[str, int] = {}
@@ -149,12 +150,20 @@ def prepare_batch(batch: pa.Table, *, spec: RowSpec) -> pa.Table:
     maybe_pii = may_hold_pii(joined) if spec.pii_kinds else [False] * batch.num_rows
     labels = columns[n]
     keys = columns[n + 1] if spec.has_id else [None] * batch.num_rows
-    rows = [_prepared(e, list(t), "" if e else j, lab, k, spec, m)
-            for e, t, j, lab, k, m in zip(batch.column("error").to_pylist(), texts_by_row, joined, labels, keys, maybe_pii)]
+    rows = [
+        _prepared(e, list(t), "" if e else j, lab, k, spec, m)
+        for e, t, j, lab, k, m in zip(batch.column("error").to_pylist(), texts_by_row, joined, labels, keys, maybe_pii)
+    ]
     out = {name: batch.column(name) for name in ("source", "line", "pos", "role", "raw")}
-    for name, tp in (("text", pa.string()), ("label", pa.string()), ("reason", pa.string()),
-                     ("detail", pa.string()), ("text_hash", pa.int64()), ("key_frac", pa.float64()),
-                     ("n_chars", pa.int32())):
+    for name, tp in (
+        ("text", pa.string()),
+        ("label", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("text_hash", pa.int64()),
+        ("key_frac", pa.float64()),
+        ("n_chars", pa.int32()),
+    ):
         out[name] = pa.array([r[name] for r in rows], tp)
     for kind in spec.pii_kinds:
         out[f"pii_{kind}"] = pa.array([r["pii"].get(kind, 0) for r in rows], pa.int32())
@@ -208,7 +217,9 @@ def finalize_batch(batch: pa.Table, *, plan: Plan) -> pa.Table:
     dropped = plan.dropped(batch.column("pos").to_numpy())
     known = set(plan.labels)
     splits = []
-    for i, (label, frac, role) in enumerate(zip(labels, batch.column("key_frac").to_pylist(), batch.column("role").to_pylist())):
+    for i, (label, frac, role) in enumerate(
+        zip(labels, batch.column("key_frac").to_pylist(), batch.column("role").to_pylist())
+    ):
         if reasons[i] == ACCEPTED and dropped[i]:
             reasons[i], details[i] = dropped[i], _DROP_DETAIL[dropped[i]]
         elif reasons[i] == ACCEPTED and label not in known:
@@ -223,10 +234,12 @@ def finalize_batch(batch: pa.Table, *, plan: Plan) -> pa.Table:
 
 def output_rows(batch: pa.Table, *, labels: list[str]) -> pa.Table:
     """Accepted, finalized rows -> the columns of a split shard, the label as its index in `labels`."""
-    return pa.table({
-        "text": batch.column("text"),
-        "label": pc.index_in(batch.column("label"), value_set=pa.array(labels, pa.string())).cast(pa.int32()),
-        "input_ids": batch.column("input_ids"),
-        "length": batch.column("length"),
-        "split": batch.column("split"),
-    })
+    return pa.table(
+        {
+            "text": batch.column("text"),
+            "label": pc.index_in(batch.column("label"), value_set=pa.array(labels, pa.string())).cast(pa.int32()),
+            "input_ids": batch.column("input_ids"),
+            "length": batch.column("length"),
+            "split": batch.column("split"),
+        }
+    )

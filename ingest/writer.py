@@ -15,8 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ingest.transforms import ACCEPTED, Plan, finalize_batch, output_rows
-from raylane.dataset import SPLITS, join
+from raylane.dataset import SPLITS
+from raylane.ingest.transforms import ACCEPTED, Plan, finalize_batch, output_rows
+from raylane.sources import join
 
 QUARANTINE = "quarantine"
 QUARANTINE_COLUMNS = ["source", "line", "reason", "detail", "label", "text", "raw"]

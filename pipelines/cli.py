@@ -1,4 +1,4 @@
-"""`python -m pipelines <command> [--config PATH] [key=value ...]` (also installed as `raylane`).
+"""`raylane <command> [--config PATH] [key=value ...]` (also `python -m raylane ...`).
 
 Parsing and config checks happen here, before Ray starts, so a typo fails in about a second.
 """
@@ -10,7 +10,7 @@ import sys
 
 from raylane.config import ConfigError, check_data_inputs, check_model_input, describe, load_config
 
-COMMANDS = {
+COMMAND_HELP = {
     "run": "everything: ingest -> sweep (or train) -> evaluate -> register -> serve",
     "ingest": "read, clean, split and tokenize the source into Parquet shards + manifest",
     "train": "fine-tune once on an ingested dataset (--dataset)",
@@ -29,9 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="config keys (set in YAML, or override as key=value):\n" + "\n".join(describe()),
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text,
-                           epilog="Run `raylane --help` for every config key.")
+    for name, help_text in COMMAND_HELP.items():
+        p = sub.add_parser(
+            name, help=help_text, description=help_text, epilog="Run `raylane --help` for every config key."
+        )
         p.add_argument("--config", help="YAML config (default: configs/default.yaml)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=3e-5")
         if name in ("train", "tune", "evaluate"):
@@ -66,16 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     except PreflightError as err:
         print(f"raylane: error: {err}", file=sys.stderr)
         return 2
-    from pipelines import commands  # heavy imports (ray, torch, mlflow) only once the config is good
-
+    from raylane.pipelines import commands  # heavy imports (ray, torch, mlflow) only once the config is good
     from raylane.sources import IngestError
 
     try:
-        return getattr(commands, args.command)(cfg, args)
+        return commands.COMMANDS[args.command](cfg, args)
     except (IngestError, ConfigError) as err:  # a whole-file problem or a secret missing: named, no traceback
         print(f"raylane: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-

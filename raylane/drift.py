@@ -12,7 +12,10 @@ import json
 import math
 from collections import Counter, deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from raylane.manifest import Manifest
 
 # Token-length bins: fine where short texts live, coarse beyond; the last bin is open-ended.
 LENGTH_EDGES = (0, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -48,15 +51,14 @@ def psi(expected: list[float], actual: list[float]) -> float:
     return value
 
 
-def reference_from_manifest(manifest: dict[str, Any], split: str = "train") -> dict[str, Any]:
+def reference_from_manifest(manifest: Manifest, split: str = "train") -> dict[str, Any]:
     """What a served model is compared with: the training split's label mix and token-length
     histogram. Stored beside the model, so a replica needs neither the dataset nor its manifest."""
-    lengths = manifest.get("token_lengths", {}).get(split, {})
     return {
-        "labels": manifest["labels"],
-        "label_counts": [manifest["class_counts"][split].get(label, 0) for label in manifest["labels"]],
+        "labels": manifest.labels,
+        "label_counts": [manifest.class_counts[split].get(label, 0) for label in manifest.labels],
         "length_edges": list(LENGTH_EDGES),
-        "length_counts": lengths.get("histogram"),  # absent in manifests written before it was added
+        "length_counts": manifest.token_lengths[split].histogram,
     }
 
 

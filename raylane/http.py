@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import requests
 

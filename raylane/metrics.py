@@ -52,11 +52,6 @@ def summarize(cm: np.ndarray, label_names: list[str]) -> dict[str, Any]:
     }
 
 
-def scalar_metrics(summary: dict[str, Any], prefix: str) -> dict[str, float]:
-    """The flat numbers of `summarize`, prefixed (val_, test_), for MLflow and Ray reports."""
-    return {f"{prefix}{k}": v for k, v in summary.items() if isinstance(v, float)}
-
-
 def plot_confusion_matrix(cm: np.ndarray, label_names: list[str], title: str = "Confusion matrix"):
     """A matplotlib figure: counts in each cell, shaded by the row-normalised rate."""
     import matplotlib

@@ -212,9 +212,7 @@ def _wanted(kinds: Iterable[str]) -> frozenset[str]:
 _ALL = frozenset(PII_KINDS)
 
 
-def mask_pii(
-    text: str, kinds: tuple[str, ...] | list[str] = PII_KINDS
-) -> tuple[str, dict[str, int]]:
+def mask_pii(text: str, kinds: tuple[str, ...] | list[str] = PII_KINDS) -> tuple[str, dict[str, int]]:
     """Return the text with each found item of the given kinds replaced by its placeholder, and
     counts per kind (only kinds with count > 0 appear).
 

@@ -18,8 +18,14 @@ class Predictor:
     """`quantize`/`prune_amount` build a compressed variant on load (see raylane.compress), which
     also puts the model on the CPU; `threads` caps torch's intra-op threads (0: torch's default)."""
 
-    def __init__(self, model_dir: str, device: str | None = None, quantize: str = "none",
-                 prune_amount: float = 0.0, threads: int = 0):
+    def __init__(
+        self,
+        model_dir: str,
+        device: str | None = None,
+        quantize: str = "none",
+        prune_amount: float = 0.0,
+        threads: int = 0,
+    ):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -84,8 +90,15 @@ class ScoreBatch:
     """Ray Data callable class: loads the model once per actor, adds `pred`, `pred_label`, `score`
     (and `probs`, every class's score, when asked)."""
 
-    def __init__(self, model_dir: str, threads: int = 0, with_probs: bool = False, quantize: str = "none",
-                 prune_amount: float = 0.0, raw_text: bool = False):
+    def __init__(
+        self,
+        model_dir: str,
+        threads: int = 0,
+        with_probs: bool = False,
+        quantize: str = "none",
+        prune_amount: float = 0.0,
+        raw_text: bool = False,
+    ):
         self.predictor = Predictor(model_dir, quantize=quantize, prune_amount=prune_amount, threads=threads)
         self.with_probs = with_probs
         self.raw_text = raw_text  # False: texts come from an ingested dataset, already prepared

@@ -45,8 +45,10 @@ def check_ray_address(address: str | None) -> None:
         with socket.create_connection((parsed.hostname, parsed.port), timeout=TIMEOUT_S):
             pass
     except OSError as err:
-        raise PreflightError(f"Ray cluster at $RAY_ADDRESS={address} is unreachable ({err.strerror or err}); "
-                             "start it (`ray start --head`) or unset RAY_ADDRESS for a local Ray") from None
+        raise PreflightError(
+            f"Ray cluster at $RAY_ADDRESS={address} is unreachable ({err.strerror or err}); "
+            "start it (`ray start --head`) or unset RAY_ADDRESS for a local Ray"
+        ) from None
 
 
 def check_writable(key: str, uri: str) -> None:

@@ -32,7 +32,11 @@ def _pinned_requirements() -> list[str]:
 
 
 def log_and_register(
-    run: RunRef, model_dir: str, registered_name: str, labels: list[str], tags: dict[str, Any] | None = None,
+    mlflow_run: RunRef,
+    model_dir: str,
+    registered_name: str,
+    labels: list[str],
+    tags: dict[str, Any] | None = None,
     description: str = "",
 ) -> ModelVersionRef:
     """Log the model as a pyfunc under `run` and register it as a new version of `registered_name`,
@@ -45,8 +49,8 @@ def log_and_register(
 
     example = pd.DataFrame({"text": ["Fine-tuning transformers for text classification."]})
     output = pd.DataFrame({"label": [labels[0]], "score": [0.9]})
-    mlflow.set_tracking_uri(run.tracking_uri)
-    with mlflow.start_run(run_id=run.run_id, nested=True):
+    mlflow.set_tracking_uri(mlflow_run.tracking_uri)
+    with mlflow.start_run(run_id=mlflow_run.run_id, nested=True):
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
             python_model=TextClassifier(),
@@ -59,7 +63,7 @@ def log_and_register(
             registered_model_name=registered_name,
         )
     version = str(info.registered_model_version)
-    client = _client(run.tracking_uri)
+    client = _client(mlflow_run.tracking_uri)
     for key, value in (tags or {}).items():
         client.set_model_version_tag(registered_name, version, key, str(value))
     if description:

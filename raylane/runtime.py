@@ -64,6 +64,7 @@ def release_stray_placement_groups(grace_s: float = 10.0) -> int:
     for pg_id in stray:
         remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
     if stray:
-        logging.getLogger("raylane").warning("removed %d placement group(s) left behind by training: %s",
-                                             len(stray), ", ".join(stray))
+        logging.getLogger("raylane").warning(
+            "removed %d placement group(s) left behind by training: %s", len(stray), ", ".join(stray)
+        )
     return len(stray)

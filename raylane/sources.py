@@ -46,6 +46,11 @@ class SourceFile:
         return digest.hexdigest()
 
 
+def join(uri: str, *parts: str) -> str:
+    """A path or URI with parts appended ("/"-joined: object storage has no other separator)."""
+    return "/".join([uri.rstrip("/"), *parts])
+
+
 def filesystem(uri: str):
     """(pyarrow FileSystem, path within it) for a local path or an object-storage URI."""
     import pyarrow.fs as pafs
@@ -69,13 +74,17 @@ def list_files(source: str, fmt: str = "auto") -> list[SourceFile]:
         first_glob = min((source.find(c) for c in _GLOB_CHARS if c in source), default=-1)
         base_uri = source if first_glob < 0 else source[: source.rfind("/", 0, first_glob)]
         fs, base = pafs.FileSystem.from_uri(base_uri)
-        pattern = base + source[len(base_uri):] if first_glob >= 0 else None
+        pattern = base + source[len(base_uri) :] if first_glob >= 0 else None
         info = fs.get_file_info(base)
         if info.type == pafs.FileType.File and pattern is None:
             infos = [info]
         else:
             infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-            infos = [i for i in infos if i.type == pafs.FileType.File and (pattern is None or fnmatch.fnmatch(i.path, pattern))]
+            infos = [
+                i
+                for i in infos
+                if i.type == pafs.FileType.File and (pattern is None or fnmatch.fnmatch(i.path, pattern))
+            ]
         prefix = _scheme(source)
     else:
         fs = pafs.LocalFileSystem()
@@ -88,7 +97,10 @@ def list_files(source: str, fmt: str = "auto") -> list[SourceFile]:
     infos = [i for i in infos if not Path(i.path).name.startswith((".", "_"))]  # _SUCCESS, .crc, ...
     if not infos:
         raise IngestError(f"no file matches '{source}'")
-    files = [SourceFile(prefix + i.path, i.path, fs, i.size, _format(i.path, fmt)) for i in sorted(infos, key=lambda i: i.path)]
+    files = [
+        SourceFile(prefix + i.path, i.path, fs, i.size, _format(i.path, fmt))
+        for i in sorted(infos, key=lambda i: i.path)
+    ]
     return files
 
 

@@ -57,11 +57,12 @@ class TextPrep:
         return mask_pii(text, self.mask_pii)[0] if self.mask_pii and text else text
 
     def save(self, model_dir: str | Path) -> None:
-        (Path(model_dir) / PREP_FILE).write_text(json.dumps({"lowercase": self.lowercase,
-                                                              "mask_pii": list(self.mask_pii)}))
+        (Path(model_dir) / PREP_FILE).write_text(
+            json.dumps({"lowercase": self.lowercase, "mask_pii": list(self.mask_pii)})
+        )
 
     @classmethod
-    def of_model(cls, model_dir: str | Path) -> "TextPrep":
+    def of_model(cls, model_dir: str | Path) -> TextPrep:
         """The model's preparation; cleaning only for a model exported without one."""
         path = Path(model_dir) / PREP_FILE
         if not path.exists():

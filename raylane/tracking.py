@@ -170,7 +170,8 @@ def close_open_children(parent: RunRef, status: str = "KILLED") -> int:
     mid-run and never closes its own run. Returns how many were closed."""
     client = _client(parent.tracking_uri)
     open_runs = client.search_runs(
-        [parent.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}' and attributes.status = 'RUNNING'"
+        [parent.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}' and attributes.status = 'RUNNING'",
     )
     for run in open_runs:
         client.set_tag(run.info.run_id, "raylane.stopped_early", "true")

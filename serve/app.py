@@ -1,51 +1,66 @@
 """The Ray Serve application. Built by `build_app` from a model URI (the registry's champion by
 default) and typed arguments: it never imports training code, only the core's predictor.
 
-Run it with `python -m pipelines serve`, `serve run serve.app:build_app model_uri=...`, or on a
+Run it with `python -m raylane serve`, `serve run raylane.serve.app:build_app model_uri=...`, or on a
 cluster with `serve deploy configs/serve.yaml`.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real request types on the
 # ingress methods, or a JSON body is mistaken for query parameters (422).
+import dataclasses
 import os
 import time
+import typing
 import uuid
-from typing import Literal
 
 from fastapi import FastAPI, Header, HTTPException, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from ray import serve
+
+from raylane.config import ConfigError, ServeConfig
 
 CANARY_TEXT = "health check"
 
 
-class ServeArgs(BaseModel):
+# The serve section's settings that are the pipeline's, not the app's: where the proxies listen,
+# what `run` does once deployed, and the model, which the app takes resolved (`model_uri` below).
+PIPELINE_ONLY = ("model_uri", "host", "port", "proxy_location", "keep_running", "sample_text")
+
+
+class _AppArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     model_uri: str = Field(description="models:/<name>@<alias>, models:/<name>/<version> or a local model dir")
-    tracking_uri: str = Field("", description="MLflow tracking URI to resolve models:/ URIs against; "
-                                                "empty: $MLFLOW_TRACKING_URI of the replica")
-    max_texts: int = Field(64, ge=1, description="Most texts accepted in one request")
-    max_chars: int = Field(5000, ge=1, description="Longest text accepted, in characters")
-    on_too_long: Literal["reject", "truncate"] = Field("reject", description="422 or cut to max_chars")
-    num_replicas: int = Field(1, ge=1, description="Replicas; the fewest when max_replicas > num_replicas")
-    max_replicas: int = Field(0, ge=0, description="Autoscale up to this many replicas; 0: a fixed num_replicas")
-    target_ongoing_requests: float = Field(16.0, gt=0, description="Autoscaling target per replica")
-    upscale_delay_s: float = Field(10.0, ge=0)
-    downscale_delay_s: float = Field(120.0, ge=0)
-    replica_cpus: float = Field(1.0, gt=0, description="CPUs per replica, and torch threads (at least 1)")
-    replica_gpus: float = Field(0.0, ge=0)
-    max_batch_size: int = Field(16, ge=1, description="Requests scored in one forward pass (1: no batching)")
-    batch_wait_timeout_s: float = Field(0.002, ge=0, description="Longest wait for a batch to fill")
-    max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica holds at once")
-    quantize: Literal["none", "int8"] = Field("none", description="int8: dynamic quantization of Linear layers")
-    prune_amount: float = Field(0.0, ge=0, lt=1, description="Fraction of Linear weights zeroed by magnitude")
-    drift_window: int = Field(1000, ge=10, description="Predictions the drift gauge looks back over")
-    access_log: bool = Field(False, description="Log every request in the replica logs")
-    api_keys_env: str = Field("", description="Environment variable with the API keys; empty: no auth")
-    api_keys_file: str = Field("", description="Secret file with the API keys, one per line")
-    feedback_uri: str = Field("", description="Where POST /feedback writes; empty: feedback disabled")
-    feedback_format: Literal["jsonl", "parquet"] = Field("jsonl")
-    poll_interval_s: float = Field(30.0, ge=0, description="How often a models:/<name>@<alias> URI is "
-                                                           "re-resolved to follow the alias; 0: never")
+    tracking_uri: str = Field(
+        "",
+        description="MLflow tracking URI to resolve models:/ URIs against; empty: $MLFLOW_TRACKING_URI of the replica",
+    )
+
+    @model_validator(mode="after")
+    def _checked_like_the_config(self):
+        """The same checks, with the same messages, as the pipeline config's serve section."""
+        settings = {name: getattr(self, name) for name in type(self).model_fields if hasattr(ServeConfig, name)}
+        try:
+            ServeConfig(**{k: v for k, v in settings.items() if k not in PIPELINE_ONLY})
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+
+def _derive_serve_args() -> type[BaseModel]:
+    """`ServeArgs`, the app's typed arguments (what `serve deploy configs/serve.yaml` passes as
+    `args`), derived from the config's `ServeConfig`: each setting is declared once, with one
+    type, default and help text, whichever way the app is started."""
+    hints = typing.get_type_hints(ServeConfig)
+    fields = {
+        f.name: (hints[f.name], Field(f.default, description=f.metadata.get("help", "")))
+        for f in dataclasses.fields(ServeConfig)
+        if f.name not in PIPELINE_ONLY
+    }
+    return create_model("ServeArgs", __base__=_AppArgs, __module__=__name__, **fields)
+
+
+ServeArgs = _derive_serve_args()
 
 
 class PredictRequest(BaseModel):
@@ -82,9 +97,9 @@ class Replica:
     def __init__(self, args: ServeArgs):
         from ray.serve.context import _get_internal_replica_context
 
-        from serve.auth import load_keys
-        from serve.metrics import replica_metrics
-        from serve.swap import AliasFollower, alias_of
+        from raylane.serve.auth import load_keys
+        from raylane.serve.metrics import replica_metrics
+        from raylane.serve.swap import AliasFollower, alias_of
 
         self.args = args
         self.keys = load_keys(args.api_keys_env, args.api_keys_file)
@@ -100,18 +115,28 @@ class Replica:
         self.follower = None
         if followed and args.poll_interval_s > 0:
             name, alias = followed
-            self.follower = AliasFollower(self.tracking_uri, name, alias, self.loaded.version, args.poll_interval_s,
-                                          on_change=lambda version: self._swap_to(f"models:/{name}/{version}"))
+            self.follower = AliasFollower(
+                self.tracking_uri,
+                name,
+                alias,
+                self.loaded.version,
+                args.poll_interval_s,
+                on_change=lambda version: self._swap_to(f"models:/{name}/{version}"),
+            )
 
     def _load(self, model_uri: str):
         from raylane.drift import DriftWindow, read_reference
         from raylane.predictor import Predictor
         from raylane.registry import resolve_model
-        from serve.swap import Loaded
+        from raylane.serve.swap import Loaded
 
         resolved = resolve_model(model_uri, self.tracking_uri)
-        predictor = Predictor(resolved.model_dir, quantize=self.args.quantize, prune_amount=self.args.prune_amount,
-                              threads=max(1, round(self.args.replica_cpus)))
+        predictor = Predictor(
+            resolved.model_dir,
+            quantize=self.args.quantize,
+            prune_amount=self.args.prune_amount,
+            threads=max(1, round(self.args.replica_cpus)),
+        )
         reference = read_reference(resolved.model_dir)
         drift = DriftWindow(reference, predictor.labels, self.args.drift_window) if reference else None
         return Loaded(predictor, resolved.name, resolved.version, time.time(), drift)
@@ -123,7 +148,7 @@ class Replica:
         self.metrics.serving(new.version)
 
     def _authorize(self, authorization) -> None:
-        from serve.auth import authorized
+        from raylane.serve.auth import authorized
 
         header = authorization if isinstance(authorization, str) else None  # a direct call passes no header
         if not authorized(header, self.keys):
@@ -176,7 +201,7 @@ class Replica:
         return PredictResponse(predictions=predictions, model_name=loaded.name, model_version=loaded.version)
 
     def feedback(self, request: FeedbackRequest, authorization: str | None = Header(None)) -> dict:
-        from serve.feedback import write_feedback
+        from raylane.serve.feedback import write_feedback
 
         self._authorize(authorization)
         if not self.args.feedback_uri:
@@ -185,9 +210,14 @@ class Replica:
         if request.label not in loaded.predictor.labels:
             raise HTTPException(422, f"label {request.label!r} is not one of {loaded.predictor.labels}")
         (text,) = self._within_limits([request.text])
-        record = {"text": text, "label": request.label, "prediction_id": request.prediction_id or "",
-                  "model_name": loaded.name or "", "model_version": loaded.version or "",
-                  "received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record = {
+            "text": text,
+            "label": request.label,
+            "prediction_id": request.prediction_id or "",
+            "model_name": loaded.name or "",
+            "model_version": loaded.version or "",
+            "received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         return {"stored": write_feedback(self.args.feedback_uri, [record], self.args.feedback_format)}
 
     def healthz(self) -> dict:
@@ -203,12 +233,22 @@ class Replica:
         self._authorize(authorization)
         loaded = self.loaded
         drift = loaded.drift
-        return {"name": loaded.name, "version": loaded.version, "uri": self.args.model_uri,
-                "labels": loaded.predictor.labels, "loaded_at": loaded.loaded_at,
-                "follows": self.args.model_uri if self.follower else None,
-                "variant": describe(self.args.quantize, self.args.prune_amount),
-                "drift": {"window": len(drift.window), "label_psi": drift.label_psi(),
-                          "input_tokens_psi": drift.length_psi()} if drift else None}
+        return {
+            "name": loaded.name,
+            "version": loaded.version,
+            "uri": self.args.model_uri,
+            "labels": loaded.predictor.labels,
+            "loaded_at": loaded.loaded_at,
+            "follows": self.args.model_uri if self.follower else None,
+            "variant": describe(self.args.quantize, self.args.prune_amount),
+            "drift": {
+                "window": len(drift.window),
+                "label_psi": drift.label_psi(),
+                "input_tokens_psi": drift.length_psi(),
+            }
+            if drift
+            else None,
+        }
 
     def check_health(self) -> None:
         self.loaded.predictor.predict([CANARY_TEXT])
@@ -229,7 +269,7 @@ def _deployment():
 
     @api.middleware("http")
     async def count_requests(request: Request, call_next):
-        from serve.metrics import replica_metrics
+        from raylane.serve.metrics import replica_metrics
 
         started, status = time.perf_counter(), 500
         try:
@@ -273,9 +313,12 @@ def deployment_options(args: ServeArgs) -> dict:
     }
     if args.max_replicas > args.num_replicas:
         options["autoscaling_config"] = {
-            "min_replicas": args.num_replicas, "initial_replicas": args.num_replicas,
-            "max_replicas": args.max_replicas, "target_ongoing_requests": args.target_ongoing_requests,
-            "upscale_delay_s": args.upscale_delay_s, "downscale_delay_s": args.downscale_delay_s,
+            "min_replicas": args.num_replicas,
+            "initial_replicas": args.num_replicas,
+            "max_replicas": args.max_replicas,
+            "target_ongoing_requests": args.target_ongoing_requests,
+            "upscale_delay_s": args.upscale_delay_s,
+            "downscale_delay_s": args.downscale_delay_s,
         }
     else:
         options["num_replicas"] = args.num_replicas

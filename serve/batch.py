@@ -24,7 +24,9 @@ def _to_text(batch: pd.DataFrame, text_fields: list[str]) -> pd.DataFrame:
 
 def predict_files(cfg: PipelineConfig, model_dir: str, source: str, out_dir: Path) -> int:
     ds = read_source(source, cfg.data, required=cfg.data.text_fields)
-    scored = ds.map_batches(_to_text, batch_format="pandas", fn_kwargs={"text_fields": cfg.data.text_fields}).map_batches(
+    scored = ds.map_batches(
+        _to_text, batch_format="pandas", fn_kwargs={"text_fields": cfg.data.text_fields}
+    ).map_batches(
         ScoreBatch,
         batch_format="pandas",
         batch_size=64,

@@ -6,8 +6,8 @@ import requests
 
 from raylane.config import PipelineConfig
 from raylane.http import wait_until_ok
+from raylane.serve.app import ServeArgs, build_app
 from raylane.tracking import tracking_uri
-from serve.app import ServeArgs, build_app
 
 APP_NAME = "raylane"
 
@@ -16,20 +16,21 @@ def serve_args(cfg: PipelineConfig, model_uri: str | None = None) -> ServeArgs:
     """The app's arguments from `cfg.serve`, field by field (the names match); only what the
     pipeline resolves (model, tracking server, default feedback sink) is filled in here."""
     shared = {name: getattr(cfg.serve, name) for name in ServeArgs.model_fields if hasattr(cfg.serve, name)}
-    return ServeArgs(**{
-        **shared,
-        "model_uri": model_uri or cfg.serve_model_uri,
-        "tracking_uri": tracking_uri(cfg),
-        "feedback_uri": cfg.serve.feedback_uri or str(cfg.output_path / "feedback"),
-    })
+    return ServeArgs(
+        **{
+            **shared,
+            "model_uri": model_uri or cfg.serve_model_uri,
+            "tracking_uri": tracking_uri(cfg),
+            "feedback_uri": cfg.serve.feedback_uri or str(cfg.output_path / "feedback"),
+        }
+    )
 
 
 def deploy(cfg: PipelineConfig, model_uri: str | None = None) -> str:
     """Deploy (or update) the app; returns its base URL once it answers."""
     from ray import serve
 
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port},
-                proxy_location=cfg.serve.proxy_location)
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, proxy_location=cfg.serve.proxy_location)
     serve.run(build_app(serve_args(cfg, model_uri)), name=APP_NAME, route_prefix="/")
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"
     wait_until_ok(f"{url}/healthz")  # the replica's health check: a real forward pass
@@ -38,7 +39,7 @@ def deploy(cfg: PipelineConfig, model_uri: str | None = None) -> str:
 
 def client_headers(cfg: PipelineConfig) -> dict[str, str]:
     """What this process sends to the app: the first configured key, when auth is on."""
-    from serve.auth import load_keys
+    from raylane.serve.auth import load_keys
 
     keys = load_keys(cfg.serve.api_keys_env, cfg.serve.api_keys_file)
     return {"Authorization": f"Bearer {keys[0]}"} if keys else {}

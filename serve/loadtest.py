@@ -1,6 +1,6 @@
 """A load generator for a deployed app: N concurrent clients posting to /predict for a while (or
 for a number of requests), counting statuses and latencies. Used by the tests and benchmarks,
-and by operators: `python -m serve.loadtest http://127.0.0.1:8000 --concurrency 32 --seconds 60`.
+and by operators: `python -m raylane.serve.loadtest http://127.0.0.1:8000 --concurrency 32 --seconds 60`.
 
 One asyncio process (aiohttp, which Ray Serve already depends on): far less CPU per request than
 a thread per client, which matters when the client shares a small machine with the server.
@@ -51,14 +51,29 @@ class LoadReport:
         return float(np.percentile(self.latencies_s, q) * 1000) if self.latencies_s else float("nan")
 
     def summary(self) -> dict:
-        return {"requests": self.requests, "ok": self.ok, "success_rate": round(self.success_rate, 5),
-                "statuses": {str(k): v for k, v in self.statuses.items()}, "seconds": round(self.seconds, 2),
-                "throughput_rps": round(self.throughput, 1), "p50_ms": round(self.percentile_ms(50), 2),
-                "p95_ms": round(self.percentile_ms(95), 2), "p99_ms": round(self.percentile_ms(99), 2)}
+        return {
+            "requests": self.requests,
+            "ok": self.ok,
+            "success_rate": round(self.success_rate, 5),
+            "statuses": {str(k): v for k, v in self.statuses.items()},
+            "seconds": round(self.seconds, 2),
+            "throughput_rps": round(self.throughput, 1),
+            "p50_ms": round(self.percentile_ms(50), 2),
+            "p95_ms": round(self.percentile_ms(95), 2),
+            "p99_ms": round(self.percentile_ms(99), 2),
+        }
 
 
-async def _load(url: str, concurrency: int, seconds: float | None, requests: int | None, texts_per_request: int,
-                headers: dict[str, str] | None, texts: list[str], timeout_s: float) -> LoadReport:
+async def _load(
+    url: str,
+    concurrency: int,
+    seconds: float | None,
+    requests: int | None,
+    texts_per_request: int,
+    headers: dict[str, str] | None,
+    texts: list[str],
+    timeout_s: float,
+) -> LoadReport:
     import aiohttp
 
     report = LoadReport(0.0)
@@ -89,18 +104,35 @@ async def _load(url: str, concurrency: int, seconds: float | None, requests: int
     return report
 
 
-def run_load(url: str, concurrency: int = 8, seconds: float | None = None, requests: int | None = None,
-             texts_per_request: int = 1, headers: dict[str, str] | None = None, texts: list[str] | None = None,
-             timeout_s: float = 60.0) -> LoadReport:
+def run_load(
+    url: str,
+    concurrency: int = 8,
+    seconds: float | None = None,
+    requests: int | None = None,
+    texts_per_request: int = 1,
+    headers: dict[str, str] | None = None,
+    texts: list[str] | None = None,
+    timeout_s: float = 60.0,
+) -> LoadReport:
     """Keep `concurrency` requests in flight until `seconds` pass or `requests` have been sent."""
     if seconds is None and requests is None:
         raise ValueError("give seconds, requests or both")
-    return asyncio.run(_load(url.rstrip("/"), concurrency, seconds, requests, texts_per_request, headers,
-                             texts or DEFAULT_TEXTS, timeout_s))
+    return asyncio.run(
+        _load(
+            url.rstrip("/"),
+            concurrency,
+            seconds,
+            requests,
+            texts_per_request,
+            headers,
+            texts or DEFAULT_TEXTS,
+            timeout_s,
+        )
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m serve.loadtest", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m raylane.serve.loadtest", description=__doc__.split("\n\n")[0])
     parser.add_argument("url", help="base URL of the app, e.g. http://127.0.0.1:8000")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=30.0)
@@ -108,8 +140,9 @@ def main() -> None:
     parser.add_argument("--api-key", default="", help="sent as Authorization: Bearer <key>")
     args = parser.parse_args()
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
-    report = run_load(args.url, args.concurrency, args.seconds, texts_per_request=args.texts_per_request,
-                      headers=headers)
+    report = run_load(
+        args.url, args.concurrency, args.seconds, texts_per_request=args.texts_per_request, headers=headers
+    )
     print(json.dumps(report.summary(), indent=1))
 
 

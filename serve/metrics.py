@@ -17,22 +17,33 @@ class ReplicaMetrics:
         from ray.serve import metrics
 
         self.requests = metrics.Counter(
-            "raylane_requests", description="HTTP requests answered, by route and status code",
-            tag_keys=("route", "status"))
+            "raylane_requests",
+            description="HTTP requests answered, by route and status code",
+            tag_keys=("route", "status"),
+        )
         self.latency = metrics.Histogram(
-            "raylane_request_latency_s", description="Time from request to response inside the replica, seconds",
-            boundaries=LATENCY_BOUNDARIES_S, tag_keys=("route",))
+            "raylane_request_latency_s",
+            description="Time from request to response inside the replica, seconds",
+            boundaries=LATENCY_BOUNDARIES_S,
+            tag_keys=("route",),
+        )
         self.batch_size = metrics.Histogram(
-            "raylane_batch_size", description="Texts scored in one forward pass", boundaries=BATCH_BOUNDARIES)
+            "raylane_batch_size", description="Texts scored in one forward pass", boundaries=BATCH_BOUNDARIES
+        )
         self.predictions = metrics.Counter(
-            "raylane_predictions", description="Texts classified, by predicted label", tag_keys=("label",))
+            "raylane_predictions", description="Texts classified, by predicted label", tag_keys=("label",)
+        )
         self.input_tokens = metrics.Histogram(
-            "raylane_input_tokens", description="Length of each classified text in tokens (after truncation)",
-            boundaries=[float(edge) for edge in LENGTH_EDGES[1:]])
+            "raylane_input_tokens",
+            description="Length of each classified text in tokens (after truncation)",
+            boundaries=[float(edge) for edge in LENGTH_EDGES[1:]],
+        )
         self.drift = metrics.Gauge(
-            "raylane_drift_psi", description="PSI of the recent predicted-label mix (feature=label) and input "
-                                             "lengths (feature=input_tokens) against the training split",
-            tag_keys=("feature",))
+            "raylane_drift_psi",
+            description="PSI of the recent predicted-label mix (feature=label) and input "
+            "lengths (feature=input_tokens) against the training split",
+            tag_keys=("feature",),
+        )
         self.model_version = metrics.Gauge("raylane_model_version", description="Registry version being served")
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 logger = logging.getLogger("ray.serve")
 
@@ -26,15 +26,22 @@ def alias_of(model_uri: str) -> tuple[str, str] | None:
     """(name, alias) of a `models:/<name>@<alias>` URI; None for anything pinned."""
     if not model_uri.startswith("models:/") or "@" not in model_uri:
         return None
-    name, _, alias = model_uri[len("models:/"):].partition("@")
+    name, _, alias = model_uri[len("models:/") :].partition("@")
     return name, alias
 
 
 class AliasFollower:
     """Calls `on_change(version)` whenever the alias points at a version other than the current one."""
 
-    def __init__(self, tracking_uri: str, name: str, alias: str, current: str | None, interval_s: float,
-                 on_change: Callable[[str], None]):
+    def __init__(
+        self,
+        tracking_uri: str,
+        name: str,
+        alias: str,
+        current: str | None,
+        interval_s: float,
+        on_change: Callable[[str], None],
+    ):
         self.tracking_uri, self.name, self.alias = tracking_uri, name, alias
         self.current, self.interval_s, self.on_change = current, interval_s, on_change
         self._stop = threading.Event()
@@ -50,12 +57,18 @@ class AliasFollower:
                 if version and version != self.current:
                     started = time.time()
                     self.on_change(version)
-                    logger.info("now serving %s version %s (was %s; loaded in %.1fs)",
-                                self.name, version, self.current, time.time() - started)
+                    logger.info(
+                        "now serving %s version %s (was %s; loaded in %.1fs)",
+                        self.name,
+                        version,
+                        self.current,
+                        time.time() - started,
+                    )
                     self.current = version
             except Exception:  # a registry hiccup must not stop the replica serving what it has
-                logger.exception("following %s@%s failed; still serving version %s", self.name, self.alias,
-                                 self.current)
+                logger.exception(
+                    "following %s@%s failed; still serving version %s", self.name, self.alias, self.current
+                )
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,5 +1,10 @@
 """Shared fixtures. Everything is real: a local Ray, an `mlflow server` process on loopback,
-a real (tiny, random) BERT with the real tokenizer, real HTTP."""
+a real (tiny, random) BERT with the real tokenizer, real HTTP.
+
+Tiers come from where a test lives, not from decorators: `tests/unit/...` (no cluster),
+`tests/integration/...` (marked `integration`: a real Ray, MLflow server or Serve), `tests/e2e/...`
+(marked `e2e`: the real CLI); a file named `test_*_slow.py` is also marked `slow`. Inside each
+tier the folders mirror the source tree (tests/unit/ingest/ tests raylane.ingest)."""
 
 from __future__ import annotations
 
@@ -10,12 +15,27 @@ from pathlib import Path
 
 import pytest
 
-from raylane.config import PROJECT_ROOT, load_config
+from raylane.config import load_config
 from raylane.http import free_port, wait_until_ok
+from tests.paths import REPO_ROOT
 from tests.tiny_model import make_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+TESTS = Path(__file__).resolve().parent
+TIERS = ("integration", "e2e")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(str(item.fspath)).resolve()
+        tier = path.relative_to(TESTS).parts[0]
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+        if path.stem.endswith("_slow"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +54,7 @@ def make_cfg(tmp_path, tiny_model):
 
     def make(*overrides: str):
         return load_config(
-            PROJECT_ROOT / "configs" / "smoke.yaml",
+            REPO_ROOT / "configs" / "smoke.yaml",
             [f"model.name_or_path={tiny_model}", f"output_dir={tmp_path / 'out'}", *overrides],
         )
 
@@ -62,17 +82,32 @@ def mlflow_server(tmp_path_factory):
     env.pop("MLFLOW_TRACKING_URI", None)
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_until_ok(f"{uri}/health", timeout_s=90, alive=lambda: proc.poll() is None)
     except (RuntimeError, TimeoutError) as e:
         proc.kill()
-        raise RuntimeError(f"mlflow server did not start ({e}):\n{(root / 'server.log').read_text()[-3000:]}")
+        raise RuntimeError(f"mlflow server did not start ({e}):\n{(root / 'server.log').read_text()[-3000:]}") from None
     yield uri
     proc.terminate()
     try:

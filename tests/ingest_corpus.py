@@ -42,32 +42,70 @@ class Case:
 
 ROW_CASES = [
     # Enough clean rows of both labels for a label set and a split.
-    Case("good.csv", HEADER + b"".join(b"good paper %d,about things,%s\n" % (i, b"ab"[i % 2 : i % 2 + 1]) for i in range(30)), 30),
+    Case(
+        "good.csv",
+        HEADER + b"".join(b"good paper %d,about things,%s\n" % (i, b"ab"[i % 2 : i % 2 + 1]) for i in range(30)),
+        30,
+    ),
     # The unclosed quote runs to the end of the file: one malformed record, not a crash.
-    Case("broken_quoting.csv", HEADER + b"quoting ok,fine,a\nquoting bad,\"never closed,a\nquoting next,row,b\n", 1,
-         {"malformed_row": 1}),
-    Case("bad_utf8.csv", HEADER + b"utf8 ok,fine,a\nutf8 bad \xff\xfe,here,b\nutf8 ok too,fine,b\n", 2, {"undecodable": 1}),
+    Case(
+        "broken_quoting.csv",
+        HEADER + b'quoting ok,fine,a\nquoting bad,"never closed,a\nquoting next,row,b\n',
+        1,
+        {"malformed_row": 1},
+    ),
+    Case(
+        "bad_utf8.csv",
+        HEADER + b"utf8 ok,fine,a\nutf8 bad \xff\xfe,here,b\nutf8 ok too,fine,b\n",
+        2,
+        {"undecodable": 1},
+    ),
     Case("bom.csv", b"\xef\xbb\xbf" + HEADER + b"bom first,row,a\nbom second,row,b\n", 2),
-    Case("crlf.csv", b"title,description,tag\r\ncrlf one,\"two\r\nlines\",a\r\ncrlf two,row,b\r\n", 2),
+    Case("crlf.csv", b'title,description,tag\r\ncrlf one,"two\r\nlines",a\r\ncrlf two,row,b\r\n', 2),
     Case("extra_columns.csv", b"id,title,description,tag,notes\n1,extra one,d,a,n1\n2,extra two,d,b,n2\n", 2),
-    Case("wrong_field_count.csv", HEADER + b"fields ok,d,a\nfields too,many,a,b,c\nfields few\n", 1, {"malformed_row": 2}),
-    Case("null_labels.jsonl", _jsonl({"title": "null label", "description": "d", "tag": None},
-                                     {"title": "absent label", "description": "d"},
-                                     {"title": "label ok", "description": "d", "tag": "a"}), 1, {"missing_field": 2}),
+    Case(
+        "wrong_field_count.csv", HEADER + b"fields ok,d,a\nfields too,many,a,b,c\nfields few\n", 1, {"malformed_row": 2}
+    ),
+    Case(
+        "null_labels.jsonl",
+        _jsonl(
+            {"title": "null label", "description": "d", "tag": None},
+            {"title": "absent label", "description": "d"},
+            {"title": "label ok", "description": "d", "tag": "a"},
+        ),
+        1,
+        {"missing_field": 2},
+    ),
     Case("unknown_labels.csv", HEADER + b"unknown one,d,zzz\nunknown two,d,a\n", 1, {"unknown_label": 1}),
-    Case("empty_text.csv", HEADER + b",,a\n\"  \",\"\t \",b\n\x01\x02,\x03,a\nempty ok,d,b\n", 1, {"empty_text": 3}),
+    Case("empty_text.csv", HEADER + b',,a\n"  ","\t ",b\n\x01\x02,\x03,a\nempty ok,d,b\n', 1, {"empty_text": 3}),
     Case("huge_text.csv", HEADER + b"huge," + b"word " * 5000 + b",a\nhuge ok,d,b\n", 1, {"too_long": 1}),
-    Case("duplicates.jsonl", _jsonl({"title": "Same  text", "description": "here", "tag": "a"},
-                                    {"title": "same text ", "description": "here", "tag": "a"},  # case differs: kept
-                                    {"title": "Same text", "description": "here", "tag": "a"},
-                                    {"title": "conflict", "description": "x", "tag": "a"},
-                                    {"title": "conflict", "description": "x", "tag": "b"}),
-         2, {"duplicate": 1, "conflicting_label": 2}),
-    Case("malformed.jsonl", _jsonl({"title": "json ok", "description": "d", "tag": "b"}, b"{not json", b"[1, 2]",
-                                   b'"a string"'), 1, {"malformed_row": 3}),
+    Case(
+        "duplicates.jsonl",
+        _jsonl(
+            {"title": "Same  text", "description": "here", "tag": "a"},
+            {"title": "same text ", "description": "here", "tag": "a"},  # case differs: kept
+            {"title": "Same text", "description": "here", "tag": "a"},
+            {"title": "conflict", "description": "x", "tag": "a"},
+            {"title": "conflict", "description": "x", "tag": "b"},
+        ),
+        2,
+        {"duplicate": 1, "conflicting_label": 2},
+    ),
+    Case(
+        "malformed.jsonl",
+        _jsonl({"title": "json ok", "description": "d", "tag": "b"}, b"{not json", b"[1, 2]", b'"a string"'),
+        1,
+        {"malformed_row": 3},
+    ),
     Case("header_only.csv", HEADER, 0),
-    Case("nulls.parquet", _parquet([{"title": "parquet ok", "description": "d", "tag": "a"},
-                                     {"title": None, "description": None, "tag": "b"}]), 1, {"missing_field": 1}),
+    Case(
+        "nulls.parquet",
+        _parquet(
+            [{"title": "parquet ok", "description": "d", "tag": "a"}, {"title": None, "description": None, "tag": "b"}]
+        ),
+        1,
+        {"missing_field": 1},
+    ),
     Case("good.tsv", b"title\tdescription\ttag\ntsv one\td\ta\ntsv two\td, with comma\tb\n", 2),
 ]
 

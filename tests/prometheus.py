@@ -18,8 +18,12 @@ def scrape(port: int, prefix: str = "ray_raylane_", **match: str) -> list[tuple[
     """(sample name, labels, value) of every sample whose name starts with `prefix` and whose
     labels include `match`."""
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples
-            if s.name.startswith(prefix) and all(s.labels.get(k) == v for k, v in match.items())]
+    return [
+        (s.name, s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith(prefix) and all(s.labels.get(k) == v for k, v in match.items())
+    ]
 
 
 def total(samples, name: str, **match: str) -> float:

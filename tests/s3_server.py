@@ -21,12 +21,11 @@ import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from raylane.http import wait_until_ok
-from raylane.http import free_port
+from raylane.http import free_port, wait_until_ok
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,9 @@ def s3_server(tmp_dir, timeout: float = 30.0) -> Iterator[S3Endpoint]:
             # moto's S3 ListBuckets answers GET / with 200, no auth needed.
             wait_until_ok(endpoint.url + "/", timeout_s=timeout, alive=lambda: proc.poll() is None)
         except (RuntimeError, TimeoutError) as err:
-            raise RuntimeError(f"moto server on {endpoint.url} did not come up ({err}); log tail:\n" + _log_tail(log)) from None
+            raise RuntimeError(
+                f"moto server on {endpoint.url} did not come up ({err}); log tail:\n" + _log_tail(log)
+            ) from None
         yield endpoint
     finally:
         if proc.poll() is None:

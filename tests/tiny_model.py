@@ -15,8 +15,12 @@ def make_tiny_model(target: Path) -> Path:
 
     tokenizer = load_tokenizer(DEFAULT_MODEL)
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=128, max_position_embeddings=512,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=512,
     )
     torch.manual_seed(0)  # the same weights every session, so what a test sees is reproducible
     BertModel(config).save_pretrained(target)

@@ -33,13 +33,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(directory: Path, model, tokenizer, optimizer, scheduler, epoch: int, scaler=None,
-         early_stopping: dict[str, Any] | None = None) -> None:
+def save(
+    directory: Path,
+    model,
+    tokenizer,
+    optimizer,
+    scheduler,
+    epoch: int,
+    scaler=None,
+    early_stopping: dict[str, Any] | None = None,
+) -> None:
     model.save_pretrained(directory / MODEL_DIR)
     tokenizer.save_pretrained(directory / MODEL_DIR)
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng_state(),
-         "scaler": scaler.state_dict() if scaler is not None else {}, "early_stopping": early_stopping or {}},
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "rng": rng_state(),
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            "early_stopping": early_stopping or {},
+        },
         directory / STATE_FILE,
     )
 

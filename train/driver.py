@@ -13,8 +13,8 @@ from raylane.config import PipelineConfig
 from raylane.dataset import DatasetInfo
 from raylane.text import TextPrep
 from raylane.tracking import RunRef
-from train.checkpoint import MODEL_DIR
-from train.loop import train_fn_per_worker
+from raylane.train.checkpoint import MODEL_DIR
+from raylane.train.loop import train_fn_per_worker
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ def storage_path(cfg: PipelineConfig) -> str:
     return cfg.train.storage_path or str(cfg.output_path / "checkpoints")
 
 
-def build_trainer(cfg: PipelineConfig, dataset: DatasetInfo, run: RunRef | None, name: str, callbacks=()):
+def build_trainer(cfg: PipelineConfig, dataset: DatasetInfo, mlflow_run: RunRef | None, name: str, callbacks=()):
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -39,8 +39,8 @@ def build_trainer(cfg: PipelineConfig, dataset: DatasetInfo, run: RunRef | None,
         train_loop_config={
             "cfg": cfg,
             "label_names": dataset.label_names,
-            "train_rows": dataset.manifest["splits"]["train"],
-            "run": run,
+            "train_rows": dataset.manifest.splits["train"],
+            "mlflow_run": mlflow_run,
             "local_mode": res.num_workers == 0,
         },
         scaling_config=ScalingConfig(
@@ -75,16 +75,16 @@ def _materialized(dataset: DatasetInfo, split: str):
 
 
 def fit(
-    cfg: PipelineConfig, dataset: DatasetInfo, run: RunRef | None = None, name: str | None = None, callbacks=()
+    cfg: PipelineConfig, dataset: DatasetInfo, mlflow_run: RunRef | None = None, name: str | None = None, callbacks=()
 ) -> TrainResult:
     """Train, then export the best epoch's model under <output_dir>/models/<name>."""
     name = name or time.strftime("train-%Y%m%d-%H%M%S")
-    result = build_trainer(cfg, dataset, run, name, callbacks).fit()
+    result = build_trainer(cfg, dataset, mlflow_run, name, callbacks).fit()
     if result.error:
         raise result.error
     exported = export_best(cfg, result, name)
-    if run:
-        run.set_tags({"best_epoch": exported.metrics.get("epoch"), "checkpoint": exported.checkpoint_uri})
+    if mlflow_run:
+        mlflow_run.set_tags({"best_epoch": exported.metrics.get("epoch"), "checkpoint": exported.checkpoint_uri})
     return exported
 
 
@@ -99,6 +99,7 @@ def export_best(cfg: PipelineConfig, result, name: str) -> TrainResult:
     # Serving and batch prediction must prepare raw text the way ingest prepared the training data.
     TextPrep(cfg.data.lowercase, tuple(cfg.data.mask_pii)).save(export)
     return TrainResult(str(export), best.path, dict(metrics))
+
 
 def _best(result, metric: str, mode: str):
     """The best (checkpoint, metrics); local mode keeps no ranking, so its last one stands in."""

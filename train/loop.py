@@ -25,9 +25,9 @@ from raylane.config import PipelineConfig
 from raylane.metrics import confusion_matrix, summarize
 from raylane.models import load_classifier, load_tokenizer
 from raylane.tracking import RunRef
-from train import checkpoint
-from train.batches import PadCollate
-from train.optim import Precision, accumulate, build_optimizer, build_scheduler, groups, optimizer_step
+from raylane.train import checkpoint
+from raylane.train.batches import PadCollate
+from raylane.train.optim import Precision, accumulate, build_optimizer, build_scheduler, groups, optimizer_step
 
 
 class EarlyStopping:
@@ -99,7 +99,7 @@ def evaluate(model, batches, device, num_labels: int, precision: Precision) -> t
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     cfg: PipelineConfig = config["cfg"]
     label_names: list[str] = config["label_names"]
-    run: RunRef | None = config["run"]
+    mlflow_run: RunRef | None = config["mlflow_run"]
     tc = cfg.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -178,10 +178,18 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         ckpt_dir = Path(tempfile.mkdtemp(prefix="raylane-ckpt-")) if rank == 0 else None
         if ckpt_dir:
             unwrapped = model.module if hasattr(model, "module") else model
-            checkpoint.save(ckpt_dir, unwrapped, tokenizer, optimizer, scheduler, epoch,
-                            scaler=precision.scaler, early_stopping=stopper.state_dict())
-            if run:
-                run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+            checkpoint.save(
+                ckpt_dir,
+                unwrapped,
+                tokenizer,
+                optimizer,
+                scheduler,
+                epoch,
+                scaler=precision.scaler,
+                early_stopping=stopper.state_dict(),
+            )
+            if mlflow_run:
+                mlflow_run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
             print(_progress_line(metrics, tc.epochs), flush=True)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
         # Ray has copied the checkpoint to storage by now; in local mode (no workers) there is

@@ -36,8 +36,12 @@ def scheduler(cfg: PipelineConfig):
         return FIFOScheduler()
     # ASHA stops a trial once it reports max_t, killing it before fit() returns; one past the
     # last epoch lets finished trials end (and close their MLflow runs) on their own.
-    return ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs + 1,
-                         grace_period=min(sc.grace_period, cfg.train.epochs), reduction_factor=sc.reduction_factor)
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=cfg.train.epochs + 1,
+        grace_period=min(sc.grace_period, cfg.train.epochs),
+        reduction_factor=sc.reduction_factor,
+    )
 
 
 def search_algorithm(cfg: PipelineConfig, concurrent: int):

@@ -11,20 +11,33 @@ from typing import Any
 
 from raylane.config import PipelineConfig, TrainConfig, from_dict
 from raylane.dataset import DatasetInfo
+from raylane.manifest import Record
 from raylane.tracking import RunRef, close_open_children, start_run
-from train.driver import TrainResult, export_best, fit, storage_path
-from tune.search import concurrent_trials, num_samples, scheduler, search_algorithm
-from tune.space import to_param_space
+from raylane.train.driver import TrainResult, export_best, fit, storage_path
+from raylane.tune.search import concurrent_trials, num_samples, scheduler, search_algorithm
+from raylane.tune.space import to_param_space
 
 # A trial only coordinates its Train workers; it must not hold a CPU they need.
 TRIAL_RESOURCES = {"cpu": 0, "memory": 256 * 1024**2}
+
+
+class TrialSummary(Record):
+    """One trial of a sweep, as `trials.json` lists it and the console prints it."""
+
+    trial_id: str
+    params: dict[str, Any]
+    metric: str  # train.metric, which ranks the trials
+    best: float | None  # its best value over the epochs the trial ran; None if it reported none
+    epochs: int
+    completed: bool  # False: stopped early by the scheduler, or failed (see error)
+    error: str | None = None
 
 
 @dataclass(frozen=True)
 class SweepResult:
     best: TrainResult
     best_params: dict[str, Any]
-    trials: list[dict[str, Any]]
+    trials: list[TrialSummary]
 
 
 def trial_config(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
@@ -33,8 +46,9 @@ def trial_config(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
     return dataclasses.replace(cfg, train=train)
 
 
-def run_trial(params: dict[str, Any], cfg: PipelineConfig, dataset: DatasetInfo, sweep_run: RunRef | None,
-              sweep_name: str) -> None:
+def run_trial(
+    params: dict[str, Any], cfg: PipelineConfig, dataset: DatasetInfo, sweep_run: RunRef | None, sweep_name: str
+) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -44,13 +58,14 @@ def run_trial(params: dict[str, Any], cfg: PipelineConfig, dataset: DatasetInfo,
     if sweep_run is None:
         fit(trial_cfg, dataset, None, name=name, callbacks=[TuneReportCallback()])
         return
-    with start_run(cfg, f"trial-{trial_id}", parent=sweep_run, tags={"trial_id": trial_id}) as run:
-        run.log_params({f"train.{k}": v for k, v in params.items()})
-        fit(trial_cfg, dataset, run, name=name, callbacks=[TuneReportCallback()])
+    with start_run(cfg, f"trial-{trial_id}", parent=sweep_run, tags={"trial_id": trial_id}) as trial_run:
+        trial_run.log_params({f"train.{k}": v for k, v in params.items()})
+        fit(trial_cfg, dataset, trial_run, name=name, callbacks=[TuneReportCallback()])
 
 
-def run_sweep(cfg: PipelineConfig, dataset: DatasetInfo, sweep_run: RunRef | None = None,
-              name: str | None = None) -> SweepResult:
+def run_sweep(
+    cfg: PipelineConfig, dataset: DatasetInfo, sweep_run: RunRef | None = None, name: str | None = None
+) -> SweepResult:
     """Run (or resume, when `<storage>/<name>` holds an interrupted sweep) and export the winner."""
     from ray.train import Result as TrainingResult
 
@@ -63,23 +78,27 @@ def run_sweep(cfg: PipelineConfig, dataset: DatasetInfo, sweep_run: RunRef | Non
 
     results = list(grid)
     trials = [_summarize_trial(r, cfg) for r in results]
-    key = f"best_{metric}"
-    ranked = [(t, r) for t, r in zip(trials, results) if t[key] is not None]
+    ranked = [t for t in trials if t.best is not None]
     if not ranked:
         raise RuntimeError(f"sweep {name}: no trial reported {metric}; see {storage_path(cfg)}/{name}")
-    best_trial, result = (min if mode == "min" else max)(ranked, key=lambda pair: pair[0][key])
+    best_trial = (min if mode == "min" else max)(ranked, key=lambda t: t.best)
     # The winner's checkpoints are on storage whether it finished or ASHA cut it short.
-    train_name = f"{name}-{best_trial['trial_id']}"
+    train_name = f"{name}-{best_trial.trial_id}"
     best_train = export_best(cfg, TrainingResult.from_path(f"{storage_path(cfg)}/{train_name}"), train_name)
-    summary = SweepResult(best_train, best_trial["params"], trials)
+    summary = SweepResult(best_train, best_trial.params, trials)
     if sweep_run:
-        sweep_run.log_dict(trials, "trials.json")
+        sweep_run.log_dict([t.model_dump() for t in trials], "trials.json")
         sweep_run.log_figure(plot_trials(results, metric), "trials.png")
-        sweep_run.log_metrics({key: best_trial[key], "trials_completed": sum(t["completed"] for t in trials),
-                               "trials_stopped_early": sum(not t["completed"] for t in trials),
-                               "sweep_wall_s": time.time() - started})
+        sweep_run.log_metrics(
+            {
+                f"best_{metric}": best_trial.best,
+                "trials_completed": sum(t.completed for t in trials),
+                "trials_stopped_early": sum(not t.completed for t in trials),
+                "sweep_wall_s": time.time() - started,
+            }
+        )
         sweep_run.log_params({f"best.{k}": v for k, v in summary.best_params.items()})
-        sweep_run.set_tags({"sweep_name": name, "best_trial": best_trial["trial_id"]})
+        sweep_run.set_tags({"sweep_name": name, "best_trial": best_trial.trial_id})
     return summary
 
 
@@ -101,8 +120,11 @@ def _tuner(cfg: PipelineConfig, dataset: DatasetInfo, sweep_run: RunRef | None, 
         trainable,
         param_space=to_param_space(cfg.sweep.space),
         tune_config=tune.TuneConfig(
-            metric=cfg.train.metric, mode=cfg.train.metric_mode, num_samples=num_samples(cfg, concurrent),
-            scheduler=scheduler(cfg), search_alg=search_algorithm(cfg, concurrent),
+            metric=cfg.train.metric,
+            mode=cfg.train.metric_mode,
+            num_samples=num_samples(cfg, concurrent),
+            scheduler=scheduler(cfg),
+            search_alg=search_algorithm(cfg, concurrent),
         ),
         run_config=tune.RunConfig(name=name, storage_path=storage_path(cfg), verbose=1),
     )
@@ -130,16 +152,17 @@ def plot_trials(results, metric: str):
     return fig
 
 
-def _summarize_trial(result, cfg: PipelineConfig) -> dict[str, Any]:
+def _summarize_trial(result, cfg: PipelineConfig) -> TrialSummary:
     metric, mode = cfg.train.metric, cfg.train.metric_mode
     history = result.metrics_dataframe
     reported = history is not None and metric in history and len(history)
     epochs = int(history["epoch"].max()) if reported else 0
-    return {
-        "trial_id": result.metrics.get("trial_id") if result.metrics else Path(result.path).name,
-        "params": dict(result.config),
-        f"best_{metric}": float(history[metric].min() if mode == "min" else history[metric].max()) if reported else None,
-        "epochs": epochs,
-        "completed": epochs >= cfg.train.epochs,
-        "error": str(result.error) if result.error and epochs < cfg.train.epochs else None,
-    }
+    return TrialSummary(
+        trial_id=str(result.metrics.get("trial_id")) if result.metrics else Path(result.path).name,
+        params=dict(result.config),
+        metric=metric,
+        best=float(history[metric].min() if mode == "min" else history[metric].max()) if reported else None,
+        epochs=epochs,
+        completed=epochs >= cfg.train.epochs,
+        error=str(result.error) if result.error and epochs < cfg.train.epochs else None,
+    )

