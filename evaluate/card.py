@@ -9,6 +9,7 @@ import json
 from raylane.config import PipelineConfig
 from raylane.dataset import DatasetInfo
 from raylane.evaluate.report import Evaluation
+from raylane.redact import redact
 
 
 def model_card(
@@ -75,4 +76,4 @@ def model_card(
         *(f"- {k}: `{v}`" for k, v in sorted(lineage.items())),
         "",
     ]
-    return "\n".join(lines)
+    return redact("\n".join(lines))  # the card goes to the registry, MLflow and the model directory

@@ -7,11 +7,11 @@ import hashlib
 import json
 
 from raylane.config import PipelineConfig
-from raylane.ingest.reader import FileTask, check_file
+from raylane.ingest.reader import FileTask, ReadOptions, check_file
 from raylane.manifest import SourceFile
 from raylane.sources import list_files
 
-FORMAT_VERSION = 3  # 3: the manifest is a typed record (raylane.manifest)
+FORMAT_VERSION = 3  # 3: a typed manifest (raylane.manifest) that accounts for every line
 
 
 def source_tasks(cfg: PipelineConfig) -> list[FileTask]:
@@ -21,9 +21,10 @@ def source_tasks(cfg: PipelineConfig) -> list[FileTask]:
     required = [*data.text_fields, data.label_field] + ([data.id_field] if data.id_field else [])
     roles = ([("test", data.test_source)] if data.test_source else []) + [("data", data.source)]
     tasks: list[FileTask] = []
+    options = ReadOptions.of(data)
     for role, source in roles:
         for file in list_files(source, data.format):
-            check_file(file, required)
+            check_file(file, required, options)
             tasks.append(FileTask(file, len(tasks), role))
     return tasks
 

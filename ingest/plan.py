@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from raylane.ingest.reader import POSITION_BITS
 from raylane.ingest.transforms import ACCEPTED, CONFLICTING_LABEL, DUPLICATE, UNKNOWN_LABEL, Plan
 from raylane.sources import IngestError
 
-INDEX_COLUMNS = ["pos", "role", "reason", "label", "text_hash", "key_frac", "n_chars"]
+INDEX_COLUMNS = ["pos", "lines", "role", "reason", "label", "text_hash", "key_frac", "n_chars"]
 
 
 @dataclass
@@ -30,6 +31,8 @@ class RowIndex:
     accepted_chars: int = 0
     reasons: Counter = field(default_factory=Counter)
     pii: Counter = field(default_factory=Counter)
+    rows_by_file: Counter = field(default_factory=Counter)  # file ordinal -> staged rows
+    lines_by_file: Counter = field(default_factory=Counter)  # file ordinal -> lines those rows cover
     _parts: list[dict[str, np.ndarray]] = field(default_factory=list)
     _labels: dict[str, int] = field(default_factory=dict)
 
@@ -39,6 +42,10 @@ class RowIndex:
 
         self.rows += batch.num_rows
         self.reasons.update(batch.column("reason").to_pylist())
+        ordinals = batch.column("pos").to_numpy() >> POSITION_BITS
+        for ordinal, rows, lines in zip(*_sums_by(ordinals, batch.column("lines").to_numpy())):
+            self.rows_by_file[ordinal] += rows
+            self.lines_by_file[ordinal] += lines
         for kind in self.pii_kinds:
             self.pii[kind] += int(pc.sum(batch.column(f"pii_{kind}")).as_py() or 0)
         ok = pc.equal(batch.column("reason"), ACCEPTED)
@@ -62,6 +69,13 @@ class RowIndex:
     @property
     def label_names(self) -> list[str]:
         return sorted(self._labels, key=self._labels.get)
+
+
+def _sums_by(keys: np.ndarray, values: np.ndarray) -> tuple[list[int], list[int], list[int]]:
+    """(distinct keys, rows per key, sum of `values` per key), as Python ints."""
+    distinct, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=values, minlength=len(distinct)).astype(np.int64)
+    return distinct.tolist(), counts.tolist(), sums.tolist()
 
 
 def find_duplicates(pos: np.ndarray, text_hash: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,9 +173,11 @@ def build_plan(
     ):
         name = names[code]
         class_counts[plan.split(name, frac, "test" if test else "data")][name] += 1
+    accepted_files, accepted_rows, _ = _sums_by(a["pos"][accepted] >> POSITION_BITS, np.zeros(int(accepted.sum())))
     counts = {
         "input": index.rows,
         "accepted": int(accepted.sum()),
+        "accepted_by_file": dict(zip(accepted_files, accepted_rows)),
         "quarantined": sum(reasons.values()),
         "quarantine_reasons": {r: n for r, n in sorted(reasons.items()) if n},
         "splits": {s: sum(c.values()) for s, c in class_counts.items()},

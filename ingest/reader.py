@@ -1,34 +1,59 @@
-"""Read source files row by row, so that one bad row is quarantined instead of failing its file.
+"""Read source files row by row, so that one bad row is quarantined instead of failing its file,
+and count every line on the way, so that no row can vanish unnoticed.
 
 Arrow's CSV and JSON readers stop at the first row they cannot parse (broken quoting, a stray
-byte that is not UTF-8, a line that is not JSON). Here each file is parsed with Python's `csv`
-and `json`, and every record comes out as one row of a fixed schema: where it came from, the
-requested fields as strings, its original content, and a parse error if it had one. Whole-file
-problems (empty, unreadable, a required column missing) are found up front by `check_file`.
+byte that is not UTF-8, a line that is not JSON). Here each file is parsed record by record
+(`ingest.delimited` for CSV/TSV, `json` for JSON Lines), and every record comes out as one row of
+a fixed schema: where it came from (first line and how many lines it spans), the requested
+fields as strings, its original content, and a parse error if it had one. Each read task also
+reports, per file, its lines: header, blank, and those its records cover; the stage reconciles
+them with the file's physical lines and with the rows it staged. Whole-file problems (empty,
+unreadable, a required column missing) are found up front by `check_file`.
 """
 
 from __future__ import annotations
 
-import csv
+import codecs
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
 
+from raylane.ingest.delimited import DelimitedRecords
 from raylane.sources import IngestError, SourceFile
 
-# Parse-level quarantine reasons (the rest are decided in `transforms`).
+# Parse-level quarantine reasons (the rest are decided in `transforms`). An error may carry its
+# detail after ": " ("malformed_row: 3 fields, the header has 2").
 MALFORMED = "malformed_row"
 UNDECODABLE = "undecodable"
 
 CHUNK_ROWS = 8192
-_POSITION_BITS = 40  # a file holds < 2**40 records; its ordinal fills the bits above
+POSITION_BITS = 40  # a file holds < 2**40 lines; its ordinal fills the bits above
 
-csv.field_size_limit(2**31 - 1)
 _to_json = json.JSONEncoder(ensure_ascii=False).encode  # a huge field is quarantined as too long, not a parse error
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How text files are read (the `data` keys of the same names)."""
+
+    header: bool = True
+    columns: tuple[str, ...] = ()
+    quoting: bool = True
+    max_record_lines: int = 16
+    encoding: str = "utf-8"
+
+    @classmethod
+    def of(cls, data) -> ReadOptions:
+        return cls(data.header, tuple(data.columns), data.quoting == "csv", data.max_record_lines, data.encoding)
+
+    @property
+    def text_encoding(self) -> str:
+        # UTF-8 files often start with a byte-order mark; it is not part of the first field.
+        return "utf-8-sig" if codecs.lookup(self.encoding).name == "utf-8" else self.encoding
 
 
 @dataclass(frozen=True)
@@ -52,6 +77,29 @@ class FileTask:
         return self.parts == 1 or (record // CHUNK_ROWS) % self.parts == self.part
 
 
+@dataclass
+class ReadStats:
+    """What one read task saw of its file. `records` and `record_lines` (the lines they cover)
+    are its own records'; `lines`, `header_lines` and `blank_lines` are the whole file's, as every
+    part parses the whole file. `literal` counts its records read with the quote as an ordinary
+    character after a stray quote. Text files reconcile: lines == header + blank + record lines
+    (summed over the parts). Parquet has rows, not lines: `lines` stays None."""
+
+    ordinal: int
+    part: int
+    parts: int
+    uri: str
+    records: int = 0
+    record_lines: int = 0
+    literal: int = 0
+    lines: int | None = None
+    header_lines: int = 0
+    blank_lines: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
 def field_columns(n: int) -> list[str]:
     return [f"field_{i}" for i in range(n)]
 
@@ -61,6 +109,7 @@ def schema(n_fields: int) -> pa.Schema:
         [
             ("source", pa.string()),
             ("line", pa.int64()),
+            ("lines", pa.int32()),
             ("pos", pa.int64()),
             ("role", pa.string()),
             ("error", pa.string()),
@@ -91,7 +140,7 @@ def _as_field(value: Any) -> str | None:
     return str(value)
 
 
-Record = tuple[int, str, list, str]  # (line, original content, field values, parse error)
+Record = tuple[int, int, str, list, str]  # (first line, lines spanned, original content, field values, parse error)
 
 
 class _Chunk:
@@ -100,11 +149,13 @@ class _Chunk:
     def __init__(self, task: FileTask, n_fields: int):
         self.task, self.n_fields = task, n_fields
         self.columns: dict[str, list] = {name: [] for name in schema(n_fields).names}
-        self.lines, self.raws, self.errors = self.columns["line"], self.columns["raw"], self.columns["error"]
+        self.line, self.lines = self.columns["line"], self.columns["lines"]
+        self.raws, self.errors = self.columns["raw"], self.columns["error"]
         self.fields = [self.columns[name] for name in field_columns(n_fields)]
 
-    def add(self, line: int, raw: str, fields: list[str | None], error: str) -> None:
-        self.lines.append(line)
+    def add(self, line: int, lines: int, raw: str, fields: list[str | None], error: str) -> None:
+        self.line.append(line)
+        self.lines.append(lines)
         self.raws.append(raw)
         self.errors.append(error)
         for column, value in zip(self.fields, fields):
@@ -112,124 +163,154 @@ class _Chunk:
 
     def table(self) -> pa.Table:
         # Per-file constants and positions are filled in here, once per chunk.
-        n, base = len(self.lines), self.task.ordinal << _POSITION_BITS
+        n, base = len(self.line), self.task.ordinal << POSITION_BITS
         self.columns["source"] = [self.task.file.uri] * n
         self.columns["role"] = [self.task.role] * n
-        self.columns["pos"] = [base | line for line in self.lines]
+        self.columns["pos"] = [base | line for line in self.line]
         return pa.table(self.columns, schema=schema(self.n_fields))
 
 
-def _csv_records(stream, delimiter: str) -> Iterator[tuple[int, list[str]]]:
-    """(line where the record starts, fields). Invalid UTF-8 survives as surrogates; the BOM goes."""
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
-    reader = csv.reader(text, delimiter=delimiter, strict=False)
-    start = 1
-    for record in reader:
-        if record:  # blank lines are not records
-            yield start, record
-        start = reader.line_num + 1
+def _text(stream, options: ReadOptions) -> io.TextIOWrapper:
+    """Lines split at "\n" only, endings kept; bytes that do not decode survive as surrogates."""
+    return io.TextIOWrapper(stream, encoding=options.text_encoding, errors="surrogateescape", newline="\n")
 
 
-def _csv(task: FileTask, fields: list[str], delimiter: str) -> Iterator[Record]:
+def _delimited(task: FileTask, options: ReadOptions, stream) -> DelimitedRecords:
+    delimiter = "\t" if task.file.format == "tsv" else ","
+    return DelimitedRecords(_text(stream, options), delimiter, options.quoting, options.max_record_lines)
+
+
+def _csv(task: FileTask, fields: list[str], options: ReadOptions, stats: ReadStats) -> Iterator[Record]:
     none = [None] * len(fields)
     with task.file.open() as stream:
-        records = _csv_records(stream, delimiter)
-        header = next(records, (0, []))[1]
+        parser = _delimited(task, options, stream)
+        spans = parser.records()
+        if options.header:
+            first = next(spans, None)
+            header = first.fields if first else []
+            stats.header_lines = first.lines if first else 0
+        else:
+            header = list(options.columns)
+        parser.width = len(header)
         index = {name: i for i, name in enumerate(header)}
         wanted = [index.get(name) for name in fields]
-        for n, (line, record) in enumerate(records):
+        for n, span in enumerate(spans):
             if not task.owns(n):
                 continue
+            stats.records += 1
+            stats.record_lines += span.lines
+            stats.literal += span.literal
+            record = span.fields
             if len(record) != len(header):
-                yield line, json.dumps([_printable(v) for v in record], ensure_ascii=False), none, MALFORMED
+                detail = f"{MALFORMED}: {len(record)} fields, the header has {len(header)}"
+                yield (
+                    span.line,
+                    span.lines,
+                    json.dumps([_printable(v) for v in record], ensure_ascii=False),
+                    none,
+                    detail,
+                )
                 continue
             raw = _to_json(dict(zip(header, record)))
             if _decodes(raw):
-                yield line, raw, [None if i is None else record[i] for i in wanted], ""
+                yield span.line, span.lines, raw, [None if i is None else record[i] for i in wanted], ""
             else:
-                yield line, _printable(raw), none, UNDECODABLE
+                yield span.line, span.lines, _printable(raw), none, UNDECODABLE
+        stats.lines, stats.blank_lines = parser.lines, parser.blank
 
 
-def _jsonl(task: FileTask, fields: list[str]) -> Iterator[Record]:
+def _jsonl(task: FileTask, fields: list[str], options: ReadOptions, stats: ReadStats) -> Iterator[Record]:
     none = [None] * len(fields)
     n = -1
+    encoding = options.text_encoding
     with task.file.open() as stream:
         for line, data in enumerate(io.BufferedReader(stream), start=1):
+            stats.lines = line
             if not data.strip():
+                stats.blank_lines += 1
                 continue
             n += 1
             if not task.owns(n):
                 continue
+            stats.records += 1
+            stats.record_lines += 1
             try:
-                raw = data.decode("utf-8-sig" if line == 1 else "utf-8").rstrip("\r\n")
+                raw = data.decode(encoding if line == 1 else options.encoding).rstrip("\r\n")
             except UnicodeDecodeError:
-                yield line, data.decode("utf-8", "backslashreplace").rstrip("\r\n"), none, UNDECODABLE
+                yield line, 1, data.decode("utf-8", "backslashreplace").rstrip("\r\n"), none, UNDECODABLE
                 continue
             try:
                 record = json.loads(raw)
             except ValueError:
                 record = None
             if isinstance(record, dict):
-                yield line, raw, [_as_field(record.get(name)) for name in fields], ""
+                yield line, 1, raw, [_as_field(record.get(name)) for name in fields], ""
             else:
-                yield line, raw, none, MALFORMED
+                yield line, 1, raw, none, f"{MALFORMED}: not a JSON object"
+        stats.lines = stats.lines or 0
 
 
-def _parquet(task: FileTask, fields: list[str]) -> Iterator[Record]:
+def _parquet(task: FileTask, fields: list[str], options: ReadOptions, stats: ReadStats) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
     with task.file.fs.open_input_file(task.file.path) as handle:
         parquet = pq.ParquetFile(handle)
         present = [name for name in fields if name in parquet.schema_arrow.names]
-        line = 0
+        row = 0
         for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=present):
-            if not task.owns(line):  # a batch goes whole to the task that owns its first record
-                line += batch.num_rows
+            if not task.owns(row):  # a batch goes whole to the task that owns its first record
+                row += batch.num_rows
                 continue
+            stats.records += batch.num_rows
             for record in batch.to_pylist():
-                line += 1
-                yield (
-                    line,
-                    json.dumps(record, ensure_ascii=False, default=str),
-                    [_as_field(record.get(n)) for n in fields],
-                    "",
-                )
+                row += 1
+                raw = json.dumps(record, ensure_ascii=False, default=str)
+                yield row, 1, raw, [_as_field(record.get(n)) for n in fields], ""
 
 
-def read_file(task: FileTask, fields: list[str]) -> Iterator[pa.Table]:
-    """Every record of one file, as tables of `schema(len(fields))` of up to CHUNK_ROWS rows."""
-    fmt = task.file.format
-    if fmt in ("csv", "tsv"):
-        records = _csv(task, fields, "\t" if fmt == "tsv" else ",")
-    elif fmt == "jsonl":
-        records = _jsonl(task, fields)
-    else:
-        records = _parquet(task, fields)
+_READERS = {"csv": _csv, "tsv": _csv, "jsonl": _jsonl, "parquet": _parquet}
+
+
+def read_file(
+    task: FileTask, fields: list[str], options: ReadOptions = ReadOptions(), stats: ReadStats | None = None
+) -> Iterator[pa.Table]:
+    """Every record of one file, as tables of `schema(len(fields))` of up to CHUNK_ROWS rows;
+    `stats`, when given, is filled in as the file is read."""
+    stats = stats or ReadStats(task.ordinal, task.part, task.parts, task.file.uri)
+    records = _READERS[task.file.format](task, fields, options, stats)
     chunk = _Chunk(task, len(fields))
     for n, record in enumerate(records, start=1):
         chunk.add(*record)
         if n % CHUNK_ROWS == 0:
             yield chunk.table()
             chunk = _Chunk(task, len(fields))
-    if chunk.columns["line"]:
+    if chunk.line:
         yield chunk.table()
 
 
-def read_files(batch: dict[str, Any], *, fields: list[str]) -> Iterator[pa.Table]:
-    """Ray Data entry point: a batch of `FileTask`s in, their rows out, a chunk at a time."""
+def read_files(
+    batch: dict[str, Any], *, fields: list[str], options: ReadOptions, stats_dir: str, fs: Any
+) -> Iterator[pa.Table]:
+    """Ray Data entry point: a batch of `FileTask`s in, their rows out, a chunk at a time; each
+    task's `ReadStats` written to `stats_dir` (a retried task overwrites its own file)."""
     for task in batch["task"]:
-        yield from read_file(task, fields)
+        stats = ReadStats(task.ordinal, task.part, task.parts, task.file.uri)
+        yield from read_file(task, fields, options, stats)
+        with fs.open_output_stream(f"{stats_dir}/{task.ordinal:06d}-{task.part:02d}.json") as out:
+            out.write(stats.to_json().encode())
 
 
 # --- whole-file checks, on the driver, before any compute ---------------------------------------
 
 
-def check_file(file: SourceFile, required: list[str]) -> None:
+def check_file(file: SourceFile, required: list[str], options: ReadOptions = ReadOptions()) -> None:
     """Fail now, naming the file and the column, if the file cannot give any valid row."""
     if file.size == 0:
         raise IngestError(f"{file.uri}: the file is empty")
+    if not options.header and file.format not in ("csv", "tsv"):
+        raise IngestError(f"{file.uri}: data.header=false is for CSV/TSV files; {file.format} names its columns")
     try:
-        columns = _columns(file)
+        columns = _columns(file, options)
     except IngestError:
         raise
     except Exception as err:  # permissions, a corrupt Parquet footer, a vanished object...
@@ -242,22 +323,24 @@ def check_file(file: SourceFile, required: list[str]) -> None:
         raise IngestError(f"{file.uri}: required column '{missing[0]}' is missing (found: {sorted(columns)}){hint}")
 
 
-def _columns(file: SourceFile) -> set[str]:
+def _columns(file: SourceFile, options: ReadOptions) -> set[str]:
     if file.format in ("csv", "tsv"):
+        if not options.header:
+            return set(options.columns)
         with file.open() as stream:
-            header = next(_csv_records(stream, "\t" if file.format == "tsv" else ","), (0, None))[1]
-        if header is None:
+            first = next(_delimited(FileTask(file, 0, "data"), options, stream).records(), None)
+        if first is None:
             raise IngestError(f"{file.uri}: the file has no header row")
-        return set(header)
+        return set(first.fields)
     if file.format == "jsonl":
-        return _jsonl_columns(file)
+        return _jsonl_columns(file, options)
     import pyarrow.parquet as pq
 
     with file.fs.open_input_file(file.path) as handle:
         return set(pq.ParquetFile(handle).schema_arrow.names)
 
 
-def _jsonl_columns(file: SourceFile, sample: int = 100) -> set[str]:
+def _jsonl_columns(file: SourceFile, options: ReadOptions, sample: int = 100) -> set[str]:
     """Keys seen in the first objects: JSON lines have no header, so a column counts as present
     when any of the first `sample` parseable records has it."""
     keys: set[str] = set()
@@ -267,7 +350,7 @@ def _jsonl_columns(file: SourceFile, sample: int = 100) -> set[str]:
             if parsed >= sample:
                 break
             try:
-                record = json.loads(data.decode("utf-8-sig", "replace"))
+                record = json.loads(data.decode(options.text_encoding, "replace"))
             except ValueError:
                 continue
             if isinstance(record, dict):

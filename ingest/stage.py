@@ -25,9 +25,10 @@ import ray.data
 from raylane.config import PipelineConfig
 from raylane.dataset import SPLITS, DatasetInfo
 from raylane.drift import length_histogram
+from raylane.ingest.accounting import cached_dataset_problem, check_quarantine_share, read_stats, reconcile
 from raylane.ingest.inputs import FORMAT_VERSION, config_digest, source_digest, source_tasks
 from raylane.ingest.plan import INDEX_COLUMNS, RowIndex, Verdicts, build_plan
-from raylane.ingest.reader import FileTask, read_files
+from raylane.ingest.reader import FileTask, ReadOptions, read_files
 from raylane.ingest.tokenize import TokenizeBatch, definition_digest, tokenize_batch, tokenizer_definition
 from raylane.ingest.transforms import RowSpec, prepare_batch
 from raylane.ingest.writer import QUARANTINE, write_group
@@ -38,19 +39,22 @@ from raylane.manifest import (
     Manifest,
     PiiStats,
     SourceFile,
+    TextPreparation,
     TokenizerRef,
     read_manifest,
     remove_manifest,
     write_manifest,
 )
+from raylane.redact import redact, redacted
 from raylane.sources import filesystem, join
 from raylane.tracking import RunRef
 
 STAGING = "_staging"
+READS = "_reads"  # each read task's ReadStats, for the line accounting
 STAGING_ROWS_PER_FILE = 16_384
 # A file shares its reading with other tasks only above this size, and with at most this many.
 PART_MIN_BYTES, MAX_PARTS = 2**20, 8
-_OUTPUTS = (STAGING, QUARANTINE, *(f"split={s}" for s in SPLITS), *SPLITS)  # the last: format 1 layout
+_OUTPUTS = (STAGING, READS, QUARANTINE, *(f"split={s}" for s in SPLITS), *SPLITS)  # the last: format 1 layout
 
 
 @dataclass(frozen=True)
@@ -193,9 +197,10 @@ def run_ingest(
     out = output_uri(cfg)
     data = cfg.data
     tasks = tasks if tasks is not None else source_tasks(cfg)  # whole-file problems fail here, in seconds
+    hashed = [t.file.digest_and_lines() for t in tasks]
     files = [
-        SourceFile(uri=t.file.uri, role=t.role, format=t.file.format, size=t.file.size, sha256=t.file.sha256())
-        for t in tasks
+        SourceFile(uri=redact(t.file.uri), role=t.role, format=t.file.format, size=t.file.size, sha256=sha256)
+        for t, (sha256, _) in zip(tasks, hashed)
     ]
     definition = tokenizer_definition(cfg.model.name_or_path)
     digests = {
@@ -205,14 +210,17 @@ def run_ingest(
 
     previous = read_manifest(out)
     if not force and previous and all(getattr(previous, k) == v for k, v in digests.items()):
-        print(f"ingest: reusing {out} (same source and config digests; --force reruns)")
-        if mlflow_run:
-            mlflow_run.set_tags({"ingest.cached": "true"})
-            log_to_mlflow(mlflow_run, DatasetInfo(out, previous))
-        return IngestResult(DatasetInfo(out, previous), cached=True)
+        problem = cached_dataset_problem(out, previous)
+        if problem is None:
+            print(f"ingest: reusing {redact(out)} (same source and config digests; --force reruns)")
+            if mlflow_run:
+                mlflow_run.set_tags({"ingest.cached": "true"})
+                log_to_mlflow(mlflow_run, DatasetInfo(out, previous))
+            return IngestResult(DatasetInfo(out, previous), cached=True)
+        print(f"ingest: not reusing {redact(out)}: {problem}; ingesting again")
 
     _clear(out)
-    print(f"ingest: {len(files)} file(s), {sum(f.size for f in files) / 2**20:.1f} MiB -> {out}")
+    print(f"ingest: {len(files)} file(s), {sum(f.size for f in files) / 2**20:.1f} MiB -> {redact(out)}")
     spec = RowSpec(
         n_text_fields=len(data.text_fields),
         has_id=bool(data.id_field),
@@ -221,22 +229,26 @@ def run_ingest(
         pii_kinds=tuple(data.mask_pii),
         labels=tuple(data.labels),
     )
-    staging = join(out, STAGING)
+    staging, reads = join(out, STAGING), join(out, READS)
     columns = [*data.text_fields, data.label_field] + ([data.id_field] if data.id_field else [])
     with _every_cpu_for_every_operator():
-        _prepare(cfg, _split_files(tasks), columns, spec, staging, definition)
+        _prepare(cfg, _split_files(tasks), columns, spec, staging, reads, definition)
         index, verdicts = _decide(cfg, spec, staging)
+        files = reconcile(tasks, files, [lines for _, lines in hashed], read_stats(reads), index, data.encoding)
         _write(cfg, out, staging, verdicts, index.accepted_chars)
     fs, root = filesystem(out)
     fs.delete_dir(join(root, STAGING))
+    fs.delete_dir(join(root, READS))
+    # The shards and the quarantine are written (to look at); without a manifest, nothing trusts them.
+    check_quarantine_share(verdicts.counts, files, data.max_quarantine_fraction, redact(join(out, QUARANTINE)))
 
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **digests,
         sources=files,
-        tokenizer=TokenizerRef(name_or_path=cfg.model.name_or_path, digest=definition_digest(definition)),
-        **_describe(cfg, out, verdicts),
+        tokenizer=TokenizerRef(name_or_path=redact(cfg.model.name_or_path), digest=definition_digest(definition)),
+        **_describe(cfg, out, verdicts, files),
         elapsed_s=round(time.time() - started, 2),
     )
     write_manifest(out, manifest)  # last: its presence says the shards beside it are complete
@@ -247,13 +259,22 @@ def run_ingest(
 
 
 def _prepare(
-    cfg: PipelineConfig, tasks: list[FileTask], columns: list[str], spec: RowSpec, staging: str, definition: str
+    cfg: PipelineConfig,
+    tasks: list[FileTask],
+    columns: list[str],
+    spec: RowSpec,
+    staging: str,
+    reads: str,
+    definition: str,
 ) -> None:
     """Pass 1: read, clean, mask, validate and tokenize every row; one read task per file or
-    part of a file."""
+    part of a file, each reporting what it read to `reads`."""
+    fs, reads_path = filesystem(reads)
+    fs.create_dir(reads_path, recursive=True)
+    read_kwargs = {"fields": columns, "options": ReadOptions.of(cfg.data), "stats_dir": reads_path, "fs": fs}
     prepared = (
         ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks))
-        .map_batches(read_files, batch_size=1, batch_format="numpy", fn_kwargs={"fields": columns})
+        .map_batches(read_files, batch_size=1, batch_format="numpy", fn_kwargs=read_kwargs)
         .map_batches(prepare_batch, batch_format="pyarrow", fn_kwargs={"spec": spec})
     )
     _tokenized(prepared, cfg, definition).write_parquet(
@@ -316,7 +337,7 @@ def _write(cfg: PipelineConfig, out: str, staging: str, verdicts: Verdicts, acce
         )
 
 
-def _describe(cfg: PipelineConfig, out: str, verdicts: Verdicts) -> dict[str, Any]:
+def _describe(cfg: PipelineConfig, out: str, verdicts: Verdicts, files: list[SourceFile]) -> dict[str, Any]:
     """The manifest's account of the data: counts, label map, lengths, PII, layout."""
     data, counts = cfg.data, verdicts.counts
     label_names = list(verdicts.plan.labels)
@@ -324,9 +345,13 @@ def _describe(cfg: PipelineConfig, out: str, verdicts: Verdicts) -> dict[str, An
         "max_length": data.max_length,
         "text_fields": data.text_fields,
         "label_field": data.label_field,
+        "preparation": TextPreparation(lowercase=data.lowercase, mask_pii=list(data.mask_pii)),
         "labels": label_names,
         "label2id": {name: i for i, name in enumerate(label_names)},
-        "counts": Counts(**{k: counts[k] for k in ("input", "accepted", "quarantined", "quarantine_reasons")}),
+        "counts": Counts(
+            **{k: counts[k] for k in ("input", "accepted", "quarantined", "quarantine_reasons")},
+            lines=sum(f.lines or 0 for f in files),
+        ),
         "splits": counts["splits"],
         "class_counts": counts["class_counts"],
         "token_lengths": {s: _length_stats(join(out, f"split={s}"), data.max_length) for s in SPLITS},
@@ -338,7 +363,7 @@ def _describe(cfg: PipelineConfig, out: str, verdicts: Verdicts) -> dict[str, An
             "input_ids": "list<int32>",
             "length": "int32",
         },
-        "config": cfg.to_dict()["data"],
+        "config": redacted(cfg.to_dict()["data"]),
     }
 
 
@@ -366,13 +391,23 @@ def format_summary(result: IngestResult) -> str:
     """The table `python -m raylane ingest` ends with."""
     m = result.dataset.manifest
     c = m.counts
-    rows = [("rows read", c.input), ("accepted", c.accepted), ("quarantined", c.quarantined)]
+    literal = sum(f.literal_records for f in m.sources)
+    rows = [
+        (
+            "lines read",
+            f"{c.lines}  ({sum(f.records for f in m.sources)} records, "
+            f"{sum(f.header_lines + f.blank_lines for f in m.sources)} header/blank lines)",
+        )
+    ]
+    rows += [("rows read", c.input), ("accepted", c.accepted), ("quarantined", c.quarantined)]
     rows += [(f"  {reason}", n) for reason, n in sorted(c.quarantine_reasons.items(), key=lambda kv: -kv[1])]
     rows += [(f"split {s}", f"{n}  {dict(m.class_counts[s])}") for s, n in m.splits.items()]
+    if literal:
+        rows += [("stray quotes", f"{literal} line(s) read with the quote as an ordinary character")]
     rows += [("PII masked", ", ".join(f"{k} {n}" for k, n in m.pii.counts.items() if n) or "none")]
     lengths = m.token_lengths["train"]
     rows += [("tokens (train)", f"p50 {lengths.p50}, p95 {lengths.p95}, max {lengths.max}")]
     rows += [("time", f"{m.elapsed_s:.1f} s" + ("  (cached)" if result.cached else ""))]
-    rows += [("output", result.dataset.uri)]
+    rows += [("output", redact(result.dataset.uri))]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

@@ -70,7 +70,10 @@ def validate(error: str, texts: list[Any], label: str | None, text: str, spec: R
     """(reason, detail) for one row, given its raw text fields and its cleaned label and text;
     ("", "") when it is accepted so far."""
     if error:
-        return error, "the record could not be parsed" if error == MALFORMED else "bytes that are not UTF-8"
+        reason, _, detail = error.partition(": ")
+        return reason, detail or (
+            "the record could not be parsed" if reason == MALFORMED else "bytes that do not decode"
+        )
     if not label:
         return MISSING_FIELD, "label is missing or empty"
     if all(t is None for t in texts):
@@ -154,7 +157,7 @@ def prepare_batch(batch: pa.Table, *, spec: RowSpec) -> pa.Table:
         _prepared(e, list(t), "" if e else j, lab, k, spec, m)
         for e, t, j, lab, k, m in zip(batch.column("error").to_pylist(), texts_by_row, joined, labels, keys, maybe_pii)
     ]
-    out = {name: batch.column(name) for name in ("source", "line", "pos", "role", "raw")}
+    out = {name: batch.column(name) for name in ("source", "line", "lines", "pos", "role", "raw")}
     for name, tp in (
         ("text", pa.string()),
         ("label", pa.string()),

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from raylane.config import ConfigError, check_data_inputs, check_model_input, describe, load_config
+from raylane.redact import redact
 
 COMMAND_HELP = {
     "run": "everything: ingest -> sweep (or train) -> evaluate -> register -> serve",
@@ -58,14 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("run", "ingest", "train", "tune"):
             check_model_input(cfg)
     except ConfigError as err:
-        print(f"raylane: error: {err}", file=sys.stderr)
+        print(f"raylane: error: {redact(str(err))}", file=sys.stderr)
         return 2
     from raylane.preflight import PreflightError, preflight
 
     try:
         preflight(cfg, args.command)
     except PreflightError as err:
-        print(f"raylane: error: {err}", file=sys.stderr)
+        print(f"raylane: error: {redact(str(err))}", file=sys.stderr)
         return 2
     from raylane.pipelines import commands  # heavy imports (ray, torch, mlflow) only once the config is good
     from raylane.sources import IngestError
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands.COMMANDS[args.command](cfg, args)
     except (IngestError, ConfigError) as err:  # a whole-file problem or a secret missing: named, no traceback
-        print(f"raylane: error: {err}", file=sys.stderr)
+        print(f"raylane: error: {redact(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from raylane.config import PipelineConfig
 from raylane.dataset import DatasetInfo, open_dataset
+from raylane.redact import redacted
 from raylane.runtime import init_ray, release_stray_placement_groups
 from raylane.tracking import RunRef, start_run, tracking_uri, ui_command
 
@@ -37,7 +38,7 @@ def pipeline_run(cfg: PipelineConfig, command: str) -> Iterator[RunRef]:
     name = cfg.tracking.run_name or f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
     with start_run(cfg, name, tags={"raylane.command": command, "git_commit": _git_commit()}) as run:
         run.log_params(cfg.flat())
-        run.log_dict(cfg.to_dict(), "config.json")
+        run.log_dict(cfg.to_dict(), "config.json")  # redacted on the way, like every value logged
         yield run
 
 
@@ -245,7 +246,7 @@ def run_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         }
         parent.log_metrics({"elapsed_s": elapsed, "test_weighted_f1": evaluation.weighted_f1})
         parent.log_dict(summary, "run_summary.json")
-    (cfg.output_path / "run_summary.json").write_text(json.dumps(summary, indent=2))
+    (cfg.output_path / "run_summary.json").write_text(json.dumps(redacted(summary), indent=2))
     print(
         f'\nserved at {url}: POST /predict {{"texts": ["{cfg.serve.sample_text}"]}}\n'
         f"  -> {json.dumps(answer['predictions'][0]['label'])} (score {answer['predictions'][0]['score']:.3f}, "

@@ -24,20 +24,41 @@ class Record(BaseModel):
 
 
 class SourceFile(Record):
+    """One input file and how its lines were accounted for. A text file reconciles:
+    lines = header_lines + blank_lines + record_lines, and its records are the rows ingest read
+    from it (each accepted or quarantined). `literal_records` were read with the quote as an
+    ordinary character after a stray quote (data.max_record_lines). Parquet has rows, not lines."""
+
     uri: str
     role: str  # "data", or "test" for an explicit test source
     format: str
     size: int
     sha256: str
+    lines: int | None = None
+    header_lines: int = 0
+    blank_lines: int = 0
+    record_lines: int = 0
+    records: int = 0
+    literal_records: int = 0
 
 
 class Counts(Record):
-    """Every row read ends accepted or quarantined with one reason: input = accepted + quarantined."""
+    """Every record read ends accepted or quarantined with one reason: input = accepted +
+    quarantined; `lines` are the physical lines of the text files they came from."""
 
     input: int
     accepted: int
     quarantined: int
     quarantine_reasons: dict[str, int]
+    lines: int = 0
+
+
+class TextPreparation(Record):
+    """What ingest did to each text before tokenizing it; a model trained on the dataset carries
+    it, so that serving prepares raw text the same way."""
+
+    lowercase: bool
+    mask_pii: list[str]
 
 
 class LengthStats(Record):
@@ -72,6 +93,7 @@ class Manifest(Record):
     max_length: int
     text_fields: list[str]
     label_field: str
+    preparation: TextPreparation
     labels: list[str]
     label2id: dict[str, int]
     counts: Counts

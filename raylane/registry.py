@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raylane.redact import redact
 from raylane.tracking import RunRef, _client
 
 MODEL_ARTIFACT = "model"
@@ -65,9 +66,9 @@ def log_and_register(
     version = str(info.registered_model_version)
     client = _client(mlflow_run.tracking_uri)
     for key, value in (tags or {}).items():
-        client.set_model_version_tag(registered_name, version, key, str(value))
+        client.set_model_version_tag(registered_name, version, key, redact(str(value)))
     if description:
-        client.update_model_version(registered_name, version, description=description)
+        client.update_model_version(registered_name, version, description=redact(description))
     return ModelVersionRef(registered_name, version, f"models:/{registered_name}/{version}")
 
 

@@ -39,11 +39,19 @@ class SourceFile:
         return self.fs.open_input_stream(self.path)
 
     def sha256(self) -> str:
-        digest = hashlib.sha256()
+        return self.digest_and_lines()[0]
+
+    def digest_and_lines(self) -> tuple[str, int]:
+        """(SHA-256, physical lines) in one pass over the bytes. A line ends at "\n"; a last line
+        without one still counts. The count is independent of any parser, so ingest can check
+        that its readers accounted for every line (for encodings that write "\n" as that byte)."""
+        digest, lines, last = hashlib.sha256(), 0, b"\n"
         with self.open() as stream:
             while chunk := stream.read(1 << 20):
                 digest.update(chunk)
-        return digest.hexdigest()
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+        return digest.hexdigest(), lines + (0 if last == b"\n" else 1)
 
 
 def join(uri: str, *parts: str) -> str:
@@ -125,11 +133,18 @@ def read_source(source: str, data: DataConfig, required: list[str] | None = None
     paths, fs, fmt = [f.path for f in files], files[0].fs, files[0].format
     if fmt in ("csv", "tsv"):
         columns = required if required is not None else [*data.text_fields, data.label_field]
+        quoted = data.quoting == "csv"
         return ray.data.read_csv(
             paths,
             filesystem=fs,
-            # Descriptions hold quoted newlines; labels like "0"/"1" must stay strings.
-            parse_options=pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", newlines_in_values=True),
+            # Descriptions hold quoted newlines (data.quoting=csv); with quoting none a quote is
+            # an ordinary character. Labels like "0"/"1" must stay strings.
+            parse_options=pacsv.ParseOptions(
+                delimiter="\t" if fmt == "tsv" else ",", quote_char='"' if quoted else False, newlines_in_values=quoted
+            ),
+            read_options=pacsv.ReadOptions(
+                column_names=None if data.header else list(data.columns), encoding=data.encoding
+            ),
             convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.string() for c in columns}, strings_can_be_null=True
             ),

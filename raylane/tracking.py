@@ -1,5 +1,8 @@
 """MLflow tracking, in one place.
 
+Every value written here passes through `raylane.redact`, so credentials inside URIs (a tracking
+server's user:password, an object store's key) never reach a param, a tag or an artifact.
+
 Everything goes through `MlflowClient` with an explicit tracking URI and run id (a `RunRef`),
 never through MLflow's process-global "active run": the same calls then work in the driver, in a
 Tune trial and in a Ray Train worker on another node, and a resumed worker keeps logging to the
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from raylane.config import PipelineConfig
+from raylane.redact import redact
 
 # MLflow caps a param value at 6000 characters; longer values are cut, not rejected.
 _PARAM_LIMIT = 6000
@@ -51,7 +55,7 @@ class RunRef:
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:_PARAM_LIMIT]) for k, v in params.items()]
+        items = [Param(k, redact(str(v))[:_PARAM_LIMIT]) for k, v in params.items()]
         for start in range(0, len(items), 100):  # log_batch takes at most 100 params a call
             _client(self.tracking_uri).log_batch(self.run_id, params=items[start : start + 100])
 
@@ -65,7 +69,7 @@ class RunRef:
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        _client(self.tracking_uri).log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        _client(self.tracking_uri).log_batch(self.run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         client = _client(self.tracking_uri)
@@ -80,7 +84,7 @@ class RunRef:
     def log_text(self, text: str, file_name: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / file_name
-            target.write_text(text)
+            target.write_text(redact(text))
             self.log_artifact(target)
 
     def log_dataset(self, uri: str, name: str, digest: str, context: str) -> None:
@@ -90,7 +94,7 @@ class RunRef:
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
-        dataset = MetaDataset(resolve_dataset_source(uri), name=name, digest=digest)
+        dataset = MetaDataset(resolve_dataset_source(redact(uri)), name=name, digest=digest)
         tag = InputTag(key="mlflow.data.context", value=context)
         _client(self.tracking_uri).log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(), [tag])])
 
@@ -142,7 +146,7 @@ def start_run(
     if parent:
         all_tags["mlflow.parentRunId"] = parent.run_id
     client = _client(uri)
-    run = client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()})
+    run = client.create_run(experiment_id, run_name=name, tags={k: redact(str(v)) for k, v in all_tags.items()})
     ref = RunRef(uri, experiment_id, run.info.run_id)
     try:
         yield ref
@@ -187,4 +191,4 @@ def ui_command(cfg: PipelineConfig) -> str:
         beside = Path(sys.executable).parent / "mlflow"
         mlflow_cli = str(beside) if beside.exists() else "mlflow"
         return f"{mlflow_cli} ui --backend-store-uri {uri} --port 5000   # then open http://127.0.0.1:5000"
-    return f"open {uri} in a browser"
+    return f"open {redact(uri)} in a browser"

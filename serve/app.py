@@ -8,23 +8,27 @@ cluster with `serve deploy configs/serve.yaml`.
 # No `from __future__ import annotations`: FastAPI must see the real request types on the
 # ingress methods, or a JSON body is mistaken for query parameters (422).
 import dataclasses
+import functools
 import os
 import time
 import typing
-import uuid
+from typing import Annotated
 
-from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from ray import serve
 
 from raylane.config import ConfigError, ServeConfig
+from raylane.serve.auth import key_digests
+from raylane.serve.guard import RequestGuard
 
 CANARY_TEXT = "health check"
 
 
-# The serve section's settings that are the pipeline's, not the app's: where the proxies listen,
-# what `run` does once deployed, and the model, which the app takes resolved (`model_uri` below).
-PIPELINE_ONLY = ("model_uri", "host", "port", "proxy_location", "keep_running", "sample_text")
+# The serve section's settings that are the pipeline's, not the app's: where the proxies listen
+# (and whether that may be without keys), what `run` does once deployed, and the model, which the
+# app takes resolved (`model_uri` below).
+PIPELINE_ONLY = ("model_uri", "host", "port", "proxy_location", "allow_unauthenticated", "keep_running", "sample_text")
 
 
 class _AppArgs(BaseModel):
@@ -44,6 +48,8 @@ class _AppArgs(BaseModel):
             ServeConfig(**{k: v for k, v in settings.items() if k not in PIPELINE_ONLY})
         except ConfigError as err:
             raise ValueError(str(err)) from None
+        if self.feedback and not self.feedback_uri:
+            raise ValueError("config key 'serve.feedback_uri': feedback is on; say where it goes")
         return self
 
 
@@ -63,8 +69,22 @@ def _derive_serve_args() -> type[BaseModel]:
 ServeArgs = _derive_serve_args()
 
 
-class PredictRequest(BaseModel):
-    texts: list[str] = Field(min_length=1, description="Texts to classify")
+# Hard ceilings on every string a request can carry, whatever the settings: the configured limits
+# (serve.max_chars, serve.max_texts) are checked inside, with messages that name them.
+TEXT_CEILING = 100_000
+NAME_CEILING = 200
+
+
+class StrictBody(BaseModel):
+    """A request body: unknown fields are an error (422), not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PredictRequest(StrictBody):
+    texts: list[Annotated[str, Field(max_length=TEXT_CEILING)]] = Field(
+        min_length=1, max_length=10_000, description="Texts to classify"
+    )
     top_k: int = Field(1, ge=1, le=100, description="Labels returned per text, best first")
 
 
@@ -78,10 +98,12 @@ class Prediction(LabelScore):
     prediction_id: str = Field(description="Quote it in POST /feedback")
 
 
-class FeedbackRequest(BaseModel):
-    text: str = Field(min_length=1, description="The text that was classified")
-    label: str = Field(min_length=1, description="The right label, one of GET /model's labels")
-    prediction_id: str | None = Field(None, description="The prediction this corrects or confirms")
+class FeedbackRequest(StrictBody):
+    text: str = Field(min_length=1, max_length=TEXT_CEILING, description="The text that was classified")
+    label: str = Field(min_length=1, max_length=NAME_CEILING, description="The right label, one of GET /model's")
+    prediction_id: str = Field(
+        min_length=1, max_length=NAME_CEILING, description="The prediction_id POST /predict gave for this text"
+    )
 
 
 class PredictResponse(BaseModel):
@@ -97,12 +119,25 @@ class Replica:
     def __init__(self, args: ServeArgs):
         from ray.serve.context import _get_internal_replica_context
 
-        from raylane.serve.auth import load_keys
+        from raylane.serve.auth import key_digests
+        from raylane.serve.feedback import FeedbackSink, PredictionIds, load_secret
         from raylane.serve.metrics import replica_metrics
         from raylane.serve.swap import AliasFollower, alias_of
 
         self.args = args
-        self.keys = load_keys(args.api_keys_env, args.api_keys_file)
+        key_digests(args.api_keys_env, args.api_keys_file)  # a named key source that holds none fails now
+        self.ids = PredictionIds(
+            load_secret(args.feedback_secret_env, args.feedback_secret_file) if args.feedback else None
+        )
+        self.sink = None
+        if args.feedback:
+            self.sink = FeedbackSink(
+                args.feedback_uri,
+                args.feedback_format,
+                replica=_replica_id(),
+                max_bytes=int(args.feedback_max_mb * 2**20),
+                flush_s=args.feedback_flush_s,
+            )
         self.tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
         self.metrics = replica_metrics()
         self.in_replica = _get_internal_replica_context() is not None
@@ -147,13 +182,6 @@ class Replica:
         self.loaded = new  # one reference assignment: a request sees the old model or the new, whole
         self.metrics.serving(new.version)
 
-    def _authorize(self, authorization) -> None:
-        from raylane.serve.auth import authorized
-
-        header = authorization if isinstance(authorization, str) else None  # a direct call passes no header
-        if not authorized(header, self.keys):
-            raise HTTPException(401, "unauthorized", headers={"WWW-Authenticate": "Bearer"})
-
     def _within_limits(self, texts: list[str]) -> list[str]:
         if len(texts) > self.args.max_texts:
             raise HTTPException(413, f"{len(texts)} texts in one request; the limit is {self.args.max_texts}")
@@ -193,32 +221,38 @@ class Replica:
         # Serve's local testing mode has no replica context, which @serve.batch needs (Ray 2.60).
         return (await self._score_many([texts]))[0]
 
-    async def predict(self, request: PredictRequest, authorization: str | None = Header(None)) -> PredictResponse:
-        self._authorize(authorization)
+    async def predict(self, request: PredictRequest) -> PredictResponse:
         texts = self._within_limits(request.texts)
         loaded, probs = await self._score(texts)
-        predictions = [{**p, "prediction_id": uuid.uuid4().hex} for p in loaded.predictor.ranked(probs, request.top_k)]
+        predictions = [{**p, "prediction_id": self.ids.issue()} for p in loaded.predictor.ranked(probs, request.top_k)]
         return PredictResponse(predictions=predictions, model_name=loaded.name, model_version=loaded.version)
 
-    def feedback(self, request: FeedbackRequest, authorization: str | None = Header(None)) -> dict:
-        from raylane.serve.feedback import write_feedback
+    def feedback(self, request: FeedbackRequest) -> dict:
+        """A labelled example for retraining, for a prediction this deployment made."""
+        from raylane.pii import PII_KINDS, mask_pii
+        from raylane.serve.feedback import QuotaExceeded
 
-        self._authorize(authorization)
-        if not self.args.feedback_uri:
-            raise HTTPException(404, "feedback is not enabled on this deployment (serve.feedback_uri)")
+        if self.sink is None:
+            raise HTTPException(404, "feedback is not enabled on this deployment (serve.feedback)")
+        if not self.ids.valid(request.prediction_id):
+            raise HTTPException(422, "prediction_id is not one this deployment issued")
         loaded = self.loaded
         if request.label not in loaded.predictor.labels:
             raise HTTPException(422, f"label {request.label!r} is not one of {loaded.predictor.labels}")
         (text,) = self._within_limits([request.text])
         record = {
-            "text": text,
+            "text": mask_pii(text, PII_KINDS)[0],  # personal data never reaches the sink
             "label": request.label,
-            "prediction_id": request.prediction_id or "",
+            "prediction_id": request.prediction_id,
             "model_name": loaded.name or "",
             "model_version": loaded.version or "",
             "received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        return {"stored": write_feedback(self.args.feedback_uri, [record], self.args.feedback_format)}
+        try:
+            self.sink.add(record)
+        except QuotaExceeded:
+            raise HTTPException(429, "this replica's feedback quota is used up (serve.feedback_max_mb)") from None
+        return {"accepted": True, "prediction_id": request.prediction_id}
 
     def healthz(self) -> dict:
         # A real forward pass: a replica whose model is broken must not look healthy. Open to
@@ -227,10 +261,9 @@ class Replica:
         loaded.predictor.predict([CANARY_TEXT])
         return {"status": "ok", "model_version": loaded.version}
 
-    def model(self, authorization: str | None = Header(None)) -> dict:
+    def model(self) -> dict:
         from raylane.compress import describe
 
-        self._authorize(authorization)
         loaded = self.loaded
         drift = loaded.drift
         return {
@@ -256,9 +289,25 @@ class Replica:
     def __del__(self):
         if getattr(self, "follower", None):
             self.follower.stop()
+        if getattr(self, "sink", None):
+            self.sink.close()  # what is buffered is written before the replica goes
 
 
-def _deployment():
+def _replica_id() -> str:
+    """This replica's name, for its partition of the feedback sink."""
+    from ray.serve.context import _get_internal_replica_context
+
+    context = _get_internal_replica_context()
+    return context.replica_id.unique_id if context is not None else "local"
+
+
+def _observe(route: str, status: int, seconds: float) -> None:
+    from raylane.serve.metrics import replica_metrics
+
+    replica_metrics().observe_request(route, status, seconds)
+
+
+def _deployment(args: ServeArgs):
     """The HTTP-bound deployment class, made fresh per build with a FastAPI app of its own.
 
     Fresh because Serve's local testing mode adds middleware to the app it runs, and a shared
@@ -266,37 +315,34 @@ def _deployment():
     here so the routes travel with the class (by value) to the replicas, rather than being
     looked up again, unbound, in the replica's import of this module."""
     api = FastAPI(title="raylane", description="Text classification served by raylane on Ray Serve.")
-
-    @api.middleware("http")
-    async def count_requests(request: Request, call_next):
-        from raylane.serve.metrics import replica_metrics
-
-        started, status = time.perf_counter(), 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            replica_metrics().observe_request(request.url.path, status, time.perf_counter() - started)
+    # Keys and body size are checked before anything of a request is parsed (raylane.serve.guard).
+    api.add_middleware(
+        RequestGuard,
+        digests=functools.partial(key_digests, args.api_keys_env, args.api_keys_file),
+        max_request_bytes=args.max_request_bytes,
+        routes=api.router.routes,
+        public_docs=args.public_docs,
+        observe=_observe,
+    )
 
     @serve.deployment(name="Classifier", health_check_period_s=10, health_check_timeout_s=30)
     @serve.ingress(api)
     class Classifier(Replica):
         @api.post("/predict", response_model=PredictResponse)
-        async def predict(self, request: PredictRequest, authorization: str | None = Header(None)) -> PredictResponse:
-            return await super().predict(request, authorization)
+        async def predict(self, request: PredictRequest) -> PredictResponse:
+            return await super().predict(request)
 
         @api.post("/feedback")
-        def feedback(self, request: FeedbackRequest, authorization: str | None = Header(None)) -> dict:
-            return super().feedback(request, authorization)
+        def feedback(self, request: FeedbackRequest) -> dict:
+            return super().feedback(request)
 
         @api.get("/healthz")
         def healthz(self) -> dict:
             return super().healthz()
 
         @api.get("/model")
-        def model(self, authorization: str | None = Header(None)) -> dict:
-            return super().model(authorization)
+        def model(self) -> dict:
+            return super().model()
 
     return Classifier
 
@@ -326,4 +372,4 @@ def deployment_options(args: ServeArgs) -> dict:
 
 
 def build_app(args: ServeArgs) -> serve.Application:
-    return _deployment().options(**deployment_options(args)).bind(args)
+    return _deployment(args).options(**deployment_options(args)).bind(args)

@@ -1,9 +1,12 @@
 """API keys for the HTTP API: read once per replica from an environment variable (comma
-separated) or a secret file (one per line), compared in constant time. The keys never enter a
-config, a log line or an MLflow param; only where to find them does."""
+separated) or a secret file (one per line), kept only as SHA-256 digests, and compared in
+constant time. The keys never enter a config, a log line or an MLflow param; only where to find
+them does."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import hmac
 import os
 from pathlib import Path
@@ -31,13 +34,25 @@ def load_keys(env_name: str = "", file: str = "") -> tuple[str, ...]:
     return tuple(keys)
 
 
-def authorized(header: str | None, keys: tuple[str, ...]) -> bool:
-    """`Authorization: Bearer <key>` against every key, each compared in constant time (and all of
-    them compared, so timing does not tell which key came close)."""
-    if not keys:
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+@functools.lru_cache(maxsize=8)
+def key_digests(env_name: str = "", file: str = "") -> tuple[bytes, ...]:
+    """The keys' SHA-256 digests, loaded once per process and source: a comparison then takes the
+    same time whatever a key's length, and the keys themselves are not held for a replica's life."""
+    return tuple(_digest(key) for key in load_keys(env_name, file))
+
+
+def bearer_matches(header: str | None, digests: tuple[bytes, ...]) -> bool:
+    """`Authorization: Bearer <key>` against every digest, each compared in constant time (and all
+    of them compared, so timing does not tell which key came close). No digests: auth is off."""
+    if not digests:
         return True
     scheme, _, token = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    if scheme.lower() != "bearer" or not token.strip():
         return False
-    matches = [hmac.compare_digest(token.strip().encode(), key.encode()) for key in keys]
+    presented = _digest(token.strip())
+    matches = [hmac.compare_digest(presented, digest) for digest in digests]
     return any(matches)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +25,8 @@ def _to_text(batch: pd.DataFrame, text_fields: list[str]) -> pd.DataFrame:
 
 
 def predict_files(cfg: PipelineConfig, model_dir: str, source: str, out_dir: Path) -> int:
+    """Score `source` into Parquet under `out_dir`, replacing what an earlier run left there: the
+    predictions are written beside it first and swapped in once complete."""
     ds = read_source(source, cfg.data, required=cfg.data.text_fields)
     scored = ds.map_batches(
         _to_text, batch_format="pandas", fn_kwargs={"text_fields": cfg.data.text_fields}
@@ -34,5 +38,10 @@ def predict_files(cfg: PipelineConfig, model_dir: str, source: str, out_dir: Pat
         fn_constructor_kwargs={"model_dir": model_dir, "raw_text": True},
         **on_this_node(),
     )
-    scored.write_parquet(str(out_dir))
-    return ray.data.read_parquet(str(out_dir)).count()
+    staging = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    scored.write_parquet(str(staging))
+    rows = ray.data.read_parquet(str(staging)).count()
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+    return rows

@@ -21,9 +21,18 @@ def serve_args(cfg: PipelineConfig, model_uri: str | None = None) -> ServeArgs:
             **shared,
             "model_uri": model_uri or cfg.serve_model_uri,
             "tracking_uri": tracking_uri(cfg),
-            "feedback_uri": cfg.serve.feedback_uri or str(cfg.output_path / "feedback"),
+            "feedback_uri": feedback_location(cfg),
         }
     )
+
+
+def feedback_location(cfg: PipelineConfig) -> str:
+    """Where feedback goes: serve.feedback_uri, else shared storage when the run has it (a cluster's
+    train.storage_path), else the local output directory."""
+    if cfg.serve.feedback_uri:
+        return cfg.serve.feedback_uri
+    base = cfg.train.storage_path or str(cfg.output_path)
+    return f"{base.rstrip('/')}/feedback"
 
 
 def deploy(cfg: PipelineConfig, model_uri: str | None = None) -> str:

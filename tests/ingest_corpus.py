@@ -47,11 +47,25 @@ ROW_CASES = [
         HEADER + b"".join(b"good paper %d,about things,%s\n" % (i, b"ab"[i % 2 : i % 2 + 1]) for i in range(30)),
         30,
     ),
-    # The unclosed quote runs to the end of the file: one malformed record, not a crash.
+    # A quote that never closes is a stray quote, not the start of a field that swallows the rest
+    # of the file: its line is read with the quote as a character, and the next line on its own.
     Case(
         "broken_quoting.csv",
         HEADER + b'quoting ok,fine,a\nquoting bad,"never closed,a\nquoting next,row,b\n',
-        1,
+        3,
+    ),
+    # An unescaped quote at the start of a TSV field, closed three lines later: the export a CSV
+    # reader turns into one record carrying the first line's label (lines 3-5 would vanish).
+    Case(
+        "stray_quote.tsv",
+        b'title\tdescription\ttag\n"Hi there\tfirst\ta\nwin money\tsecond\tb\nok" sure\tthird\ta\nplain\tfourth\tb\n',
+        4,
+    ),
+    # A stray quote whose line then has too many fields: quarantined with its line, nothing more.
+    Case(
+        "stray_quote_bad_line.csv",
+        HEADER + b'stray ok,fine,a\n"stray bad,too,many,b\nstray next,row,b\n',
+        2,
         {"malformed_row": 1},
     ),
     Case(

@@ -1,6 +1,6 @@
 """A small, valid ingest manifest for unit tests that need one without ingesting anything."""
 
-from raylane.manifest import Counts, LengthStats, Manifest, PiiStats, TokenizerRef
+from raylane.manifest import Counts, LengthStats, Manifest, PiiStats, TextPreparation, TokenizerRef
 
 
 def make_manifest(labels: list[str], class_counts: dict[str, dict[str, int]], train_histogram: list[int]) -> Manifest:
@@ -17,6 +17,7 @@ def make_manifest(labels: list[str], class_counts: dict[str, dict[str, int]], tr
         max_length=64,
         text_fields=["text"],
         label_field="label",
+        preparation=TextPreparation(lowercase=False, mask_pii=[]),
         labels=labels,
         label2id={name: i for i, name in enumerate(labels)},
         counts=Counts(input=total, accepted=total, quarantined=0, quarantine_reasons={}),

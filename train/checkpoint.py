@@ -19,15 +19,33 @@ STATE_FILE = "train_state.pt"
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as tensors, lists and numbers only: what `torch.load` reads with
+    `weights_only=True`, which runs no code from the file."""
+    version, internal, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["position"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -59,5 +77,6 @@ def save(
 
 
 def load_state(directory: Path) -> dict[str, Any]:
-    # Our own file: it holds numpy RNG state, which the weights-only loader refuses.
-    return torch.load(directory / STATE_FILE, weights_only=False)
+    """The resume state. weights_only: a checkpoint is data, and whoever can write to the
+    checkpoint bucket must not be able to run code in every worker that resumes from it."""
+    return torch.load(directory / STATE_FILE, weights_only=True)

@@ -40,6 +40,7 @@ def build_trainer(cfg: PipelineConfig, dataset: DatasetInfo, mlflow_run: RunRef 
             "cfg": cfg,
             "label_names": dataset.label_names,
             "train_rows": dataset.manifest.splits["train"],
+            "max_length": dataset.manifest.max_length,
             "mlflow_run": mlflow_run,
             "local_mode": res.num_workers == 0,
         },
@@ -82,13 +83,13 @@ def fit(
     result = build_trainer(cfg, dataset, mlflow_run, name, callbacks).fit()
     if result.error:
         raise result.error
-    exported = export_best(cfg, result, name)
+    exported = export_best(cfg, dataset, result, name)
     if mlflow_run:
         mlflow_run.set_tags({"best_epoch": exported.metrics.get("epoch"), "checkpoint": exported.checkpoint_uri})
     return exported
 
 
-def export_best(cfg: PipelineConfig, result, name: str) -> TrainResult:
+def export_best(cfg: PipelineConfig, dataset: DatasetInfo, result, name: str) -> TrainResult:
     """Copy the best epoch's model out of its checkpoint to <output_dir>/models/<name>."""
     best, metrics = _best(result, cfg.train.metric, cfg.train.metric_mode)
     export = cfg.output_path / "models" / name
@@ -96,8 +97,10 @@ def export_best(cfg: PipelineConfig, result, name: str) -> TrainResult:
         shutil.rmtree(export)
     with best.as_directory() as d:
         shutil.copytree(Path(d) / MODEL_DIR, export)
-    # Serving and batch prediction must prepare raw text the way ingest prepared the training data.
-    TextPrep(cfg.data.lowercase, tuple(cfg.data.mask_pii)).save(export)
+    # Serving and batch prediction must prepare raw text the way ingest prepared the training
+    # data: that is the dataset's preparation, whatever the config says now.
+    prep = dataset.manifest.preparation
+    TextPrep(prep.lowercase, tuple(prep.mask_pii)).save(export)
     return TrainResult(str(export), best.path, dict(metrics))
 
 

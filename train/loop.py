@@ -110,7 +110,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
 
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     # Saved with the model, so inference truncates exactly where ingest did.
-    tokenizer.model_max_length = cfg.data.max_length
+    tokenizer.model_max_length = config["max_length"]  # the dataset's, as ingest truncated it
     start_epoch, state = 0, None
     resume_from = ray.train.get_checkpoint()
     if resume_from:

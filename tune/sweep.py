@@ -84,7 +84,7 @@ def run_sweep(
     best_trial = (min if mode == "min" else max)(ranked, key=lambda t: t.best)
     # The winner's checkpoints are on storage whether it finished or ASHA cut it short.
     train_name = f"{name}-{best_trial.trial_id}"
-    best_train = export_best(cfg, TrainingResult.from_path(f"{storage_path(cfg)}/{train_name}"), train_name)
+    best_train = export_best(cfg, dataset, TrainingResult.from_path(f"{storage_path(cfg)}/{train_name}"), train_name)
     summary = SweepResult(best_train, best_trial.params, trials)
     if sweep_run:
         sweep_run.log_dict([t.model_dump() for t in trials], "trials.json")

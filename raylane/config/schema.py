@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://", "http://", "https://")
 
 
@@ -37,6 +38,16 @@ def opt(default: Any, help: str, **kwargs: Any) -> Any:
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(key, message)
+
+
+def _known_encoding(name: str) -> bool:
+    import codecs
+
+    try:
+        codecs.lookup(name)
+        return True
+    except LookupError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -67,9 +78,41 @@ class DataConfig:
     output_uri: str = opt(
         "", "Where the tokenized dataset goes (path or s3://, gs:// URI); empty: <output_dir>/dataset."
     )
+    header: bool = opt(True, "CSV/TSV: the first line names the columns; false: data.columns names them.")
+    columns: list[str] = opt([], "CSV/TSV without a header (data.header=false): the names of the columns, in order.")
+    quoting: Literal["csv", "none"] = opt(
+        "csv",
+        "CSV/TSV: 'csv' reads double-quoted fields (a field may then span lines); 'none' reads a quote as an "
+        "ordinary character, one record per line (exports that do not escape their quotes).",
+    )
+    max_record_lines: int = opt(
+        16,
+        "CSV/TSV: a quoted field still open after this many lines is a stray quote: its line is read with the "
+        "quote as an ordinary character and the lines after it are read on their own, so none is swallowed.",
+    )
+    encoding: str = opt("utf-8", "Text encoding of CSV/TSV/JSONL files (utf-8 skips a byte-order mark).")
+    max_quarantine_fraction: float = opt(
+        0.5,
+        "Fail the ingest, naming the top reasons and files, when more than this share of the rows read is "
+        "quarantined (1 never fails).",
+    )
 
     def __post_init__(self) -> None:
         _require(bool(self.text_fields), "text_fields", "needs at least one column")
+        _require(
+            self.header or bool(self.columns),
+            "columns",
+            "a file without a header (data.header=false) needs data.columns, the names of its columns in order",
+        )
+        _require(
+            not (self.header and self.columns),
+            "columns",
+            "names the columns of a headerless file; set data.header=false, or leave it empty to use the header",
+        )
+        _require(len(set(self.columns)) == len(self.columns), "columns", f"names repeat: {self.columns}")
+        _require(self.max_record_lines >= 1, "max_record_lines", "must be >= 1")
+        _require(0.0 <= self.max_quarantine_fraction <= 1.0, "max_quarantine_fraction", "must be in [0, 1]")
+        _require(_known_encoding(self.encoding), "encoding", f"unknown text encoding {self.encoding!r}")
         _require(self.max_chars >= 1, "max_chars", "must be >= 1")
         _require(self.shard_mb > 0, "shard_mb", "must be > 0")
         _require(0.0 < self.val_fraction < 0.5, "val_fraction", "must be in (0, 0.5)")
@@ -268,8 +311,24 @@ class ServeConfig:
     on_too_long: Literal["reject", "truncate"] = opt("reject", "A text over max_chars: 422, or cut to max_chars.")
     api_keys_env: str = opt("", "Environment variable holding API keys (comma separated); set: Bearer auth on.")
     api_keys_file: str = opt("", "Secret file with one API key per line; set: Bearer auth on.")
-    feedback_uri: str = opt("", "Where POST /feedback writes (path or s3:// URI); empty: <output_dir>/feedback.")
+    allow_unauthenticated: bool = opt(
+        False, "Serve without API keys on a host other than loopback (refused otherwise)."
+    )
+    public_docs: bool = opt(True, "/docs and /openapi.json answer without a key; false: they need one too.")
+    max_request_bytes: int = opt(
+        2 * 2**20, "Largest request body accepted; a larger one (declared or streamed) gets a 413 before parsing."
+    )
+    feedback: bool = opt(False, "Accept POST /feedback: labelled examples written to feedback_uri for retraining.")
+    feedback_uri: str = opt(
+        "",
+        "Where feedback goes (path or s3:// URI); empty: <train.storage_path>/feedback when that is set (shared "
+        "storage on a cluster), else <output_dir>/feedback.",
+    )
     feedback_format: Literal["jsonl", "parquet"] = opt("jsonl", "File format of the feedback sink.")
+    feedback_secret_env: str = opt("", "Environment variable holding the secret that signs prediction ids.")
+    feedback_secret_file: str = opt("", "Secret file holding the secret that signs prediction ids.")
+    feedback_max_mb: float = opt(64.0, "Feedback one replica writes at most, in MiB; beyond it, 429.")
+    feedback_flush_s: float = opt(5.0, "A replica writes its buffered feedback at least this often, in seconds.")
     poll_interval_s: float = opt(
         30.0,
         "Replicas serving models:/<name>@<alias> check the alias this often and "
@@ -300,6 +359,22 @@ class ServeConfig:
         _require(self.max_texts >= 1, "max_texts", "must be >= 1")
         _require(self.max_chars >= 1, "max_chars", "must be >= 1")
         _require(self.poll_interval_s >= 0, "poll_interval_s", "must be >= 0")
+        _require(self.max_request_bytes >= 1024, "max_request_bytes", "must be >= 1024")
+        _require(self.feedback_max_mb > 0, "feedback_max_mb", "must be > 0")
+        _require(self.feedback_flush_s > 0, "feedback_flush_s", "must be > 0")
+        _require(
+            not self.feedback or bool(self.feedback_secret_env or self.feedback_secret_file),
+            "feedback_secret_env",
+            "feedback on needs a secret to sign prediction ids with: set serve.feedback_secret_env or "
+            "serve.feedback_secret_file",
+        )
+        keys = bool(self.api_keys_env or self.api_keys_file)
+        _require(
+            keys or self.allow_unauthenticated or self.host in LOOPBACK_HOSTS,
+            "host",
+            f"serving on {self.host} without API keys would let anyone on the network use the model: set "
+            "serve.api_keys_env or serve.api_keys_file, or serve.allow_unauthenticated=true",
+        )
 
 
 @dataclass(frozen=True)

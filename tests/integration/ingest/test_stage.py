@@ -115,20 +115,26 @@ def test_object_storage_in_and_out(tmp_path, tiny_model):
                 f.write(cases[name].content)
         env = {**os.environ, **s3.env()}
         env.pop("RAY_ADDRESS", None)
+        # Credentials inside the URIs (pyarrow takes them from there): they must not be recorded.
+        secret = "TopSecret0123"
         cmd = [
             sys.executable,
             "-m",
             "raylane",
             "ingest",
-            "data.source=s3://raw-data/shards/*",
+            f"data.source=s3://AKIAUSER:{secret}@raw-data/shards/*",
             "data.test_source=",
-            "data.output_uri=s3://raw-data/tokenized",
+            f"data.output_uri=s3://AKIAUSER:{secret}@raw-data/tokenized",
             f"model.name_or_path={tiny_model}",
             f"output_dir={tmp_path}/out",
         ]
         out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
         assert out.returncode == 0, out.stderr[-3000:]
         assert "rows read" in out.stdout and "quarantined" in out.stdout  # the summary table
+        assert secret not in out.stdout + out.stderr
+        with fs.open_input_stream("raw-data/tokenized/manifest.json") as f:
+            assert secret not in f.read().decode()
+        _assert_not_in_mlflow(f"sqlite:///{tmp_path}/out/mlflow.db", secret, tmp_path / "artifacts")
 
         os.environ.update(s3.env())  # read_manifest opens s3:// through the same pyarrow env
         try:
@@ -144,6 +150,20 @@ def test_object_storage_in_and_out(tmp_path, tiny_model):
         assert train.num_rows == m.splits["train"] > 0
         quarantine = pads.dataset("raw-data/tokenized/quarantine", filesystem=fs, format="parquet").to_table()
         assert quarantine.num_rows == m.counts.quarantined
+
+
+def _assert_not_in_mlflow(tracking_uri: str, secret: str, scratch: Path) -> None:
+    """Nowhere in any run of any experiment: params, tags, metrics' names, dataset inputs, artifacts."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs
+    for run in runs:
+        assert secret not in json.dumps(run.to_dictionary(), default=str)
+        local = Path(client.download_artifacts(run.info.run_id, "", str(scratch / run.info.run_id)))
+        for path in local.rglob("*"):
+            assert not path.is_file() or secret not in path.read_text(errors="ignore"), path
 
 
 def test_missing_column_raises_naming_file_and_column(smoke_cfg_factory, tmp_path):
@@ -184,3 +204,130 @@ def test_local_ray_workers_allocate_arrow_memory_with_malloc(ray_session):
         return pa.default_memory_pool().backend_name
 
     assert ray_session.get(arrow_allocator.remote()) == "system"
+
+
+def _lines(path: Path) -> int:
+    data = path.read_bytes()
+    return data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+
+
+def _stray_quote_export(path: Path, rows: int = 400) -> Path:
+    """A TSV the way real exports come: messages with quotes nobody escaped, some opening a
+    field and closing lines later, some never closing, and a few blank lines."""
+    import random
+
+    rng = random.Random(7)
+    lines = ["label\ttext"]
+    for i in range(rows):
+        text = f"message {i} " + " ".join(rng.choice(["hi", "win", "cash", "ok", "later"]) for _ in range(6))
+        if i % 17 == 3:
+            text = '"' + text  # opens a quoted field on a line that never closes it
+        elif i % 23 == 5:
+            text = text + ' she said "see you"'
+        elif i % 29 == 7:
+            text = 'ok" ' + text  # a quote mid-field: closes whatever a reader thinks is open
+        lines.append(f"{'spam' if i % 3 == 0 else 'ham'}\t{text}")
+        if i % 97 == 50:
+            lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("quoting", ["csv", "none"])
+def test_an_export_with_stray_quotes_loses_no_line(ray_session, smoke_cfg_factory, tmp_path, quoting):
+    source = _stray_quote_export(tmp_path / "spam.tsv")
+    cfg = smoke_cfg_factory(
+        f"data.source={source}",
+        "data.test_source=''",
+        "data.text_fields=[text]",
+        "data.label_field=label",
+        f"data.quoting={quoting}",
+        out=tmp_path / "out",
+    )
+    m = run_ingest(cfg).dataset.manifest
+    (file,) = m.sources
+    assert file.lines == _lines(source) == file.header_lines + file.blank_lines + file.record_lines
+    assert file.records == m.counts.input == m.counts.accepted + m.counts.quarantined
+    assert file.records == 400 and file.record_lines == 400  # one message per line, none swallowed
+    assert m.counts.accepted == 400, m.counts.quarantine_reasons
+    assert file.literal_records == (0 if quoting == "none" else 400 // 17 + 1)
+    texts = pads.dataset(tmp_path / "out" / "dataset" / "split=train").to_table()
+    assert all("\n" not in t for t in texts.column("text").to_pylist())
+
+
+def test_a_headerless_file_takes_its_column_names_from_the_config(ray_session, smoke_cfg_factory, tmp_path):
+    source = tmp_path / "headerless.tsv"
+    source.write_text("".join(f"{'pos' if i % 2 else 'neg'}\tsentence number {i}\n" for i in range(60)))
+    cfg = smoke_cfg_factory(
+        f"data.source={source}",
+        "data.test_source=''",
+        "data.header=false",
+        "data.columns=[label, text]",
+        "data.text_fields=[text]",
+        "data.label_field=label",
+        out=tmp_path / "out",
+    )
+    m = run_ingest(cfg).dataset.manifest
+    assert m.counts.accepted == 60 and m.labels == ["neg", "pos"] and m.sources[0].header_lines == 0
+
+
+def test_too_much_quarantined_fails_naming_reasons_and_files(ray_session, smoke_cfg_factory, tmp_path):
+    # Read as CSV, this TSV is one column: every row lacks the label. The ingest must say so
+    # rather than train on what little is left.
+    source = tmp_path / "mostly_bad.csv"
+    source.write_text(
+        "title,description,tag\n"
+        + "".join(f"row {i},desc,{'a' if i % 2 else 'b'}\n" if i < 10 else f"row {i}\tdesc\ta\n" for i in range(100))
+    )
+    cfg = smoke_cfg_factory(
+        f"data.source={source}", "data.test_source=''", "data.max_quarantine_fraction=0.5", out=tmp_path / "out"
+    )
+    with pytest.raises(IngestError) as err:
+        run_ingest(cfg)
+    message = str(err.value)
+    assert "90 of 100 rows" in message and "malformed_row 90" in message and "mostly_bad.csv (90 of 100)" in message
+    assert read_manifest(str(tmp_path / "out" / "dataset")) is None  # nothing later stages would trust
+    quarantine = pads.dataset(tmp_path / "out" / "dataset" / "quarantine").to_table()
+    assert quarantine.num_rows == 90  # but every rejected row is there to look at
+
+
+def test_a_truncated_or_stale_manifest_is_no_cache_and_no_crash(ray_session, smoke_cfg_factory, tmp_path):
+    cfg = smoke_cfg_factory(out=tmp_path / "out")
+    first = run_ingest(cfg).dataset
+    manifest = Path(first.uri) / "manifest.json"
+    manifest.write_text(manifest.read_text()[:200])  # cut short, as by a crash mid-write
+    assert not run_ingest(cfg).cached
+    assert run_ingest(cfg, force=True).dataset.manifest.counts == first.manifest.counts
+    # A manifest over shards that are not all there (an interrupted clear, a hand-deleted file).
+    next((Path(first.uri) / "split=train").glob("*.parquet")).unlink()
+    again = run_ingest(cfg)
+    assert not again.cached and again.dataset.manifest.counts == first.manifest.counts
+
+
+def test_an_interrupted_force_leaves_nothing_a_rerun_would_trust(ray_session, tiny_model, tmp_path):
+    import signal
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "raylane", "ingest", f"model.name_or_path={tiny_model}", f"output_dir={out}"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    first = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    manifest = out / "dataset" / "manifest.json"
+    forced = subprocess.Popen(
+        [*cmd, "--force"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while manifest.exists():  # --force removes the manifest first, then clears the shards
+        assert time.time() < deadline and forced.poll() is None
+        time.sleep(0.005)
+    os.killpg(forced.pid, signal.SIGKILL)  # killed mid-clear (or just after)
+    forced.wait()
+    assert not manifest.exists()
+    rerun = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "reusing" not in rerun.stdout, rerun.stdout[-2000:]
+    assert read_manifest(str(out / "dataset")).counts.accepted == 955

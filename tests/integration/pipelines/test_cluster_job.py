@@ -191,9 +191,15 @@ def test_pipeline_job_on_two_nodes(two_node_cluster, tiny_model, mlflow_server, 
     serve_config = yaml.safe_load((REPO_ROOT / "configs" / "serve.yaml").read_text())
     serve_config.update(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     pinned = f"models:/cluster-model/{champion.version}"  # the job served @champion: a visible change
-    # Sized for this test's 1-CPU nodes: one fixed replica of half a CPU.
+    # Sized for this test's 1-CPU nodes: one fixed replica of half a CPU; its keys in a file of this test.
+    (tmp_path / "api-keys").write_text("cluster-test-key\n")
     serve_config["applications"][0]["args"].update(
-        model_uri=pinned, tracking_uri=mlflow_server, num_replicas=1, max_replicas=0, replica_cpus=0.5
+        model_uri=pinned,
+        tracking_uri=mlflow_server,
+        num_replicas=1,
+        max_replicas=0,
+        replica_cpus=0.5,
+        api_keys_file=str(tmp_path / "api-keys"),
     )
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(serve_config))
     deployed = subprocess.run(
@@ -207,7 +213,9 @@ def test_pipeline_job_on_two_nodes(two_node_cluster, tiny_model, mlflow_server, 
     deadline = time.time() + 120
     while True:  # the update rolls out: the new replica answers /model with the args of the file
         try:
-            model = requests.get(f"http://127.0.0.1:{port}/model", timeout=10).json()
+            model = requests.get(
+                f"http://127.0.0.1:{port}/model", headers={"Authorization": "Bearer cluster-test-key"}, timeout=10
+            ).json()
             if model.get("uri") == pinned:
                 break
         except (requests.RequestException, ValueError):

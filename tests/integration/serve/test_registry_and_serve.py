@@ -2,6 +2,7 @@
 
 import dataclasses
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -167,6 +168,7 @@ def served(registry_cfg, ray_session, trained, evaluation, smoke_dataset, tmp_pa
 
     secrets = tmp_path_factory.mktemp("secrets")
     (secrets / "keys").write_text(f"other-key\n{KEY}\n")
+    (secrets / "feedback-secret").write_text("signing-secret-for-tests\n")
     cfg = dataclasses.replace(
         registry_cfg,
         serve=dataclasses.replace(
@@ -174,7 +176,10 @@ def served(registry_cfg, ray_session, trained, evaluation, smoke_dataset, tmp_pa
             api_keys_file=str(secrets / "keys"),
             max_chars=200,
             poll_interval_s=1.0,
+            feedback=True,
             feedback_uri=str(tmp_path_factory.mktemp("feedback")),
+            feedback_secret_file=str(secrets / "feedback-secret"),
+            feedback_flush_s=0.5,
         ),
     )
     with start_run(cfg, "register") as run:
@@ -200,16 +205,78 @@ def test_http_predict_returns_labels_scores_and_version(served, smoke_dataset):
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key"}, {"Authorization": KEY}])
-def test_missing_or_wrong_keys_get_401_without_detail(served, headers):
+def test_missing_or_wrong_keys_get_401_before_the_body_is_read(served, headers):
     url, _, _ = served
     for method, path, body in (
         ("post", "/predict", {"texts": ["x"]}),
+        ("post", "/predict", {}),  # a body that would be a 422: the key is checked first
+        ("post", "/predict", "not even json"),
         ("get", "/model", None),
         ("post", "/feedback", {"text": "x", "label": "mlops"}),
     ):
         response = requests.request(method, f"{url}{path}", json=body, headers=headers, timeout=30)
         assert response.status_code == 401 and response.json() == {"detail": "unauthorized"}, path
-        assert KEY not in response.text
+        assert response.headers["www-authenticate"] == "Bearer" and KEY not in response.text
+
+
+def _replica_rss() -> int:
+    import psutil
+
+    from tests.integration.serve.replicas import replica_pids
+
+    return sum(psutil.Process(pid).memory_info().rss for pid in replica_pids())
+
+
+def _send_huge_body(url: str, total_mb: int, declare: bool) -> tuple[int | None, int]:
+    """POST up to `total_mb` MB to /predict over a raw HTTP connection, declared up front
+    (Content-Length) or streamed in chunks; stop as soon as the server answers. Returns (status,
+    MB sent)."""
+    import http.client
+    import select
+    from urllib.parse import urlparse
+
+    host = urlparse(url)
+    conn = http.client.HTTPConnection(host.hostname, host.port, timeout=60)
+    conn.putrequest("POST", "/predict")
+    conn.putheader("Authorization", f"Bearer {KEY}")
+    conn.putheader("Content-Type", "application/json")
+    if declare:
+        conn.putheader("Content-Length", str(total_mb * 2**20))
+    else:
+        conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    chunk, sent = b'["' + b"x" * (2**20 - 4) + b'",', 0
+    try:
+        while sent < total_mb:
+            if select.select([conn.sock], [], [], 0)[0]:
+                break  # the answer came: stop sending
+            conn.send(chunk if declare else b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += 1
+        if not declare and sent >= total_mb:
+            conn.send(b"0\r\n\r\n")
+        return conn.getresponse().status, sent
+    except (BrokenPipeError, ConnectionResetError):
+        return None, sent  # closed on us after refusing: no answer to read
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("declare", [True, False], ids=["content-length", "chunked"])
+def test_a_body_of_hundreds_of_megabytes_is_refused_without_the_replica_growing(served, capsys, declare):
+    url, _, _ = served
+    requests.post(f"{url}/predict", json={"texts": ["warm"]}, headers=AUTH, timeout=30)
+    before = _replica_rss()
+    status, sent_mb = _send_huge_body(url, 400, declare)
+    time.sleep(1)
+    grown_mb = (_replica_rss() - before) / 2**20
+    with capsys.disabled():
+        print(
+            f"\n400 MB body ({'declared' if declare else 'chunked'}): answered {status} after {sent_mb} MB sent; "
+            f"replica RSS {grown_mb:+.1f} MB"
+        )
+    assert status in (413, None) and sent_mb < 400  # refused long before the end
+    assert grown_mb < 8, f"the replica grew by {grown_mb:.1f} MB"
+    assert requests.post(f"{url}/predict", json={"texts": ["still here"]}, headers=AUTH, timeout=30).ok
 
 
 def test_feedback_over_http_is_read_back_by_ingest(served, smoke_dataset, smoke_cfg_factory):
@@ -221,16 +288,29 @@ def test_feedback_over_http_is_read_back_by_ingest(served, smoke_dataset, smoke_
     for body in posted:
         prediction = requests.post(f"{url}/predict", json={"texts": [body["text"]]}, headers=AUTH, timeout=30).json()
         body["prediction_id"] = prediction["predictions"][0]["prediction_id"]
-        assert requests.post(f"{url}/feedback", json=body, headers=AUTH, timeout=30).status_code == 200
-    unknown = requests.post(f"{url}/feedback", json={"text": "x", "label": "no-such-tag"}, headers=AUTH, timeout=30)
-    assert unknown.status_code == 422 and "no-such-tag" in unknown.json()["detail"]
+        answer = requests.post(f"{url}/feedback", json=body, headers=AUTH, timeout=30)
+        assert answer.status_code == 200 and cfg.serve.feedback_uri not in answer.text  # no server path
+    bad = {"text": "x", "label": labels[0], "prediction_id": posted[0]["prediction_id"]}
+    for changes, status in (
+        ({"label": "no-such-tag"}, 422),
+        ({"prediction_id": "made-up"}, 422),  # not one this deployment signed
+        ({"prediction_id": posted[0]["prediction_id"][:-4] + "0000"}, 422),  # forged signature
+        ({"prediction_id": "x" * 1_000_000}, 422),  # a megabyte long: refused by the schema
+        ({"extra": "field"}, 422),
+    ):
+        answer = requests.post(f"{url}/feedback", json={**bad, **changes}, headers=AUTH, timeout=30)
+        assert answer.status_code == status, (changes.keys(), answer.text[:200])
 
     retrain = smoke_cfg_factory(
-        f"data.source={cfg.serve.feedback_uri}/*.jsonl",
+        f"data.source={cfg.serve.feedback_uri}",
         "data.test_source=",
         "data.text_fields=[text]",
         "data.label_field=label",
     )
+    deadline = time.time() + 30  # replicas buffer feedback and write it every serve.feedback_flush_s
+    while sum(len(f.read_text().splitlines()) for f in Path(cfg.serve.feedback_uri).rglob("*.jsonl")) < len(posted):
+        assert time.time() < deadline, "the feedback was not all written within 30 s"
+        time.sleep(0.5)
     result = run_ingest(retrain)
     assert result.dataset.manifest.counts.accepted == len(posted)
     assert sorted(result.dataset.label_names) == sorted(labels)
@@ -243,6 +323,7 @@ def test_feedback_over_http_is_read_back_by_ingest(served, smoke_dataset, smoke_
         ({"texts": "not a list"}, 422),
         ({"texts": [1, 2]}, 422),
         ({"wrong": ["x"]}, 422),
+        ({"texts": ["x"], "unknown_field": 1}, 422),  # unknown fields are an error, not ignored
         ({"texts": ["x"], "top_k": 0}, 422),
         ({"texts": ["x"] * 100}, 413),
         ({"texts": ["x" * 201]}, 422),  # over serve.max_chars
@@ -278,6 +359,46 @@ def test_schema_driven_fuzzing_finds_no_5xx(served, mode):
     check()
     assert len(seen) >= 30
     assert requests.post(f"{url}/predict", json={"texts": ["still here"]}, headers=AUTH, timeout=30).status_code == 200
+
+
+def test_schema_driven_fuzzing_without_a_key_gets_only_401(served):
+    url, _, _ = served
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations() if result.ok().path != "/healthz"]
+    seen = []
+
+    @given(data=st.data())
+    @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    def check(data):
+        operation = data.draw(st.sampled_from(operations))
+        case = data.draw(
+            operation.as_strategy(generation_mode=data.draw(st.sampled_from(list(schemathesis.GenerationMode))))
+        )
+        response = case.call(base_url=url, timeout=60)
+        seen.append(response.status_code)
+        assert response.status_code == 401, (operation.label, case.body, response.text[:300])
+
+    check()
+    assert len(seen) >= 30
+
+
+def test_random_paths_create_no_new_metric_series(served):
+    import secrets
+
+    url, _, _ = served
+    port, app = metrics_port(), {"application": APP_NAME}
+
+    def routes(samples) -> set[str]:
+        return {labels["route"] for name, labels, _ in samples if name == "ray_raylane_requests_total"}
+
+    before = routes(scrape(port, **app))
+    with requests.Session() as session:
+        statuses = {
+            session.get(f"{url}/{secrets.token_hex(8)}", headers=AUTH, timeout=30).status_code for _ in range(1000)
+        }
+    assert statuses == {404}
+    after = routes(wait_for(port, lambda s: "unmatched" in routes(s), **app))
+    assert after - before <= {"unmatched"} and len(after) <= 8, after  # the app's routes, and one for the rest
 
 
 def test_prometheus_metrics_count_requests_batches_labels_and_drift(served, smoke_dataset):

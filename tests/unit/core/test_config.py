@@ -62,6 +62,18 @@ def test_dotted_overrides_are_typed():
         ("serve.prune_amount=1.0", "serve.prune_amount"),
         ("serve.max_batch_size=0", "serve.max_batch_size"),
         ("serve.replica_cpus=0", "serve.replica_cpus"),
+        # Files read as they are: a headerless file needs names, names need a headerless file.
+        ("data.header=false", "data.columns"),
+        ("data.columns=[label, text]", "data.columns"),
+        (("data.header=false", "data.columns=[a, a]"), "data.columns"),
+        ("data.quoting=sometimes", "data.quoting"),
+        ("data.encoding=klingon", "data.encoding"),
+        ("data.max_quarantine_fraction=1.5", "data.max_quarantine_fraction"),
+        ("data.max_record_lines=0", "data.max_record_lines"),
+        # Safe serving defaults: no open port without keys, no feedback without a signing secret.
+        ("serve.host=0.0.0.0", "serve.host"),
+        ("serve.feedback=true", "serve.feedback_secret_env"),
+        ("serve.max_request_bytes=10", "serve.max_request_bytes"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
@@ -150,3 +162,23 @@ def test_environment_variables_fill_values(monkeypatch, tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(None, ["data.output_uri=${RAYLANE_TEST_UNSET}/dataset"])
     assert err.value.key == "data.output_uri" and "RAYLANE_TEST_UNSET is not set" in str(err.value)
+
+
+def test_a_variable_is_expanded_once_its_value_is_taken_as_it_is(monkeypatch):
+    # A value that happens to hold "${...}" must not pull in other variables (a secret, say).
+    monkeypatch.setenv("RAYLANE_TEST_SECRET", "hunter2")
+    monkeypatch.setenv("RAYLANE_TEST_INNOCENT", "prefix-${RAYLANE_TEST_SECRET}")
+    cfg = load_config(None, ["tracking.experiment=${RAYLANE_TEST_INNOCENT}"])
+    assert cfg.tracking.experiment == "prefix-${RAYLANE_TEST_SECRET}"
+    # An unused default is not looked up: its own unset variable is no error.
+    monkeypatch.setenv("RAYLANE_TEST_SET", "given")
+    assert load_config(None, ["tracking.experiment=${RAYLANE_TEST_SET:-${RAYLANE_TEST_NOPE}}"]).tracking.experiment == (
+        "given"
+    )
+    with pytest.raises(ConfigError, match="unclosed"):
+        load_config(None, ["tracking.experiment=${RAYLANE_TEST_NOPE:-open"])
+
+
+def test_keys_on_a_public_host_or_an_explicit_opt_out(monkeypatch):
+    assert load_config(None, ["serve.host=0.0.0.0", "serve.api_keys_env=SOME_KEYS"]).serve.host == "0.0.0.0"
+    assert load_config(None, ["serve.host=0.0.0.0", "serve.allow_unauthenticated=true"]).serve.allow_unauthenticated

@@ -154,7 +154,7 @@ def test_find_duplicates(rows, dropped):
 def _index(rows: list[dict]) -> RowIndex:
     index = RowIndex()
     cols = {k: [r[k] for r in rows] for k in ("pos", "role", "reason", "label", "text_hash", "key_frac", "n_chars")}
-    index.add(pa.table(cols))
+    index.add(pa.table({**cols, "lines": [1] * len(rows)}))
     return index
 
 
@@ -425,6 +425,7 @@ def test_prepare_batch_gives_what_prepare_row_gives(fields, lowercase):
         {
             "source": ["f"] * n,
             "line": list(range(n)),
+            "lines": [1] * n,
             "pos": list(range(n)),
             "role": ["data"] * n,
             "error": errors,

@@ -1,5 +1,7 @@
 """The Serve app's logic in Serve's local testing mode (in-process, no cluster, no HTTP)."""
 
+import time
+
 import pytest
 from fastapi import HTTPException
 from ray import serve
@@ -67,29 +69,64 @@ def test_app_limits_text_length_by_rejecting_or_truncating(classifier_dir):
     assert len({p.prediction_id for p in response.predictions}) == 2  # one id per prediction
 
 
-def test_feedback_is_validated_and_written_where_ingest_reads_it(classifier_dir, tmp_path):
+def test_feedback_takes_only_signed_ids_masks_pii_and_lands_in_a_partition(classifier_dir, tmp_path):
     import json
 
     from raylane.serve.app import FeedbackRequest
 
-    sink = tmp_path / "feedback"
-    handle = serve.run(
-        build_app(ServeArgs(model_uri=str(classifier_dir), feedback_uri=str(sink))), _local_testing_mode=True
+    sink, secret = tmp_path / "feedback", tmp_path / "secret"
+    secret.write_text("a-signing-secret\n")
+    args = dict(
+        model_uri=str(classifier_dir),
+        feedback=True,
+        feedback_uri=str(sink),
+        feedback_secret_file=str(secret),
+        feedback_flush_s=0.2,
     )
-    stored = handle.feedback.remote(FeedbackRequest(text="a text", label="beta", prediction_id="p1")).result()
-    (written,) = sink.glob("feedback-*.jsonl")
-    assert stored["stored"].endswith(written.name)
-    record = json.loads(written.read_text())
-    assert (record["text"], record["label"], record["prediction_id"]) == ("a text", "beta", "p1")
+    handle = serve.run(build_app(ServeArgs(**args)), _local_testing_mode=True)
+    issued = handle.predict.remote(PredictRequest(texts=["a text"])).result().predictions[0].prediction_id
+    stored = handle.feedback.remote(
+        FeedbackRequest(text="mail me at jo@example.com", label="beta", prediction_id=issued)
+    ).result()
+    assert stored == {"accepted": True, "prediction_id": issued}  # and no server path
+    for forged in ("p1", issued[:-1] + ("0" if issued[-1] != "0" else "1"), "0" * 24 + "." + "0" * 32):
+        with pytest.raises(HTTPException) as err:
+            handle.feedback.remote(FeedbackRequest(text="x", label="beta", prediction_id=forged)).result()
+        assert err.value.status_code == 422 and "prediction_id" in err.value.detail
     with pytest.raises(HTTPException) as err:
-        handle.feedback.remote(FeedbackRequest(text="a text", label="delta")).result()
+        handle.feedback.remote(FeedbackRequest(text="a text", label="delta", prediction_id=issued)).result()
     assert err.value.status_code == 422 and "delta" in err.value.detail
-    assert len(list(sink.glob("feedback-*"))) == 1  # nothing written for the rejected one
+
+    deadline = time.time() + 10
+    while not list(sink.rglob("feedback-*.jsonl")):  # buffered, then written by the periodic flush
+        assert time.time() < deadline, "feedback was not flushed within 10 s"
+        time.sleep(0.1)
+    (written,) = sink.rglob("feedback-*.jsonl")
+    assert written.parent.name.startswith("replica=") and written.parent.parent.name.startswith("date=")
+    record = json.loads(written.read_text())
+    assert (record["text"], record["label"], record["prediction_id"]) == ("mail me at [EMAIL]", "beta", issued)
+    assert not [p for p in sink.rglob("*") if p.name.startswith(".")]  # no temporary file left
 
     off = serve.run(build_app(ServeArgs(model_uri=str(classifier_dir))), _local_testing_mode=True)
     with pytest.raises(HTTPException) as err:
-        off.feedback.remote(FeedbackRequest(text="a text", label="beta")).result()
+        off.feedback.remote(FeedbackRequest(text="a text", label="beta", prediction_id=issued)).result()
     assert err.value.status_code == 404
+
+
+def test_feedback_quota_and_signed_ids(tmp_path):
+    from raylane.serve.feedback import FeedbackSink, PredictionIds, QuotaExceeded
+
+    ids, other = PredictionIds(b"one secret"), PredictionIds(b"another secret")
+    issued = ids.issue()
+    assert ids.valid(issued) and not other.valid(issued) and not PredictionIds(None).valid(issued)
+    assert not ids.valid(issued + "x") and not ids.valid("") and not ids.valid("x" * 200)
+    sink = FeedbackSink(str(tmp_path), max_bytes=300, flush_s=60)
+    sink.add({"text": "x" * 100})
+    sink.add({"text": "y" * 100})
+    with pytest.raises(QuotaExceeded):
+        sink.add({"text": "z" * 100})
+    assert sink.flush() == 2 and sink.flush() == 0
+    sink.close()
 
 
 def test_deployment_options_fixed_or_autoscaled():

@@ -3,7 +3,11 @@
 import pytest
 
 from raylane.config import ConfigError
-from raylane.serve.auth import authorized, load_keys
+from raylane.serve.auth import _digest, bearer_matches, key_digests, load_keys
+
+
+def authorized(header, keys):
+    return bearer_matches(header, tuple(_digest(k) for k in keys))
 
 
 @pytest.mark.parametrize(
@@ -26,6 +30,14 @@ def test_bearer_keys(header, ok):
 
 def test_no_keys_means_auth_is_off():
     assert authorized(None, ())
+
+
+def test_only_digests_of_the_keys_are_kept(monkeypatch):
+    monkeypatch.setenv("RAYLANE_DIGEST_KEYS", "secret-key-1,secret-key-2")
+    digests = key_digests("RAYLANE_DIGEST_KEYS", "")
+    assert len(digests) == 2 and all(len(d) == 32 for d in digests)
+    assert not any(b"secret-key" in d for d in digests)
+    assert bearer_matches("Bearer secret-key-2", digests) and not bearer_matches("Bearer secret-key-3", digests)
 
 
 def test_keys_from_an_environment_variable_and_a_file(monkeypatch, tmp_path):

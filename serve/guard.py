@@ -1,0 +1,130 @@
+"""The door in front of the HTTP app: an ASGI middleware that refuses a request before anything
+of it is parsed, and counts every answer.
+
+In order, for each HTTP request:
+1. no valid API key where one is needed: 401, before the body is read;
+2. a declared body (Content-Length) over `max_request_bytes`: 413, before the body is read;
+3. the body is read here, and a streamed one that grows past the limit is a 413 as soon as it
+   does (the app would turn an error raised mid-read into a 400); so at most `max_request_bytes`
+   of it is ever held;
+4. otherwise the app gets the body (FastAPI: validation, then the route).
+The metrics label each answer with the route template it matched, not the raw path, so random
+paths cannot create new Prometheus series.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from raylane.serve.auth import bearer_matches
+
+# Probes and load balancers carry no key.
+OPEN_PATHS = frozenset({"/healthz"})
+DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+UNMATCHED = "unmatched"
+
+
+class RequestGuard:
+    """`digests`: the API keys' digests, empty when auth is off (a callable, so the replica loads
+    them once, lazily, in its own process). `routes`: the app's routes, to name the one a refused
+    request was for. `observe(route, status, seconds)` records an answer."""
+
+    def __init__(
+        self,
+        app,
+        *,
+        digests: Callable[[], tuple[bytes, ...]],
+        max_request_bytes: int,
+        routes: list,
+        public_docs: bool = True,
+        observe: Callable[[str, int, float], None] | None = None,
+    ):
+        self.app, self.digests, self.max_request_bytes, self.routes = app, digests, max_request_bytes, routes
+        self.open_paths = OPEN_PATHS | (DOC_PATHS if public_docs else frozenset())
+        self.observe = observe or (lambda route, status, seconds: None)
+
+    async def __call__(self, scope: dict[str, Any], receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, answered = time.perf_counter(), {"status": 500}
+
+        async def recording_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answered["status"] = message["status"]
+            await send(message)
+
+        try:
+            refusal = self._refusal(scope)
+            if refusal:
+                await _respond(recording_send, *refusal)
+                return
+            body = await self._read_body(receive)
+            if body is None:
+                await _respond(recording_send, 413, self._too_large())
+                return
+            await self.app(scope, _replay(body, receive), recording_send)
+        finally:
+            self.observe(self._route(scope), answered["status"], time.perf_counter() - started)
+
+    async def _read_body(self, receive) -> bytes | None:
+        """The whole body, or None as soon as it passes the limit (the rest is never read)."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_request_bytes:
+                return None
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    def _refusal(self, scope: dict[str, Any]) -> tuple[int, str, dict[str, str]] | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        if scope["path"] not in self.open_paths and not bearer_matches(headers.get("authorization"), self.digests()):
+            return 401, "unauthorized", {"www-authenticate": "Bearer"}
+        declared = headers.get("content-length", "")
+        if declared.strip().isdigit() and int(declared) > self.max_request_bytes:
+            return 413, self._too_large(), {}
+        return None
+
+    def _too_large(self) -> str:
+        return f"request body over {self.max_request_bytes} bytes (serve.max_request_bytes)"
+
+    def _route(self, scope: dict[str, Any]) -> str:
+        """The template of the route the request matched (FastAPI puts it in the scope), else the
+        first route that matches its path, else "unmatched"."""
+        route = scope.get("route")
+        if route is not None and getattr(route, "path", None):
+            return route.path
+        from starlette.routing import Match
+
+        for candidate in self.routes:
+            if candidate.matches(scope)[0] == Match.FULL:
+                return candidate.path
+        return UNMATCHED
+
+
+def _replay(body: bytes, receive):
+    """A receive that gives the app the body already read, then whatever comes after it (a
+    disconnect), from the connection."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> dict[str, Any]:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+async def _respond(send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,126 @@
+"""The guard in front of the app, driven through the ASGI interface itself: what it refuses it
+refuses before reading a byte of the body, and it names every answer by its route template."""
+
+import asyncio
+import json
+
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict
+
+from raylane.serve.auth import _digest
+from raylane.serve.guard import RequestGuard
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str]
+
+
+def _app(observed: list, limit: int = 100, public_docs: bool = True, keys=("k1",)):
+    api = FastAPI()
+
+    @api.post("/predict")
+    def predict(body: Body) -> dict:
+        return {"n": len(body.texts)}
+
+    @api.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    digests = tuple(_digest(k) for k in keys)
+    api.add_middleware(
+        RequestGuard,
+        digests=lambda: digests,
+        max_request_bytes=limit,
+        routes=api.router.routes,
+        public_docs=public_docs,
+        observe=lambda route, status, s: observed.append((route, status)),
+    )
+    return api
+
+
+def _call(app, method: str, path: str, body_chunks=(), headers=None):
+    """One request through ASGI: (status, response body, how many body chunks the app pulled)."""
+    headers = {"content-type": "application/json", **{k.lower(): v for k, v in (headers or {}).items()}}
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("t", 80),
+        "client": ("c", 1),
+        "root_path": "",
+    }
+    chunks, pulled, sent = list(body_chunks), [0], []
+
+    async def receive():
+        pulled[0] += 1
+        if chunks:
+            return {"type": "http.request", "body": chunks.pop(0), "more_body": bool(chunks)}
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, body, pulled[0]
+
+
+KEY = {"Authorization": "Bearer k1"}
+
+
+def test_no_key_is_a_401_before_any_of_the_body_is_read():
+    observed = []
+    app = _app(observed)
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "k1"}):
+        status, body, pulled = _call(app, "POST", "/predict", [b"{}"], headers)
+        assert (status, json.loads(body), pulled) == (401, {"detail": "unauthorized"}, 0)
+    assert _call(app, "GET", "/healthz")[0] == 200  # open to probes
+    assert observed[-1] == ("/healthz", 200) and observed[0] == ("/predict", 401)
+
+
+def test_a_declared_body_over_the_limit_is_a_413_before_it_is_read():
+    app = _app([])
+    status, body, pulled = _call(app, "POST", "/predict", [b"x" * 10], {**KEY, "Content-Length": "101"})
+    assert (status, pulled) == (413, 0) and b"max_request_bytes" in body
+
+
+def test_a_streamed_body_is_cut_off_once_it_passes_the_limit():
+    app = _app([])
+    chunks = [b'{"texts": ["' + b"x" * 40] + [b"x" * 40] * 50
+    status, _, pulled = _call(app, "POST", "/predict", chunks, KEY)
+    assert status == 413 and pulled <= 4  # three chunks pass 100 bytes: no more are read
+
+
+def test_within_the_limit_the_app_validates_and_answers():
+    observed = []
+    app = _app(observed)
+    assert _call(app, "POST", "/predict", [b'{"texts": ["a", "b"]}'], KEY)[:2] == (200, b'{"n":2}')
+    assert _call(app, "POST", "/predict", [b'{"texts": ["a"], "extra": 1}'], KEY)[0] == 422
+    assert observed == [("/predict", 200), ("/predict", 422)]
+
+
+def test_metrics_name_the_route_template_never_the_raw_path():
+    observed = []
+    app = _app(observed)
+    for path in ("/nope", "/predict/../../etc", "/a" * 50):
+        assert _call(app, "GET", path, headers=KEY)[0] == 404
+    assert _call(app, "GET", "/random", headers={})[0] == 401
+    assert {route for route, _ in observed} == {"unmatched"}
+
+
+def test_docs_can_need_the_key_too():
+    assert _call(_app([]), "GET", "/openapi.json")[0] == 200
+    assert _call(_app([], public_docs=False), "GET", "/openapi.json")[0] == 401
+    assert _call(_app([], public_docs=False), "GET", "/openapi.json", headers=KEY)[0] == 200
+
+
+def test_without_keys_auth_is_off():
+    app = _app([], keys=())
+    assert _call(app, "POST", "/predict", [b'{"texts": []}'])[0] == 200
