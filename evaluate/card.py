@@ -10,6 +10,7 @@ from raylane.config import PipelineConfig
 from raylane.dataset import DatasetInfo
 from raylane.evaluate.report import Evaluation
 from raylane.redact import redact
+from raylane.tasks import get_task
 
 
 def model_card(
@@ -17,48 +18,44 @@ def model_card(
 ) -> str:
     m = dataset.manifest
     metrics = evaluation.metrics
+    task = get_task(cfg.task)
+    what = (
+        f"on {len(dataset.label_names)} labels: " + ", ".join(f"`{n}`" for n in dataset.label_names)
+        if (dataset.label_names)
+        else f"predicting `{cfg.data.label_field}`"
+    )
+    inputs = (
+        f"fields {cfg.data.text_fields}, at most {cfg.data.max_length} tokens; personal data masked: "
+        f"{', '.join(cfg.data.mask_pii) or 'no'}"
+        if task.inputs.kind == "text"
+        else f"`{cfg.data.image_field}`"
+    )
     lines = [
         f"# {cfg.model.registered_name}",
         "",
-        f"Text classifier fine-tuned from `{cfg.model.name_or_path}` by raylane on {len(dataset.label_names)} labels: "
-        + ", ".join(f"`{name}`" for name in dataset.label_names)
-        + ".",
+        f"A {task.name} model ({task.description}) fine-tuned from `{cfg.model.name_or_path}` by raylane {what}.",
         "",
         "## Data",
         f"- dataset: `{dataset.uri}` (digest `{dataset.digest}`)",
         f"- rows per split: {json.dumps(m.splits)}; quarantined at ingest: {m.counts.quarantined}",
-        f"- text: fields {cfg.data.text_fields}, at most {cfg.data.max_length} tokens; personal data masked: "
-        f"{', '.join(cfg.data.mask_pii) or 'no'}",
+        f"- {task.inputs.kind}: {inputs}",
         "",
         f"## Test metrics ({evaluation.rows} rows)",
         "| metric | value |",
         "|---|---|",
-        *(
-            f"| {k} | {metrics[k]:.4f} |"
-            for k in (
-                "accuracy",
-                "weighted_f1",
-                "macro_f1",
-                "weighted_precision",
-                "weighted_recall",
-                "roc_auc",
-                "average_precision",
-            )
-            if k in metrics
-        ),
-        "",
-        "| class | precision | recall | F1 | support |",
-        "|---|---|---|---|---|",
-        *(
+        *(f"| {k} | {v:.4f} |" for k, v in metrics.items()),
+    ]
+    if evaluation.per_class:
+        lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines += [
             f"| {name} | {r.precision:.3f} | {r.recall:.3f} | {r.f1:.3f} | {r.support} |"
             for name, r in evaluation.per_class.items()
-        ),
-    ]
+        ]
     if evaluation.slices:
-        nan = float("nan")
-        lines += ["", "| slice | rows | accuracy | weighted F1 |", "|---|---|---|---|"]
+        names = list(task.target.metrics)
+        lines += ["", "| slice | rows | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
         lines += [
-            f"| {name} | {r.rows} | {r.metrics.get('accuracy', nan):.3f} | {r.metrics.get('weighted_f1', nan):.3f} |"
+            f"| {name} | {r.rows} | " + " | ".join(f"{r.metrics.get(k, float('nan')):.3f}" for k in names) + " |"
             for name, r in evaluation.slices.items()
         ]
     lines += ["", f"## Gate: {'passed' if decision.passed else 'rejected'}"]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from raylane.config import GateConfig
 from raylane.evaluate.report import Evaluation
+from raylane.tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -37,29 +38,16 @@ class GateDecision:
         return [r.detail for r in self.rules if not r.passed]
 
 
-def decide(gate: GateConfig, evaluation: Evaluation, champion: Champion | None) -> GateDecision:
-    """Apply every enabled rule to the test evaluation (pure: no registry, no model)."""
-    rules = []
-    f1 = evaluation.weighted_f1
-    if gate.min_weighted_f1:
-        rules.append(
-            Rule(
-                "gate.min_weighted_f1",
-                f1 >= gate.min_weighted_f1,
-                f"test weighted F1 {f1:.4f} {'>=' if f1 >= gate.min_weighted_f1 else '<'} "
-                f"gate.min_weighted_f1 {gate.min_weighted_f1}",
-            )
-        )
-    if gate.min_class_f1:
-        worst_name, worst = min(((n, row.f1) for n, row in evaluation.per_class.items()), key=lambda x: x[1])
-        rules.append(
-            Rule(
-                "gate.min_class_f1",
-                worst >= gate.min_class_f1,
-                f"lowest class F1 {worst:.4f} ({worst_name}) {'>=' if worst >= gate.min_class_f1 else '<'} "
-                f"gate.min_class_f1 {gate.min_class_f1}",
-            )
-        )
+_NAMES = {"weighted_f1": "weighted F1", "micro_f1": "micro F1", "rmse": "RMSE"}
+
+
+def decide(
+    gate: GateConfig, evaluation: Evaluation, champion: Champion | None, task: str = "text_classification"
+) -> GateDecision:
+    """Apply every enabled rule to the test evaluation (pure: no registry, no model): the task's
+    absolute rules, then no worse than the champion on the task's headline metric."""
+    target = get_task(task).target
+    rules = [Rule(key, passed, detail) for key, passed, detail in target.gate_rules(gate, evaluation)]
     if gate.max_regression >= 0 and champion is not None:
         if champion.evaluation is None:
             rules.append(
@@ -70,15 +58,17 @@ def decide(gate: GateConfig, evaluation: Evaluation, champion: Champion | None) 
                 )
             )
         else:
-            best = champion.evaluation.weighted_f1
-            ok = f1 >= best - gate.max_regression
+            headline = target.headline
+            ours, theirs = evaluation.metrics[headline], champion.evaluation.metrics[headline]
+            lower = target.metric_mode(headline) == "min"
+            ok = ours <= theirs + gate.max_regression if lower else ours >= theirs - gate.max_regression
             rules.append(
                 Rule(
                     "gate.max_regression",
                     ok,
-                    f"test weighted F1 {f1:.4f} vs champion version {champion.version} {best:.4f} on the "
-                    f"same test split: {'within' if ok else 'more than'} gate.max_regression "
-                    f"{gate.max_regression} below",
+                    f"test {_NAMES.get(headline, headline)} {ours:.4f} vs champion version {champion.version} "
+                    f"{theirs:.4f} on the same test split: {'within' if ok else 'more than'} gate.max_regression "
+                    f"{gate.max_regression} {'above' if lower else 'below'}",
                 )
             )
     return GateDecision(all(r.passed for r in rules), rules)

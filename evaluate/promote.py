@@ -20,6 +20,8 @@ from raylane.evaluate.card import model_card
 from raylane.evaluate.gate import Champion, GateDecision, decide
 from raylane.evaluate.report import Evaluation
 from raylane.registry import ModelVersionRef, alias_version, log_and_register, resolve_model, set_alias
+from raylane.tasks import get_task
+from raylane.tasks.saved import read_saved_task
 from raylane.tracking import RunRef
 
 CHALLENGER, PREVIOUS = "challenger", "previous"
@@ -27,7 +29,7 @@ CHALLENGER, PREVIOUS = "challenger", "previous"
 
 def score_champion(cfg: PipelineConfig, dataset: DatasetInfo, tracking_uri: str, out_dir: Path) -> Champion | None:
     """The current champion re-scored on this dataset's test split; None when there is none."""
-    from raylane.evaluate.stage import model_labels, run_evaluation
+    from raylane.evaluate.stage import run_evaluation
 
     if cfg.gate.max_regression < 0:
         return None  # the rule is off: no need to load and score the champion
@@ -35,7 +37,10 @@ def score_champion(cfg: PipelineConfig, dataset: DatasetInfo, tracking_uri: str,
     if version is None:
         return None
     resolved = resolve_model(f"models:/{cfg.model.registered_name}/{version}", tracking_uri)
-    theirs, ours = sorted(model_labels(resolved.model_dir)), sorted(dataset.label_names)
+    saved = read_saved_task(resolved.model_dir)
+    if saved.task != cfg.task:
+        return Champion(version, None, f"it is a {saved.task} model, this run trains {cfg.task}")
+    theirs, ours = sorted(saved.labels), sorted(dataset.label_names)
     if theirs != ours:
         return Champion(version, None, f"it predicts {theirs}, the test split has {ours}")
     return Champion(version, run_evaluation(cfg, resolved.model_dir, dataset, out_dir))
@@ -59,7 +64,8 @@ def promote(
     lineage: dict[str, str] | None = None,
 ) -> Promotion:
     """Decide, then register the model (with its card and lineage tags) and move the aliases."""
-    decision = decide(cfg.gate, evaluation, champion)
+    decision = decide(cfg.gate, evaluation, champion, cfg.task)
+    headline = get_task(cfg.task).target.headline
     name = cfg.model.registered_name
     previous = alias_version(mlflow_run.tracking_uri, name, cfg.gate.alias)
     lineage = {
@@ -81,7 +87,8 @@ def promote(
         description=card,
         tags={
             **lineage,
-            "test_weighted_f1": round(evaluation.weighted_f1, 4),
+            "task": cfg.task,
+            f"test_{headline}": round(evaluation.metrics[headline], 4),
             "gate": "pass" if decision.passed else "fail",
             **_variant_tags(evaluation),
         },
@@ -100,7 +107,7 @@ def promote(
     }
     mlflow_run.log_dict(report, "gate.json")
     if champion and champion.evaluation:
-        mlflow_run.log_metrics({"champion_test_weighted_f1": champion.evaluation.weighted_f1})
+        mlflow_run.log_metrics({f"champion_test_{headline}": champion.evaluation.metrics[headline]})
     mlflow_run.set_tags(
         {"registered_version": version.version, "alias": alias, "gate": "pass" if decision.passed else "fail"}
     )

@@ -25,3 +25,10 @@ def membership(texts: list[str], rules: list[SliceConfig]) -> dict[str, np.ndarr
     """slice column -> boolean mask over `texts`: small enough to bring back to the driver,
     where the texts themselves would not be."""
     return {column(rule.name): np.array([in_slice(t, rule) for t in texts], dtype=bool) for rule in rules}
+
+
+def flag_slices(batch, rules: list[SliceConfig]):
+    """Ray Data batch function (pandas): a boolean column per slice."""
+    for name, mask in membership([str(t) for t in batch["text"]], rules).items():
+        batch[name] = mask
+    return batch

@@ -8,8 +8,8 @@ between vanish into a single record that carries the first line's label. Here a 
 spans lines is accepted only if it looks like a real multi-line field:
 
 - a quote still open after `max_record_lines` lines (or at the end of the file), or
-- a span whose every line, read with the quote as an ordinary character, is a whole record of
-  the header's width on its own
+- a span whose every line (blank lines aside), read with the quote as an ordinary character, is
+  a whole record of the header's width on its own
 
 is a stray quote: its first line is read with the quote as an ordinary character, one record,
 and the lines after it are read again from there. No line that follows a stray quote is lost.
@@ -112,7 +112,9 @@ class DelimitedRecords:
             yield Span(number, len(span), self._parse("".join(t for _, t in span)))
 
     def _each_line_a_record(self, span: list[tuple[int, str]]) -> bool:
-        return self.width is not None and all(len(self._split(text)) == self.width for _, text in span)
+        """Whether every line of the span that is not blank reads as a whole record on its own."""
+        lines = [text for _, text in span if _strip_ending(text)]
+        return self.width is not None and all(len(self._split(text)) == self.width for text in lines)
 
     def _parse(self, text: str) -> list[str]:
         text = _strip_ending(text)

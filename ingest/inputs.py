@@ -10,6 +10,7 @@ from raylane.config import PipelineConfig
 from raylane.ingest.reader import FileTask, ReadOptions, check_file
 from raylane.manifest import SourceFile
 from raylane.sources import list_files
+from raylane.tasks import get_task
 
 FORMAT_VERSION = 3  # 3: a typed manifest (raylane.manifest) that accounts for every line
 
@@ -18,7 +19,7 @@ def source_tasks(cfg: PipelineConfig) -> list[FileTask]:
     """Every input file, checked; test-source files first, so a text in both the test file and
     the training data keeps its test copy (and cannot leak into training)."""
     data = cfg.data
-    required = [*data.text_fields, data.label_field] + ([data.id_field] if data.id_field else [])
+    required = [*get_task(cfg.task).inputs.fields(data), data.label_field] + ([data.id_field] if data.id_field else [])
     roles = ([("test", data.test_source)] if data.test_source else []) + [("data", data.source)]
     tasks: list[FileTask] = []
     options = ReadOptions.of(data)

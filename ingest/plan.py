@@ -18,6 +18,7 @@ import numpy as np
 from raylane.ingest.reader import POSITION_BITS
 from raylane.ingest.transforms import ACCEPTED, CONFLICTING_LABEL, DUPLICATE, UNKNOWN_LABEL, Plan
 from raylane.sources import IngestError
+from raylane.tasks import get_task
 
 INDEX_COLUMNS = ["pos", "lines", "role", "reason", "label", "text_hash", "key_frac", "n_chars"]
 
@@ -124,8 +125,11 @@ def build_plan(
     val_fraction: float,
     test_fraction: float,
     source: str,
+    task: str = "text_classification",
 ) -> Verdicts:
-    """Decide every whole-dataset verdict; `test_fraction` is 0 when an explicit test source exists."""
+    """Decide every whole-dataset verdict; `test_fraction` is 0 when an explicit test source exists.
+    What a label is (one name, several, a number) is the task's target's to say."""
+    target = get_task(task).target
     if not index.rows:
         raise IngestError(f"{source}: no rows to ingest (every file is empty or has only a header)")
     a = index.arrays()
@@ -139,10 +143,13 @@ def build_plan(
     kept = ~np.isin(a["pos"], drop_pos)
     data_rows = kept & ~a["test"]
 
-    label_set = tuple(labels) or tuple(sorted({names[c] for c in np.unique(a["label"][data_rows])}))
-    if len(label_set) < 2:
-        raise IngestError(f"{source}: need at least 2 labels to classify, found {list(label_set)}")
-    known = np.asarray([n in label_set for n in names] or [False], bool)
+    label_set: tuple[str, ...] = ()
+    if target.has_label_set:
+        seen = {name for c in np.unique(a["label"][data_rows]) for name in target.names(names[c])}
+        label_set = tuple(labels) or tuple(sorted(seen))
+        if len(label_set) < 2:
+            raise IngestError(f"{source}: need at least 2 labels to classify, found {list(label_set)}")
+    known = np.asarray([not target.has_label_set or target.known(n, frozenset(label_set)) for n in names] or [False])
     label_ok = known[a["label"]] if len(a["label"]) else np.zeros(0, bool)
 
     test_cut: dict[str, float] = {}
@@ -156,6 +163,7 @@ def build_plan(
         test_cut["*"], val_cut["*"] = test_fraction, test_fraction + val_fraction
     plan = Plan(
         labels=label_set,
+        task=task,
         drop_pos=drop_pos,
         drop_reason=tuple(CONFLICTING_LABEL if c else DUPLICATE for c in drop_conflict.tolist()),
         test_cut=test_cut,
@@ -168,11 +176,17 @@ def build_plan(
     accepted = kept & label_ok
     reasons[UNKNOWN_LABEL] += int((kept & ~label_ok).sum())
     class_counts: dict[str, Counter] = {s: Counter() for s in ("train", "val", "test")}
+    rows_per_split: Counter = Counter()
+    values: dict[str, list[float]] = {s: [] for s in ("train", "val", "test")}
     for code, frac, test in zip(
         a["label"][accepted].tolist(), a["frac"][accepted].tolist(), a["test"][accepted].tolist()
     ):
-        name = names[code]
-        class_counts[plan.split(name, frac, "test" if test else "data")][name] += 1
+        label = names[code]
+        split = plan.split(label, frac, "test" if test else "data")
+        rows_per_split[split] += 1
+        class_counts[split].update(target.names(label))
+        if not target.has_label_set:
+            values[split].append(float(label))
     accepted_files, accepted_rows, _ = _sums_by(a["pos"][accepted] >> POSITION_BITS, np.zeros(int(accepted.sum())))
     counts = {
         "input": index.rows,
@@ -180,8 +194,29 @@ def build_plan(
         "accepted_by_file": dict(zip(accepted_files, accepted_rows)),
         "quarantined": sum(reasons.values()),
         "quarantine_reasons": {r: n for r, n in sorted(reasons.items()) if n},
-        "splits": {s: sum(c.values()) for s, c in class_counts.items()},
+        "splits": {s: rows_per_split[s] for s in ("train", "val", "test")},
         "class_counts": {s: dict(sorted(c.items())) for s, c in class_counts.items()},
+        "target_stats": {s: _stats(v) for s, v in values.items()} if not target.has_label_set else {},
         "pii": {k: index.pii.get(k, 0) for k in index.pii_kinds},
     }
     return Verdicts(plan, counts)
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    """A numeric target's summary in one split: what standardises it, and the histogram drift
+    compares the predicted values with (`raylane.drift.VALUE_BINS` bins over its range)."""
+    from raylane.drift import VALUE_BINS, histogram
+
+    if not values:
+        return {"rows": 0, "mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0, "edges": [], "histogram": []}
+    v = np.asarray(values, dtype=np.float64)
+    edges = np.linspace(v.min(), v.max(), VALUE_BINS, endpoint=False).tolist()
+    return {
+        "rows": len(v),
+        "mean": float(v.mean()),
+        "std": float(v.std()),
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "edges": edges,
+        "histogram": histogram(v.tolist(), edges),
+    }

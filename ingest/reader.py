@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import io
 import json
+import pickle
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -45,10 +46,21 @@ class ReadOptions:
     quoting: bool = True
     max_record_lines: int = 16
     encoding: str = "utf-8"
+    # An image folder (<label>/<name>.png): the file fills image_field, its folder label_field.
+    image_field: str = "image"
+    label_field: str = "label"
 
     @classmethod
     def of(cls, data) -> ReadOptions:
-        return cls(data.header, tuple(data.columns), data.quoting == "csv", data.max_record_lines, data.encoding)
+        return cls(
+            data.header,
+            tuple(data.columns),
+            data.quoting == "csv",
+            data.max_record_lines,
+            data.encoding,
+            data.image_field,
+            data.label_field,
+        )
 
     @property
     def text_encoding(self) -> str:
@@ -114,6 +126,7 @@ def schema(n_fields: int) -> pa.Schema:
             ("role", pa.string()),
             ("error", pa.string()),
             ("raw", pa.string()),
+            ("blob", pa.binary()),  # a binary field's bytes (an image in a Parquet column)
         ]
         + [(name, pa.string()) for name in field_columns(n_fields)]
     )
@@ -135,12 +148,15 @@ def _decodes(text: str) -> bool:
 def _as_field(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
+    if isinstance(value, bytes):
+        return None  # carried as the row's blob, not as text
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False)
     return str(value)
 
 
-Record = tuple[int, int, str, list, str]  # (first line, lines spanned, original content, field values, parse error)
+# (first line, lines spanned, original content, field values, parse error[, binary field])
+Record = tuple
 
 
 class _Chunk:
@@ -150,14 +166,17 @@ class _Chunk:
         self.task, self.n_fields = task, n_fields
         self.columns: dict[str, list] = {name: [] for name in schema(n_fields).names}
         self.line, self.lines = self.columns["line"], self.columns["lines"]
-        self.raws, self.errors = self.columns["raw"], self.columns["error"]
+        self.raws, self.errors, self.blobs = self.columns["raw"], self.columns["error"], self.columns["blob"]
         self.fields = [self.columns[name] for name in field_columns(n_fields)]
 
-    def add(self, line: int, lines: int, raw: str, fields: list[str | None], error: str) -> None:
+    def add(
+        self, line: int, lines: int, raw: str, fields: list[str | None], error: str, blob: bytes | None = None
+    ) -> None:
         self.line.append(line)
         self.lines.append(lines)
         self.raws.append(raw)
         self.errors.append(error)
+        self.blobs.append(blob)
         for column, value in zip(self.fields, fields):
             column.append(value)
 
@@ -264,11 +283,24 @@ def _parquet(task: FileTask, fields: list[str], options: ReadOptions, stats: Rea
             stats.records += batch.num_rows
             for record in batch.to_pylist():
                 row += 1
-                raw = json.dumps(record, ensure_ascii=False, default=str)
-                yield row, 1, raw, [_as_field(record.get(n)) for n in fields], ""
+                blob = next((v for v in record.values() if isinstance(v, bytes)), None)
+                shown = {k: f"<{len(v)} bytes>" if isinstance(v, bytes) else v for k, v in record.items()}
+                raw = json.dumps(shown, ensure_ascii=False, default=str)
+                yield row, 1, raw, [_as_field(record.get(n)) for n in fields], "", blob
 
 
-_READERS = {"csv": _csv, "tsv": _csv, "jsonl": _jsonl, "parquet": _parquet}
+def _image_file(task: FileTask, fields: list[str], options: ReadOptions, stats: ReadStats) -> Iterator[Record]:
+    """An image of an image folder: one record; its folder names its label."""
+    with task.file.open() as stream:
+        data = stream.read()
+    stats.records = 1
+    label = task.file.uri.rstrip("/").rsplit("/", 2)[-2] if task.file.uri.count("/") >= 1 else ""
+    by_name = {options.image_field: task.file.uri, options.label_field: label}
+    raw = json.dumps({"path": task.file.uri, "label": label}, ensure_ascii=False)
+    yield 1, 1, raw, [by_name.get(name, task.file.uri.rsplit("/", 1)[-1]) for name in fields], "", data
+
+
+_READERS = {"csv": _csv, "tsv": _csv, "jsonl": _jsonl, "parquet": _parquet, "image": _image_file}
 
 
 def read_file(
@@ -291,9 +323,10 @@ def read_file(
 def read_files(
     batch: dict[str, Any], *, fields: list[str], options: ReadOptions, stats_dir: str, fs: Any
 ) -> Iterator[pa.Table]:
-    """Ray Data entry point: a batch of `FileTask`s in, their rows out, a chunk at a time; each
+    """Ray Data entry point: a batch of pickled `FileTask`s in, their rows out, a chunk at a time; each
     task's `ReadStats` written to `stats_dir` (a retried task overwrites its own file)."""
-    for task in batch["task"]:
+    for pickled in batch["task"]:
+        task = pickle.loads(pickled)  # written by the stage itself, one FileTask per row
         stats = ReadStats(task.ordinal, task.part, task.parts, task.file.uri)
         yield from read_file(task, fields, options, stats)
         with fs.open_output_stream(f"{stats_dir}/{task.ordinal:06d}-{task.part:02d}.json") as out:
@@ -305,7 +338,7 @@ def read_files(
 
 def check_file(file: SourceFile, required: list[str], options: ReadOptions = ReadOptions()) -> None:
     """Fail now, naming the file and the column, if the file cannot give any valid row."""
-    if file.size == 0:
+    if file.size == 0 and file.format != "image":  # an empty image is one bad row, quarantined
         raise IngestError(f"{file.uri}: the file is empty")
     if not options.header and file.format not in ("csv", "tsv"):
         raise IngestError(f"{file.uri}: data.header=false is for CSV/TSV files; {file.format} names its columns")
@@ -334,6 +367,8 @@ def _columns(file: SourceFile, options: ReadOptions) -> set[str]:
         return set(first.fields)
     if file.format == "jsonl":
         return _jsonl_columns(file, options)
+    if file.format == "image":  # an image folder has no columns: the file and its folder fill them
+        return {options.image_field, options.label_field}
     import pyarrow.parquet as pq
 
     with file.fs.open_input_file(file.path) as handle:

@@ -2,7 +2,7 @@
 
 Three streaming passes, none of which brings the data to the driver:
   1. read + clean + mask + validate every row, and tokenize the rows accepted so far
-     (`ingest.tokenize`: in the same tasks, or an actor pool) -> `_staging/` Parquet;
+     (`raylane.tokenize`: in the same tasks, or an actor pool) -> `_staging/` Parquet;
   2. the driver streams a few key columns of `_staging/` and decides duplicates, conflicting
      labels, the label set and split thresholds (`plan.build_plan`);
   3. apply those verdicts per block (tasks) -> `quarantine/` and `split=train|val|test/`.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import math
+import pickle
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -24,18 +25,15 @@ import ray.data
 
 from raylane.config import PipelineConfig
 from raylane.dataset import SPLITS, DatasetInfo
-from raylane.drift import length_histogram
 from raylane.ingest.accounting import cached_dataset_problem, check_quarantine_share, read_stats, reconcile
 from raylane.ingest.inputs import FORMAT_VERSION, config_digest, source_digest, source_tasks
 from raylane.ingest.plan import INDEX_COLUMNS, RowIndex, Verdicts, build_plan
 from raylane.ingest.reader import FileTask, ReadOptions, read_files
-from raylane.ingest.tokenize import TokenizeBatch, definition_digest, tokenize_batch, tokenizer_definition
 from raylane.ingest.transforms import RowSpec, prepare_batch
 from raylane.ingest.writer import QUARANTINE, write_group
 from raylane.manifest import (
     MANIFEST,
     Counts,
-    LengthStats,
     Manifest,
     PiiStats,
     SourceFile,
@@ -47,6 +45,7 @@ from raylane.manifest import (
 )
 from raylane.redact import redact, redacted
 from raylane.sources import filesystem, join
+from raylane.tasks import get_task
 from raylane.tracking import RunRef
 
 STAGING = "_staging"
@@ -107,27 +106,6 @@ def _row_count(uri: str) -> int:
     return pads.dataset(path, filesystem=fs, format="parquet").count_rows()
 
 
-def _length_stats(uri: str, max_length: int) -> LengthStats:
-    """Token-length percentiles from a histogram (max_length + 1 bins), so memory stays flat."""
-    import numpy as np
-
-    hist = np.zeros(max_length + 1, np.int64)
-    for batch in _scan(uri, ["length"]):
-        hist += np.bincount(batch.column("length").to_numpy(), minlength=max_length + 1)[: max_length + 1]
-    total = int(hist.sum())
-    if not total:
-        return LengthStats(p50=0, p95=0, max=0, mean=0.0, truncated=0, histogram=length_histogram(hist))
-    cumulative = np.cumsum(hist)
-    return LengthStats(
-        p50=int(np.searchsorted(cumulative, 0.50 * total)),
-        p95=int(np.searchsorted(cumulative, 0.95 * total)),
-        max=int(np.flatnonzero(hist)[-1]),
-        mean=round(float((hist * np.arange(len(hist))).sum() / total), 2),
-        truncated=int(hist[max_length]),
-        histogram=length_histogram(hist),  # per raylane.drift.LENGTH_EDGES bin: the drift reference
-    )
-
-
 def _tokenizer_pool(actors: int) -> float:
     """CPUs per tokenizer actor. The actors must leave a whole CPU free on every node for the
     read, filter and write tasks around them, or the CPUs are held by idle tokenizers and the job
@@ -144,14 +122,17 @@ def _tokenizer_pool(actors: int) -> float:
     return round(min(1.0, max(0.1, spare / actors)), 2)
 
 
-def _tokenized(prepared: ray.data.Dataset, cfg: PipelineConfig, definition: str) -> ray.data.Dataset:
-    """Prepared rows -> the same with token ids, in the read tasks or in an actor pool."""
-    kwargs = {"definition": definition, "max_length": cfg.data.max_length}
+def _encoded(prepared: ray.data.Dataset, cfg: PipelineConfig, encoder) -> ray.data.Dataset:
+    """Prepared rows -> the same encoded for the model (token ids), in the read tasks or in an
+    actor pool; as they are when the task encodes nothing at ingest (images)."""
+    if encoder is None:
+        return prepared
+    function, kwargs, actor, _ = encoder
     actors = cfg.resources.tokenize_actors
     if not actors:
-        return prepared.map_batches(tokenize_batch, batch_format="pyarrow", fn_kwargs=kwargs)
+        return prepared.map_batches(function, batch_format="pyarrow", fn_kwargs=kwargs)
     return prepared.map_batches(
-        TokenizeBatch,
+        actor,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=_tokenizer_pool(actors),
@@ -202,11 +183,10 @@ def run_ingest(
         SourceFile(uri=redact(t.file.uri), role=t.role, format=t.file.format, size=t.file.size, sha256=sha256)
         for t, (sha256, _) in zip(tasks, hashed)
     ]
-    definition = tokenizer_definition(cfg.model.name_or_path)
-    digests = {
-        "source_digest": source_digest(files),
-        "config_digest": config_digest(cfg, definition_digest(definition)),
-    }
+    task = get_task(cfg.task)
+    encoder = task.inputs.encoder(cfg.model.name_or_path, data.max_length)
+    encoder_digest = encoder[3] if encoder else task.inputs.kind
+    digests = {"source_digest": source_digest(files), "config_digest": config_digest(cfg, encoder_digest)}
 
     previous = read_manifest(out)
     if not force and previous and all(getattr(previous, k) == v for k, v in digests.items()):
@@ -222,7 +202,10 @@ def run_ingest(
     _clear(out)
     print(f"ingest: {len(files)} file(s), {sum(f.size for f in files) / 2**20:.1f} MiB -> {redact(out)}")
     spec = RowSpec(
-        n_text_fields=len(data.text_fields),
+        n_input_fields=len(task.inputs.fields(data)),
+        task=cfg.task,
+        label_separator=data.label_separator,
+        max_image_pixels=data.max_image_pixels,
         has_id=bool(data.id_field),
         lowercase=data.lowercase,
         max_chars=data.max_chars,
@@ -230,9 +213,9 @@ def run_ingest(
         labels=tuple(data.labels),
     )
     staging, reads = join(out, STAGING), join(out, READS)
-    columns = [*data.text_fields, data.label_field] + ([data.id_field] if data.id_field else [])
+    columns = [*task.inputs.fields(data), data.label_field] + ([data.id_field] if data.id_field else [])
     with _every_cpu_for_every_operator():
-        _prepare(cfg, _split_files(tasks), columns, spec, staging, reads, definition)
+        _prepare(cfg, _split_files(tasks), columns, spec, staging, reads, encoder)
         index, verdicts = _decide(cfg, spec, staging)
         files = reconcile(tasks, files, [lines for _, lines in hashed], read_stats(reads), index, data.encoding)
         _write(cfg, out, staging, verdicts, index.accepted_chars)
@@ -247,7 +230,7 @@ def run_ingest(
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **digests,
         sources=files,
-        tokenizer=TokenizerRef(name_or_path=redact(cfg.model.name_or_path), digest=definition_digest(definition)),
+        tokenizer=TokenizerRef(name_or_path=redact(cfg.model.name_or_path), digest=encoder_digest),
         **_describe(cfg, out, verdicts, files),
         elapsed_s=round(time.time() - started, 2),
     )
@@ -265,19 +248,24 @@ def _prepare(
     spec: RowSpec,
     staging: str,
     reads: str,
-    definition: str,
+    encoder,
 ) -> None:
     """Pass 1: read, clean, mask, validate and tokenize every row; one read task per file or
     part of a file, each reporting what it read to `reads`."""
     fs, reads_path = filesystem(reads)
     fs.create_dir(reads_path, recursive=True)
     read_kwargs = {"fields": columns, "options": ReadOptions.of(cfg.data), "stats_dir": reads_path, "fs": fs}
+    # A task per file (or part of one); thousands of small files (an image folder) share blocks,
+    # since a Ray task per image would cost more than reading it.
+    blocks = min(len(tasks), 4 * int(ray.cluster_resources().get("CPU", 1)))
     prepared = (
-        ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks))
-        .map_batches(read_files, batch_size=1, batch_format="numpy", fn_kwargs=read_kwargs)
+        # Each task travels pickled in a binary column: an object column would make Ray Data warn
+        # that it falls back to pickling it anyway.
+        ray.data.from_items([{"task": pickle.dumps(t)} for t in tasks], override_num_blocks=blocks)
+        .map_batches(read_files, batch_size=None, batch_format="numpy", fn_kwargs=read_kwargs)
         .map_batches(prepare_batch, batch_format="pyarrow", fn_kwargs={"spec": spec})
     )
-    _tokenized(prepared, cfg, definition).write_parquet(
+    _encoded(prepared, cfg, encoder).write_parquet(
         # Small staging files: pass three hands them out in runs of about a shard, so they bound
         # how finely its work can be split.
         staging,
@@ -302,6 +290,7 @@ def _decide(cfg: PipelineConfig, spec: RowSpec, staging: str) -> tuple[RowIndex,
         val_fraction=data.val_fraction,
         test_fraction=0.0 if data.test_source else data.test_fraction,
         source=data.source,
+        task=cfg.task,
     )
     return index, verdicts
 
@@ -338,10 +327,17 @@ def _write(cfg: PipelineConfig, out: str, staging: str, verdicts: Verdicts, acce
 
 
 def _describe(cfg: PipelineConfig, out: str, verdicts: Verdicts, files: list[SourceFile]) -> dict[str, Any]:
-    """The manifest's account of the data: counts, label map, lengths, PII, layout."""
+    """The manifest's account of the data: counts, label map, the inputs and the target per
+    split, PII, layout."""
     data, counts = cfg.data, verdicts.counts
+    inputs = get_task(cfg.task).inputs
     label_names = list(verdicts.plan.labels)
+    per_split: dict[str, dict[str, Any]] = {}
+    for split in SPLITS:
+        field, stats = inputs.split_stats(lambda names, s=split: _scan(join(out, f"split={s}"), names), data.max_length)
+        per_split.setdefault(field, {})[split] = stats
     return {
+        "task": cfg.task,
         "max_length": data.max_length,
         "text_fields": data.text_fields,
         "label_field": data.label_field,
@@ -354,15 +350,11 @@ def _describe(cfg: PipelineConfig, out: str, verdicts: Verdicts, files: list[Sou
         ),
         "splits": counts["splits"],
         "class_counts": counts["class_counts"],
-        "token_lengths": {s: _length_stats(join(out, f"split={s}"), data.max_length) for s in SPLITS},
+        **per_split,
+        "target_stats": counts["target_stats"],
         "pii": PiiStats(masked_kinds=list(data.mask_pii), counts=counts["pii"]),
         "shards": {s: len(_parquet_files(join(out, f"split={s}"))[1]) for s in SPLITS},
-        "columns": {
-            "text": "string",
-            "label": "int32 (index into labels)",
-            "input_ids": "list<int32>",
-            "length": "int32",
-        },
+        "columns": inputs.columns,
         "config": redacted(cfg.to_dict()["data"]),
     }
 
@@ -378,7 +370,9 @@ def log_to_mlflow(mlflow_run: RunRef, dataset: DatasetInfo) -> None:
             **{f"rows_quarantined_{r}": n for r, n in counts.quarantine_reasons.items()},
             **{f"rows_{s}": n for s, n in m.splits.items()},
             **{f"pii_masked_{k}": n for k, n in m.pii.counts.items()},
-            "token_length_p95_train": m.token_lengths["train"].p95,
+            **({"token_length_p95_train": m.token_lengths["train"].p95} if m.token_lengths else {}),
+            **({"image_brightness_mean_train": m.image_stats["train"].brightness_mean} if m.image_stats else {}),
+            **({"target_mean_train": m.target_stats["train"]["mean"]} if m.target_stats else {}),
             "ingest_seconds": m.elapsed_s,
             "rows_per_second": counts.input / max(m.elapsed_s, 1e-9),
         }
@@ -401,13 +395,32 @@ def format_summary(result: IngestResult) -> str:
     ]
     rows += [("rows read", c.input), ("accepted", c.accepted), ("quarantined", c.quarantined)]
     rows += [(f"  {reason}", n) for reason, n in sorted(c.quarantine_reasons.items(), key=lambda kv: -kv[1])]
-    rows += [(f"split {s}", f"{n}  {dict(m.class_counts[s])}") for s, n in m.splits.items()]
+    rows += [(f"split {s}", f"{n}  {_split_summary(m, s)}") for s, n in m.splits.items()]
     if literal:
         rows += [("stray quotes", f"{literal} line(s) read with the quote as an ordinary character")]
     rows += [("PII masked", ", ".join(f"{k} {n}" for k, n in m.pii.counts.items() if n) or "none")]
-    lengths = m.token_lengths["train"]
-    rows += [("tokens (train)", f"p50 {lengths.p50}, p95 {lengths.p95}, max {lengths.max}")]
+    if m.token_lengths:
+        lengths = m.token_lengths["train"]
+        rows += [("tokens (train)", f"p50 {lengths.p50}, p95 {lengths.p95}, max {lengths.max}")]
+    if m.image_stats:
+        images = m.image_stats["train"]
+        rows += [
+            (
+                "images (train)",
+                f"{images.width_p50}x{images.height_p50} px (p50), brightness {images.brightness_mean:.0f}/255",
+            )
+        ]
     rows += [("time", f"{m.elapsed_s:.1f} s" + ("  (cached)" if result.cached else ""))]
     rows += [("output", redact(result.dataset.uri))]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def _split_summary(m: Manifest, split: str) -> str:
+    """Rows per class, or a numeric target's range."""
+    stats = m.target_stats.get(split)
+    if stats is not None:
+        return (
+            f"target mean {stats['mean']:.3g}, std {stats['std']:.3g}, range [{stats['min']:.3g}, {stats['max']:.3g}]"
+        )
+    return str(dict(m.class_counts[split]))

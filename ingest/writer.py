@@ -83,7 +83,7 @@ def write_group(batch: dict[str, Any], *, fs: Any, root: str, plan: Plan, shard_
         rejected = table.filter(pc.invert(accepted))
         if rejected.num_rows:
             quarantine.write(rejected.select(QUARANTINE_COLUMNS))
-        rows = output_rows(table.filter(accepted), labels=labels)
+        rows = output_rows(table.filter(accepted), labels=labels, task=plan.task)
         for split, writer in splits.items():
             part = rows.filter(pc.equal(rows.column("split"), split)).drop_columns(["split"])
             if part.num_rows:

@@ -12,11 +12,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from raylane.config import PipelineConfig
 from raylane.dataset import DatasetInfo, open_dataset
 from raylane.redact import redacted
 from raylane.runtime import init_ray, release_stray_placement_groups
+from raylane.tasks import get_task
 from raylane.tracking import RunRef, start_run, tracking_uri, ui_command
 
 
@@ -225,15 +227,17 @@ def run_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
             cfg.serve_model_uri if promotion.decision.passed or promotion.previous_version else promotion.version.uri
         )
         url = deploy(cfg, served_uri)
-        answer = predict_http(url, [cfg.serve.sample_text], headers=headers)
+        field, sample, shown = _sample_request(cfg, dataset)
+        answer = predict_http(url, [sample], headers=headers, field=field)
         elapsed = time.time() - started
+        headline = get_task(cfg.task).target.headline
         summary = {
             "pipeline_run_id": parent.run_id,
+            "task": cfg.task,
             "dataset": dataset.uri,
             "model_dir": best.model_dir,
-            "test_weighted_f1": evaluation.weighted_f1,
-            "test_accuracy": evaluation.metrics["accuracy"],
-            "test_macro_f1": evaluation.metrics["macro_f1"],
+            "headline_metric": f"test_{headline}",
+            **{f"test_{k}": v for k, v in evaluation.metrics.items()},
             "registered_model": promotion.version.name,
             "registered_version": promotion.version.version,
             "alias": promotion.alias,
@@ -244,20 +248,36 @@ def run_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
             "elapsed_s": round(elapsed, 1),
             "tracking_uri": tracking_uri(cfg),
         }
-        parent.log_metrics({"elapsed_s": elapsed, "test_weighted_f1": evaluation.weighted_f1})
+        parent.log_metrics({"elapsed_s": elapsed, f"test_{headline}": evaluation.metrics[headline]})
         parent.log_dict(summary, "run_summary.json")
     (cfg.output_path / "run_summary.json").write_text(json.dumps(redacted(summary), indent=2))
+    first = {k: v for k, v in answer["predictions"][0].items() if k != "prediction_id"}
     print(
-        f'\nserved at {url}: POST /predict {{"texts": ["{cfg.serve.sample_text}"]}}\n'
-        f"  -> {json.dumps(answer['predictions'][0]['label'])} (score {answer['predictions'][0]['score']:.3f}, "
-        f"model version {answer['model_version']})"
+        f'\nserved at {url}: POST /predict {{"{field}": [{shown}]}}\n'
+        f"  -> {json.dumps(first)[:300]} (model version {answer['model_version']})"
     )
-    print(f"\ndone in {elapsed / 60:.1f} min; test weighted F1 {evaluation.weighted_f1:.4f}")
+    print(f"\ndone in {elapsed / 60:.1f} min; test {headline} {evaluation.metrics[headline]:.4f}")
     print(f"MLflow UI: {ui_command(cfg)}")
     if cfg.serve.keep_running:
         print(f"serving at {url} until Ctrl-C")
         _block()
     return _gate_exit_code(cfg, promotion)
+
+
+def _sample_request(cfg: PipelineConfig, dataset: DatasetInfo) -> tuple[str, Any, str]:
+    """(request field, one input, how to show it) for the served model's first request: the
+    configured sample text, else the first row of the test split (an image as base64)."""
+    import base64
+
+    inputs = get_task(cfg.task).inputs
+    field = next(iter(inputs.request_model().model_fields))
+    if inputs.column == "text" and cfg.serve.sample_text:
+        return field, cfg.serve.sample_text, json.dumps(cfg.serve.sample_text)
+    row = dataset.read_split("test").select_columns([inputs.column, "text"]).take(1)[0]
+    item = row[inputs.column]
+    if isinstance(item, bytes):
+        return field, base64.b64encode(item).decode(), f"<{row['text'] or 'the first test image'}, base64>"
+    return field, item, json.dumps(item)
 
 
 def _block() -> None:

@@ -1,6 +1,10 @@
-"""Drift between what a model was trained on and what it is asked now: the population
-stability index (PSI) of the predicted-label mix and of input lengths (tokens) over a sliding
-window, against the training split's stats from the ingest manifest.
+"""Drift between what a model was trained on and what it is asked now: the population stability
+index (PSI) of features of the recent predictions, over a sliding window, against the training
+split's histograms from the ingest manifest.
+
+Features, by task: `label` (the predicted label mix; every predicted label for multi-label),
+`input_tokens` (text: tokens per text), `brightness` (images: mean grey level), `value` (a
+numeric target: the predicted values, binned over the training target's range).
 
 PSI = sum over bins of (p_now - p_train) * ln(p_now / p_train). The usual reading: under 0.1
 no real shift, 0.1-0.25 moderate, over 0.25 large.
@@ -8,6 +12,7 @@ no real shift, 0.1-0.25 moderate, over 0.25 large.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from collections import Counter, deque
@@ -19,14 +24,25 @@ if TYPE_CHECKING:
 
 # Token-length bins: fine where short texts live, coarse beyond; the last bin is open-ended.
 LENGTH_EDGES = (0, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+BRIGHTNESS_EDGES = tuple(range(0, 256, 16))
+VALUE_BINS = 10
 EPSILON = 1e-4  # stands in for an empty bin, so one unseen bin gives a large but finite PSI
 
 
+def bin_of(value: float, edges) -> int:
+    """The bin of `value`: bin i holds edges[i] <= value < edges[i+1]; the last is open-ended."""
+    return max(0, bisect.bisect_right(list(edges), value) - 1)
+
+
 def length_bin(length: int) -> int:
-    for i in range(len(LENGTH_EDGES) - 1, -1, -1):
-        if length >= LENGTH_EDGES[i]:
-            return i
-    return 0
+    return bin_of(length, LENGTH_EDGES)
+
+
+def histogram(values, edges) -> list[int]:
+    counts = [0] * len(edges)
+    for value in values:
+        counts[bin_of(value, edges)] += 1
+    return counts
 
 
 def length_histogram(counts_by_length) -> list[int]:
@@ -52,14 +68,25 @@ def psi(expected: list[float], actual: list[float]) -> float:
 
 
 def reference_from_manifest(manifest: Manifest, split: str = "train") -> dict[str, Any]:
-    """What a served model is compared with: the training split's label mix and token-length
-    histogram. Stored beside the model, so a replica needs neither the dataset nor its manifest."""
-    return {
-        "labels": manifest.labels,
-        "label_counts": [manifest.class_counts[split].get(label, 0) for label in manifest.labels],
-        "length_edges": list(LENGTH_EDGES),
-        "length_counts": manifest.token_lengths[split].histogram,
-    }
+    """What a served model is compared with: the training split's histograms. Stored beside the
+    model, so a replica needs neither the dataset nor its manifest."""
+    features: dict[str, dict[str, Any]] = {}
+    if manifest.labels:
+        features["label"] = {
+            "bins": list(manifest.labels),
+            "counts": [manifest.class_counts[split].get(name, 0) for name in manifest.labels],
+        }
+    if split in manifest.token_lengths:
+        features["input_tokens"] = {"edges": list(LENGTH_EDGES), "counts": manifest.token_lengths[split].histogram}
+    if split in manifest.image_stats:
+        features["brightness"] = {
+            "edges": list(BRIGHTNESS_EDGES),
+            "counts": manifest.image_stats[split].brightness_histogram,
+        }
+    stats = manifest.target_stats.get(split)
+    if stats and stats.get("histogram"):
+        features["value"] = {"edges": list(stats["edges"]), "counts": list(stats["histogram"])}
+    return {"features": features}
 
 
 REFERENCE_FILE = "drift_reference.json"
@@ -70,32 +97,51 @@ def write_reference(model_dir: str, reference: dict[str, Any]) -> None:
 
 
 def read_reference(model_dir: str) -> dict[str, Any] | None:
-    """The reference stored with a model; None for a model registered without one."""
+    """The reference stored with a model; None for a model registered without one. A reference
+    written before features were named (label mix and token lengths only) reads as the same."""
     path = Path(model_dir) / REFERENCE_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    reference = json.loads(path.read_text())
+    if "features" in reference:
+        return reference
+    features = {"label": {"bins": reference["labels"], "counts": reference["label_counts"]}}
+    if reference.get("length_counts") and reference.get("length_edges") in (None, list(LENGTH_EDGES)):
+        features["input_tokens"] = {"edges": list(LENGTH_EDGES), "counts": reference["length_counts"]}
+    return {"features": features}
 
 
 class DriftWindow:
-    """The last `size` predictions (label index, token length) and their PSI against a reference."""
+    """The last `size` predictions' features and their PSI against a reference, per feature.
+    Labels are compared by name, so a model whose label order differs from the manifest's still
+    compares like with like."""
 
     def __init__(self, reference: dict[str, Any], labels: list[str], size: int = 1000):
-        # Label order follows the model; the reference may list them in another order.
-        by_name = dict(zip(reference["labels"], reference["label_counts"]))
-        self.label_reference = [by_name.get(label, 0) for label in labels]
-        self.length_reference = reference.get("length_counts")
-        if reference.get("length_edges") not in (None, list(LENGTH_EDGES)):
-            self.length_reference = None  # binned differently: not comparable
-        self.window: deque[tuple[int, int]] = deque(maxlen=size)
+        self.features = reference["features"]
+        self.labels = labels
+        self.window: deque[dict[str, Any]] = deque(maxlen=size)
 
-    def add(self, label_ids, lengths) -> None:
-        self.window.extend(zip((int(i) for i in label_ids), (int(n) for n in lengths)))
+    def add(self, observations: list[dict[str, Any]]) -> None:
+        """One dict per prediction: {"label": label name or list of names, "input_tokens": n, ...}."""
+        self.window.extend(observations)
 
-    def label_psi(self) -> float:
-        counts = Counter(label for label, _ in self.window)
-        return psi(self.label_reference, [counts.get(i, 0) for i in range(len(self.label_reference))])
+    def _counts(self, name: str, feature: dict[str, Any]) -> list[int]:
+        counts: Counter = Counter()
+        for observation in self.window:
+            value = observation.get(name)
+            if value is None:
+                continue
+            if "bins" in feature:
+                counts.update(value if isinstance(value, list) else [value])
+            else:
+                counts[bin_of(value, feature["edges"])] += 1
+        keys = feature["bins"] if "bins" in feature else range(len(feature["edges"]))
+        return [counts.get(key, 0) for key in keys]
 
-    def length_psi(self) -> float | None:
-        if not self.length_reference:
-            return None
-        counts = Counter(length_bin(n) for _, n in self.window)
-        return psi(self.length_reference, [counts.get(i, 0) for i in range(len(LENGTH_EDGES))])
+    def scores(self) -> dict[str, float]:
+        """PSI per feature the reference has and the window holds."""
+        return {
+            name: psi(feature["counts"], self._counts(name, feature))
+            for name, feature in self.features.items()
+            if any(name in observation for observation in self.window)
+        }

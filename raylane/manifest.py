@@ -83,8 +83,21 @@ class TokenizerRef(Record):
     digest: str
 
 
+class ImageStats(Record):
+    """Images of one split: sizes and brightness (mean grey level, 0-255), and a brightness
+    histogram per `raylane.drift.BRIGHTNESS_EDGES` bin: the drift reference."""
+
+    rows: int
+    width_p50: int
+    height_p50: int
+    max_pixels: int
+    brightness_mean: float
+    brightness_histogram: list[int]
+
+
 class Manifest(Record):
     format_version: int
+    task: str = "text_classification"
     created_at: str
     source_digest: str
     config_digest: str
@@ -99,7 +112,10 @@ class Manifest(Record):
     counts: Counts
     splits: dict[str, int]
     class_counts: dict[str, dict[str, int]]
-    token_lengths: dict[str, LengthStats]
+    token_lengths: dict[str, LengthStats] = {}  # text inputs
+    image_stats: dict[str, ImageStats] = {}  # image inputs
+    # A numeric target, per split: rows, mean, std, min, max, and a histogram (edges, counts).
+    target_stats: dict[str, dict[str, Any]] = {}
     pii: PiiStats
     shards: dict[str, int]
     columns: dict[str, str]  # the split shards' columns and what they hold

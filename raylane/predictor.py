@@ -1,4 +1,5 @@
-"""Scoring texts with an exported model directory (`save_pretrained` + tokenizer + label map).
+"""Scoring inputs with an exported model directory (`save_pretrained` + its processor + the task
+file `raylane_task.json`): texts or images in, the task's outputs and answers out.
 
 One implementation for every consumer: evaluation and batch prediction (through `ScoreBatch`
 in Ray Data actors), the Serve replicas, and the MLflow pyfunc wrapper.
@@ -11,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raylane.text import TextPrep
+from raylane.tasks import get_task
+from raylane.tasks.saved import read_saved_task
 
 
 class Predictor:
@@ -27,89 +29,85 @@ class Predictor:
         threads: int = 0,
     ):
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from raylane.compress import compress
 
         if threads:
             torch.set_num_threads(threads)
+        saved = read_saved_task(model_dir)
+        self.task = get_task(saved.task)
+        self.labels, self.extras = saved.labels, saved.extras
         compressed = quantize != "none" or prune_amount > 0
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() and not compressed else "cpu"))
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        self.processor = self.task.inputs.load_processor(model_dir)
+        model = self.task.inputs.load_model(model_dir, self.labels, self.task.target).eval()
         self.model = compress(model, quantize, prune_amount) if compressed else model.to(self.device)
-        id2label = self.model.config.id2label
-        self.labels = [id2label[i] for i in range(len(id2label))]
-        self.prepare = TextPrep.of_model(model_dir)  # for raw text: what ingest did to the training data
+        # Raw inputs are prepared as ingest prepared the training data (text: preprocessing.json).
+        self.prepare = self.task.inputs.raw_preparer(model_dir)
 
-    def scores(self, texts: list[str], batch_size: int = 64, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(softmax scores of shape (len(texts), num_labels), token count of each text), in the
-        order given. `raw`: prepare the texts first, as ingest prepared the training data. Texts
-        are truncated to the length the model was trained with (the tokenizer's
-        model_max_length, set at export)."""
+    @property
+    def tokenizer(self):
+        return self.processor
+
+    def scores(self, items: list, batch_size: int = 64, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(outputs of shape (len(items), k), one drift feature per item: tokens per text, an
+        image's brightness), in the order given. `raw`: prepare the items first."""
         import torch
 
         if raw:
-            texts = [self.prepare(t) for t in texts]
-        if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32), np.zeros(0, dtype=np.int64)
-        # Similar lengths side by side: each chunk pads to its longest text, so less padding.
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        probs, lengths = [], []
+            items = [self.prepare(item) for item in items]
+        width = 1 if self.task.target.kind == "numeric" else len(self.labels)
+        if not items:
+            return np.zeros((0, width), dtype=np.float32), np.zeros(0)
+        # Similar items side by side (texts by length): each chunk pads to its longest.
+        order = np.argsort([self.task.inputs.sort_key(item) for item in items], kind="stable")
+        logits, features = [], []
         with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                chunk = [texts[i] for i in order[start : start + batch_size]]
-                enc = self.tokenizer(chunk, padding=True, truncation=True, return_tensors="pt").to(self.device)
-                probs.append(torch.softmax(self.model(**enc).logits.float(), dim=-1).cpu().numpy())
-                lengths.append(enc["attention_mask"].sum(dim=1).cpu().numpy())
+            for start in range(0, len(items), batch_size):
+                chunk = [items[i] for i in order[start : start + batch_size]]
+                inputs, feature = self.task.inputs.encode(self.processor, chunk, self.device)
+                logits.append(self.model(**inputs).logits.float().cpu().numpy())
+                features.append(feature)
         restore = np.argsort(order)
-        return np.concatenate(probs)[restore], np.concatenate(lengths)[restore]
+        outputs = self.task.target.outputs(np.concatenate(logits), self.extras)
+        return outputs[restore], np.concatenate(features)[restore]
 
-    def probabilities(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        return self.scores(texts, batch_size)[0]
+    def probabilities(self, items: list, batch_size: int = 64) -> np.ndarray:
+        return self.scores(items, batch_size)[0]
 
-    def predict(self, texts: list[str], top_k: int = 1, raw: bool = False) -> list[dict[str, Any]]:
-        return self.ranked(self.scores(texts, raw=raw)[0], top_k)
+    def predict(self, items: list, top_k: int = 1, raw: bool = False) -> list[dict[str, Any]]:
+        return self.answer(self.scores(items, raw=raw)[0], top_k)
+
+    def answer(self, outputs: np.ndarray, top_k: int = 1) -> list[dict[str, Any]]:
+        """Per row of outputs, the task's answer: the best labels with their scores, the labels
+        over their thresholds, the value."""
+        return self.task.target.answer(outputs, self.labels, self.extras, top_k)
 
     def ranked(self, probs: np.ndarray, top_k: int = 1) -> list[dict[str, Any]]:
-        """Per row of scores: the best label, its score, and the `top_k` best, best first."""
-        results = []
-        for row in probs:
-            order = np.argsort(-row)[: max(1, top_k)]
-            results.append(
-                {
-                    "label": self.labels[order[0]],
-                    "score": float(row[order[0]]),
-                    "top_k": [{"label": self.labels[i], "score": float(row[i])} for i in order],
-                }
-            )
-        return results
+        return self.answer(probs, top_k)
 
 
 class ScoreBatch:
-    """Ray Data callable class: loads the model once per actor, adds `pred`, `pred_label`, `score`
-    (and `probs`, every class's score, when asked)."""
+    """Ray Data callable class: loads the model once per actor, adds the outputs (`outputs`, every
+    class's or label's score, or the value) and the answer's columns (`pred_label` and `score`,
+    `pred_labels` and `scores`, or `value`)."""
 
     def __init__(
         self,
         model_dir: str,
         threads: int = 0,
-        with_probs: bool = False,
         quantize: str = "none",
         prune_amount: float = 0.0,
         raw_text: bool = False,
     ):
         self.predictor = Predictor(model_dir, quantize=quantize, prune_amount=prune_amount, threads=threads)
-        self.with_probs = with_probs
-        self.raw_text = raw_text  # False: texts come from an ingested dataset, already prepared
+        self.raw = raw_text  # False: inputs come from an ingested dataset, already prepared
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        probs = self.predictor.scores([str(t) for t in batch["text"]], raw=self.raw_text)[0]
-        pred = probs.argmax(axis=1)
-        batch = batch.drop(columns=[c for c in ("input_ids",) if c in batch.columns])
-        batch["pred"] = pred.astype(np.int32)
-        batch["pred_label"] = [self.predictor.labels[i] for i in pred]
-        batch["score"] = probs.max(axis=1).astype(np.float32)
-        if self.with_probs:
-            batch["probs"] = list(probs.astype(np.float32))
+        column = self.predictor.task.inputs.column
+        outputs, _ = self.predictor.scores(list(batch[column]), raw=self.raw)
+        batch = batch.drop(columns=[c for c in ("input_ids", "image") if c in batch.columns])
+        batch["outputs"] = list(outputs.astype(np.float32))
+        for name, values in self.predictor.task.target.answer_columns(self.predictor.answer(outputs)).items():
+            batch[name] = values
         return batch

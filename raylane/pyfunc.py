@@ -1,5 +1,6 @@
-"""The MLflow pyfunc face of a raylane model: a DataFrame with a `text` column in, `label` and
-`score` out. Shipped with the model (code_paths), so loading it needs only raylane's core."""
+"""The MLflow pyfunc face of a raylane model: a DataFrame with the task's input column in (`text`,
+or `image` as bytes), the task's answer columns out (`label` and `score`; `labels` and `scores`;
+`value`). Shipped with the model (code_paths), so loading it needs only raylane's core."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import mlflow.pyfunc
 import pandas as pd
 
 
-class TextClassifier(mlflow.pyfunc.PythonModel):
+class RaylaneModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from raylane.predictor import Predictor
 
         self.predictor = Predictor(context.artifacts["hf_model"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        rows = self.predictor.predict([str(t) for t in model_input["text"]], raw=True)
-        return pd.DataFrame({"label": [r["label"] for r in rows], "score": [r["score"] for r in rows]})
+        column = self.predictor.task.inputs.column
+        items = [str(v) if column == "text" else v for v in model_input[column]]
+        answers = self.predictor.predict(items, raw=True)
+        return pd.DataFrame(self.predictor.task.target.answer_columns(answers))

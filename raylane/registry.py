@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from raylane.redact import redact
 from raylane.tracking import RunRef, _client
 
@@ -46,21 +48,27 @@ def log_and_register(
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from raylane.pyfunc import TextClassifier
+    from raylane.pyfunc import RaylaneModel
+    from raylane.tasks import get_task
+    from raylane.tasks.saved import read_saved_task
 
-    example = pd.DataFrame({"text": ["Fine-tuning transformers for text classification."]})
-    output = pd.DataFrame({"label": [labels[0]], "score": [0.9]})
+    saved = read_saved_task(model_dir)
+    task = get_task(saved.task)
+    example = pd.DataFrame(task.inputs.example())
+    width = 1 if not labels else len(labels)
+    answers = task.target.answer(np.full((1, width), 0.9), labels, saved.extras)
+    output = pd.DataFrame(task.target.answer_columns(answers))
     mlflow.set_tracking_uri(mlflow_run.tracking_uri)
     with mlflow.start_run(run_id=mlflow_run.run_id, nested=True):
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
-            python_model=TextClassifier(),
+            python_model=RaylaneModel(),
             artifacts={"hf_model": model_dir},
             code_paths=[str(_CORE_DIR)],
             signature=infer_signature(example, output),
             input_example=example,
             pip_requirements=_pinned_requirements(),
-            metadata={"labels": labels, "label2id": {name: i for i, name in enumerate(labels)}},
+            metadata={"task": saved.task, "labels": labels, "label2id": {name: i for i, name in enumerate(labels)}},
             registered_model_name=registered_name,
         )
     version = str(info.registered_model_version)

@@ -15,7 +15,14 @@ from typing import Any
 
 from raylane.config import REMOTE_SCHEMES, DataConfig, resolve_input
 
-_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+_EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    **dict.fromkeys((".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"), "image"),  # an image folder
+}
 _GLOB_CHARS = ("*", "?", "[")
 
 

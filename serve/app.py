@@ -9,21 +9,19 @@ cluster with `serve deploy configs/serve.yaml`.
 # ingress methods, or a JSON body is mistaken for query parameters (422).
 import dataclasses
 import functools
-import os
-import time
 import typing
-from typing import Annotated
+from typing import Literal
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, File, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from ray import serve
 
 from raylane.config import ConfigError, ServeConfig
 from raylane.serve.auth import key_digests
 from raylane.serve.guard import RequestGuard
-
-CANARY_TEXT = "health check"
-
+from raylane.serve.replica import Replica
+from raylane.tasks import TASK_NAMES, Task, get_task
+from raylane.tasks.text import TEXT_CEILING, StrictBody, TextsRequest
 
 # The serve section's settings that are the pipeline's, not the app's: where the proxies listen
 # (and whether that may be without keys), what `run` does once deployed, and the model, which the
@@ -35,6 +33,7 @@ class _AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_uri: str = Field(description="models:/<name>@<alias>, models:/<name>/<version> or a local model dir")
+    task: Literal[TASK_NAMES] = Field("text_classification", description="What the model does (the config's task)")
     tracking_uri: str = Field(
         "",
         description="MLflow tracking URI to resolve models:/ URIs against; empty: $MLFLOW_TRACKING_URI of the replica",
@@ -69,236 +68,37 @@ def _derive_serve_args() -> type[BaseModel]:
 ServeArgs = _derive_serve_args()
 
 
-# Hard ceilings on every string a request can carry, whatever the settings: the configured limits
-# (serve.max_chars, serve.max_texts) are checked inside, with messages that name them.
-TEXT_CEILING = 100_000
 NAME_CEILING = 200
 
 
-class StrictBody(BaseModel):
-    """A request body: unknown fields are an error (422), not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class PredictRequest(StrictBody):
-    texts: list[Annotated[str, Field(max_length=TEXT_CEILING)]] = Field(
-        min_length=1, max_length=10_000, description="Texts to classify"
-    )
-    top_k: int = Field(1, ge=1, le=100, description="Labels returned per text, best first")
-
-
-class LabelScore(BaseModel):
-    label: str
-    score: float
-
-
-class Prediction(LabelScore):
-    top_k: list[LabelScore]
-    prediction_id: str = Field(description="Quote it in POST /feedback")
-
-
 class FeedbackRequest(StrictBody):
-    text: str = Field(min_length=1, max_length=TEXT_CEILING, description="The text that was classified")
-    label: str = Field(min_length=1, max_length=NAME_CEILING, description="The right label, one of GET /model's")
+    text: str = Field(min_length=1, max_length=TEXT_CEILING, description="The text that was scored")
+    label: str = Field(
+        min_length=1,
+        max_length=10 * NAME_CEILING,
+        description="The right label (one of GET /model's; multi-label: a JSON list; regression: the number)",
+    )
     prediction_id: str = Field(
         min_length=1, max_length=NAME_CEILING, description="The prediction_id POST /predict gave for this text"
     )
 
 
-class PredictResponse(BaseModel):
-    predictions: list[Prediction]
-    model_name: str | None
-    model_version: str | None
+PredictRequest = TextsRequest  # the text tasks' request, by its old name
 
 
-class Replica:
-    """One replica: the model, the limits, the keys, the metrics. Its HTTP routes are bound in
-    `_deployment`."""
-
-    def __init__(self, args: ServeArgs):
-        from ray.serve.context import _get_internal_replica_context
-
-        from raylane.serve.auth import key_digests
-        from raylane.serve.feedback import FeedbackSink, PredictionIds, load_secret
-        from raylane.serve.metrics import replica_metrics
-        from raylane.serve.swap import AliasFollower, alias_of
-
-        self.args = args
-        key_digests(args.api_keys_env, args.api_keys_file)  # a named key source that holds none fails now
-        self.ids = PredictionIds(
-            load_secret(args.feedback_secret_env, args.feedback_secret_file) if args.feedback else None
-        )
-        self.sink = None
-        if args.feedback:
-            self.sink = FeedbackSink(
-                args.feedback_uri,
-                args.feedback_format,
-                replica=_replica_id(),
-                max_bytes=int(args.feedback_max_mb * 2**20),
-                flush_s=args.feedback_flush_s,
-            )
-        self.tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-        self.metrics = replica_metrics()
-        self.in_replica = _get_internal_replica_context() is not None
-        if self.in_replica:
-            self._score_batch.set_max_batch_size(args.max_batch_size)
-            self._score_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
-        self.loaded = self._load(args.model_uri)
-        self.metrics.serving(self.loaded.version)
-        followed = alias_of(args.model_uri)
-        self.follower = None
-        if followed and args.poll_interval_s > 0:
-            name, alias = followed
-            self.follower = AliasFollower(
-                self.tracking_uri,
-                name,
-                alias,
-                self.loaded.version,
-                args.poll_interval_s,
-                on_change=lambda version: self._swap_to(f"models:/{name}/{version}"),
-            )
-
-    def _load(self, model_uri: str):
-        from raylane.drift import DriftWindow, read_reference
-        from raylane.predictor import Predictor
-        from raylane.registry import resolve_model
-        from raylane.serve.swap import Loaded
-
-        resolved = resolve_model(model_uri, self.tracking_uri)
-        predictor = Predictor(
-            resolved.model_dir,
-            quantize=self.args.quantize,
-            prune_amount=self.args.prune_amount,
-            threads=max(1, round(self.args.replica_cpus)),
-        )
-        reference = read_reference(resolved.model_dir)
-        drift = DriftWindow(reference, predictor.labels, self.args.drift_window) if reference else None
-        return Loaded(predictor, resolved.name, resolved.version, time.time(), drift)
-
-    def _swap_to(self, model_uri: str) -> None:
-        new = self._load(model_uri)
-        new.predictor.predict([CANARY_TEXT])  # only a model that answers replaces the one serving
-        self.loaded = new  # one reference assignment: a request sees the old model or the new, whole
-        self.metrics.serving(new.version)
-
-    def _within_limits(self, texts: list[str]) -> list[str]:
-        if len(texts) > self.args.max_texts:
-            raise HTTPException(413, f"{len(texts)} texts in one request; the limit is {self.args.max_texts}")
-        too_long = [i for i, t in enumerate(texts) if len(t) > self.args.max_chars]
-        if too_long and self.args.on_too_long == "reject":
-            raise HTTPException(422, f"texts {too_long[:10]} are longer than {self.args.max_chars} characters")
-        return [t[: self.args.max_chars] for t in texts]
-
-    async def _score_many(self, requests: list[list[str]]) -> list[tuple]:
-        """Scores the texts of several concurrent requests in one forward pass; each request gets
-        back its own rows and the model that scored them (a swap may land between batches)."""
-        loaded = self.loaded
-        texts = [text for request in requests for text in request]
-        # On the event loop, blocking it, on purpose: requests arriving meanwhile wait in Ray's
-        # queue and the next batch takes them all. In a worker thread the forward pass (Python
-        # between kernels, holding the GIL) starved the loop that accepts requests, so batches
-        # stayed at about one request and throughput at that of no batching (bench serve_batching).
-        probs, lengths = loaded.predictor.scores(texts, raw=True)
-        label_ids = probs.argmax(axis=1)
-        self.metrics.observe_batch([loaded.predictor.labels[i] for i in label_ids], label_ids, lengths, loaded.drift)
-        self.metrics.serving(loaded.version)  # per batch too: a value set while the replica starts can be lost
-        out, start = [], 0
-        for request in requests:
-            out.append((loaded, probs[start : start + len(request)]))
-            start += len(request)
-        return out
-
-    # Concurrent requests queue here and are scored together; size and wait are reset from the
-    # config in __init__.
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def _score_batch(self, requests: list[list[str]]) -> list[tuple]:
-        return await self._score_many(requests)
-
-    async def _score(self, texts: list[str]) -> tuple:
-        if self.in_replica:
-            return await self._score_batch(texts)
-        # Serve's local testing mode has no replica context, which @serve.batch needs (Ray 2.60).
-        return (await self._score_many([texts]))[0]
-
-    async def predict(self, request: PredictRequest) -> PredictResponse:
-        texts = self._within_limits(request.texts)
-        loaded, probs = await self._score(texts)
-        predictions = [{**p, "prediction_id": self.ids.issue()} for p in loaded.predictor.ranked(probs, request.top_k)]
-        return PredictResponse(predictions=predictions, model_name=loaded.name, model_version=loaded.version)
-
-    def feedback(self, request: FeedbackRequest) -> dict:
-        """A labelled example for retraining, for a prediction this deployment made."""
-        from raylane.pii import PII_KINDS, mask_pii
-        from raylane.serve.feedback import QuotaExceeded
-
-        if self.sink is None:
-            raise HTTPException(404, "feedback is not enabled on this deployment (serve.feedback)")
-        if not self.ids.valid(request.prediction_id):
-            raise HTTPException(422, "prediction_id is not one this deployment issued")
-        loaded = self.loaded
-        if request.label not in loaded.predictor.labels:
-            raise HTTPException(422, f"label {request.label!r} is not one of {loaded.predictor.labels}")
-        (text,) = self._within_limits([request.text])
-        record = {
-            "text": mask_pii(text, PII_KINDS)[0],  # personal data never reaches the sink
-            "label": request.label,
-            "prediction_id": request.prediction_id,
-            "model_name": loaded.name or "",
-            "model_version": loaded.version or "",
-            "received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        try:
-            self.sink.add(record)
-        except QuotaExceeded:
-            raise HTTPException(429, "this replica's feedback quota is used up (serve.feedback_max_mb)") from None
-        return {"accepted": True, "prediction_id": request.prediction_id}
-
-    def healthz(self) -> dict:
-        # A real forward pass: a replica whose model is broken must not look healthy. Open to
-        # load balancers and probes, which carry no key.
-        loaded = self.loaded
-        loaded.predictor.predict([CANARY_TEXT])
-        return {"status": "ok", "model_version": loaded.version}
-
-    def model(self) -> dict:
-        from raylane.compress import describe
-
-        loaded = self.loaded
-        drift = loaded.drift
-        return {
-            "name": loaded.name,
-            "version": loaded.version,
-            "uri": self.args.model_uri,
-            "labels": loaded.predictor.labels,
-            "loaded_at": loaded.loaded_at,
-            "follows": self.args.model_uri if self.follower else None,
-            "variant": describe(self.args.quantize, self.args.prune_amount),
-            "drift": {
-                "window": len(drift.window),
-                "label_psi": drift.label_psi(),
-                "input_tokens_psi": drift.length_psi(),
-            }
-            if drift
-            else None,
-        }
-
-    def check_health(self) -> None:
-        self.loaded.predictor.predict([CANARY_TEXT])
-
-    def __del__(self):
-        if getattr(self, "follower", None):
-            self.follower.stop()
-        if getattr(self, "sink", None):
-            self.sink.close()  # what is buffered is written before the replica goes
-
-
-def _replica_id() -> str:
-    """This replica's name, for its partition of the feedback sink."""
-    from ray.serve.context import _get_internal_replica_context
-
-    context = _get_internal_replica_context()
-    return context.replica_id.unique_id if context is not None else "local"
+def response_model(task: Task) -> type[BaseModel]:
+    """The POST /predict answer's schema for `task`: its target's answer plus a prediction id."""
+    prediction = create_model(
+        "Prediction",
+        __base__=task.target.answer_model(),
+        prediction_id=(str, Field(description="Quote it in POST /feedback")),
+    )
+    return create_model(
+        "PredictResponse",
+        predictions=(list[prediction], ...),
+        model_name=(str | None, None),
+        model_version=(str | None, None),
+    )
 
 
 def _observe(route: str, status: int, seconds: float) -> None:
@@ -314,7 +114,8 @@ def _deployment(args: ServeArgs):
     module-level app carrying it can no longer be pickled for the next deployment; defined in
     here so the routes travel with the class (by value) to the replicas, rather than being
     looked up again, unbound, in the replica's import of this module."""
-    api = FastAPI(title="raylane", description="Text classification served by raylane on Ray Serve.")
+    task = get_task(args.task)
+    api = FastAPI(title="raylane", description=f"{task.name} ({task.description}) served by raylane on Ray Serve.")
     # Keys and body size are checked before anything of a request is parsed (raylane.serve.guard).
     api.add_middleware(
         RequestGuard,
@@ -324,13 +125,21 @@ def _deployment(args: ServeArgs):
         public_docs=args.public_docs,
         observe=_observe,
     )
+    # The task decides what a request holds and what an answer says.
+    Request = task.inputs.request_model()  # noqa: N806 (a class, named as one)
+    Response = response_model(task)  # noqa: N806
 
     @serve.deployment(name="Classifier", health_check_period_s=10, health_check_timeout_s=30)
     @serve.ingress(api)
     class Classifier(Replica):
-        @api.post("/predict", response_model=PredictResponse)
-        async def predict(self, request: PredictRequest) -> PredictResponse:
+        @api.post("/predict", response_model=Response)
+        async def predict(self, request: Request) -> dict:
             return await super().predict(request)
+
+        @api.post("/predict/upload", response_model=Response)
+        async def upload(self, files: list[UploadFile] = File(description="One input per file")) -> dict:
+            """The same as POST /predict, with each input as an uploaded file (multipart)."""
+            return await super().predict_upload([await f.read() for f in files])
 
         @api.post("/feedback")
         def feedback(self, request: FeedbackRequest) -> dict:

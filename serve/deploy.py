@@ -20,6 +20,7 @@ def serve_args(cfg: PipelineConfig, model_uri: str | None = None) -> ServeArgs:
         **{
             **shared,
             "model_uri": model_uri or cfg.serve_model_uri,
+            "task": cfg.task,
             "tracking_uri": tracking_uri(cfg),
             "feedback_uri": feedback_location(cfg),
         }
@@ -54,7 +55,9 @@ def client_headers(cfg: PipelineConfig) -> dict[str, str]:
     return {"Authorization": f"Bearer {keys[0]}"} if keys else {}
 
 
-def predict_http(url: str, texts: list[str], top_k: int = 1, headers: dict[str, str] | None = None) -> dict:
-    response = requests.post(f"{url}/predict", json={"texts": texts, "top_k": top_k}, headers=headers, timeout=60)
+def predict_http(
+    url: str, items: list, top_k: int = 1, headers: dict[str, str] | None = None, field: str = "texts"
+) -> dict:
+    response = requests.post(f"{url}/predict", json={field: items, "top_k": top_k}, headers=headers, timeout=60)
     response.raise_for_status()
     return response.json()

@@ -28,10 +28,10 @@ class ReplicaMetrics:
             tag_keys=("route",),
         )
         self.batch_size = metrics.Histogram(
-            "raylane_batch_size", description="Texts scored in one forward pass", boundaries=BATCH_BOUNDARIES
+            "raylane_batch_size", description="Inputs scored in one forward pass", boundaries=BATCH_BOUNDARIES
         )
         self.predictions = metrics.Counter(
-            "raylane_predictions", description="Texts classified, by predicted label", tag_keys=("label",)
+            "raylane_predictions", description="Inputs scored, by predicted label", tag_keys=("label",)
         )
         self.input_tokens = metrics.Histogram(
             "raylane_input_tokens",
@@ -40,8 +40,8 @@ class ReplicaMetrics:
         )
         self.drift = metrics.Gauge(
             "raylane_drift_psi",
-            description="PSI of the recent predicted-label mix (feature=label) and input "
-            "lengths (feature=input_tokens) against the training split",
+            description="PSI of recent predictions' features (label, input_tokens, brightness, value) against the "
+            "training split",
             tag_keys=("feature",),
         )
         self.model_version = metrics.Gauge("raylane_model_version", description="Registry version being served")
@@ -50,18 +50,20 @@ class ReplicaMetrics:
         self.requests.inc(1, tags={"route": route, "status": str(status)})
         self.latency.observe(seconds, tags={"route": route})
 
-    def observe_batch(self, labels: list[str], label_ids, lengths, drift: DriftWindow | None) -> None:
-        self.batch_size.observe(len(labels))
-        for label in labels:
-            self.predictions.inc(1, tags={"label": label})
-        for length in lengths:
-            self.input_tokens.observe(float(length))
+    def observe_batch(self, observations: list[dict], drift: DriftWindow | None) -> None:
+        """One forward pass: its size, the labels predicted, the texts' lengths, and the drift of
+        the window these observations join."""
+        self.batch_size.observe(len(observations))
+        for observation in observations:
+            label = observation.get("label")
+            for name in label if isinstance(label, list) else ([label] if label is not None else []):
+                self.predictions.inc(1, tags={"label": name})
+            if "input_tokens" in observation:
+                self.input_tokens.observe(float(observation["input_tokens"]))
         if drift is not None:
-            drift.add(label_ids, lengths)
-            self.drift.set(drift.label_psi(), tags={"feature": "label"})
-            length_psi = drift.length_psi()
-            if length_psi is not None:
-                self.drift.set(length_psi, tags={"feature": "input_tokens"})
+            drift.add(observations)
+            for feature, value in drift.scores().items():
+                self.drift.set(value, tags={"feature": feature})
 
     def serving(self, version: str | None) -> None:
         if version and version.isdigit():
@@ -81,9 +83,9 @@ class Unexported(ReplicaMetrics):
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         pass
 
-    def observe_batch(self, labels: list[str], label_ids, lengths, drift: DriftWindow | None) -> None:
+    def observe_batch(self, observations: list[dict], drift: DriftWindow | None) -> None:
         if drift is not None:
-            drift.add(label_ids, lengths)
+            drift.add(observations)
 
     def serving(self, version: str | None) -> None:
         pass

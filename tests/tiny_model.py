@@ -26,3 +26,27 @@ def make_tiny_model(target: Path) -> Path:
     BertModel(config).save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
+
+
+def make_tiny_image_model(target: Path) -> Path:
+    """An image classifier's architecture (a 2-stage ResNet) and image processor (resize to 16x16,
+    normalise), with no weights: the pipeline builds it with model.init=config."""
+    from PIL import Image
+    from transformers import ResNetConfig
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"
+    ).save_pretrained(target)
+    ViTImageProcessorPil(
+        do_resize=True,
+        size={"height": 16, "width": 16},
+        resample=Image.Resampling.BILINEAR,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+        do_convert_rgb=True,
+    ).save_pretrained(target)
+    return target

@@ -1,7 +1,7 @@
 """What a training checkpoint holds, and how it comes back.
 
 Layout: `model/` is a complete `save_pretrained` directory (weights, config with the label map,
-tokenizer), so the best checkpoint *is* the exported model; `train_state.pt` adds what resuming
+tokenizer or image processor), so the best checkpoint *is* the exported model; `train_state.pt` adds what resuming
 needs (optimizer, scheduler, loss scaler, early-stopping counter, epoch, RNG states).
 """
 
@@ -54,7 +54,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save(
     directory: Path,
     model,
-    tokenizer,
+    processor,
     optimizer,
     scheduler,
     epoch: int,
@@ -62,7 +62,7 @@ def save(
     early_stopping: dict[str, Any] | None = None,
 ) -> None:
     model.save_pretrained(directory / MODEL_DIR)
-    tokenizer.save_pretrained(directory / MODEL_DIR)
+    processor.save_pretrained(directory / MODEL_DIR)  # the tokenizer, or the image processor
     torch.save(
         {
             "optimizer": optimizer.state_dict(),

@@ -11,6 +11,9 @@ from typing import Any
 
 from raylane.config import PipelineConfig
 from raylane.dataset import DatasetInfo
+from raylane.scoring import outputs_of, score_split
+from raylane.tasks import get_task
+from raylane.tasks.saved import SavedTask
 from raylane.text import TextPrep
 from raylane.tracking import RunRef
 from raylane.train.checkpoint import MODEL_DIR
@@ -41,6 +44,7 @@ def build_trainer(cfg: PipelineConfig, dataset: DatasetInfo, mlflow_run: RunRef 
             "label_names": dataset.label_names,
             "train_rows": dataset.manifest.splits["train"],
             "max_length": dataset.manifest.max_length,
+            "extras": get_task(cfg.task).target.extras(dataset.manifest),
             "mlflow_run": mlflow_run,
             "local_mode": res.num_workers == 0,
         },
@@ -90,7 +94,8 @@ def fit(
 
 
 def export_best(cfg: PipelineConfig, dataset: DatasetInfo, result, name: str) -> TrainResult:
-    """Copy the best epoch's model out of its checkpoint to <output_dir>/models/<name>."""
+    """Copy the best epoch's model out of its checkpoint to <output_dir>/models/<name>, with what
+    it needs to answer on its own: its task (labels, target scale), and the text preparation."""
     best, metrics = _best(result, cfg.train.metric, cfg.train.metric_mode)
     export = cfg.output_path / "models" / name
     if export.exists():
@@ -101,6 +106,13 @@ def export_best(cfg: PipelineConfig, dataset: DatasetInfo, result, name: str) ->
     # data: that is the dataset's preparation, whatever the config says now.
     prep = dataset.manifest.preparation
     TextPrep(prep.lowercase, tuple(prep.mask_pii)).save(export)
+    target = get_task(cfg.task).target
+    saved = SavedTask(cfg.task, dataset.label_names, target.extras(dataset.manifest))
+    saved.write(export)
+    if target.calibrated_on_val:  # e.g. multi-label thresholds, tuned on what the model says of val
+        scored = score_split(str(export), dataset, "val", cfg.resources.predict_actors, cfg.evaluate.batch_size)
+        truth = target.shard_truth(scored["label"].tolist(), len(dataset.label_names))
+        saved.with_extras(**target.calibrate(truth, outputs_of(scored))).write(export)
     return TrainResult(str(export), best.path, dict(metrics))
 
 

@@ -1,8 +1,9 @@
 """The training loop that runs on every Ray Train worker (`train_fn_per_worker`).
 
-Nothing here builds a trainer or touches the driver: `train.driver` does that. Rank 0 alone
-writes checkpoints and logs to MLflow; every rank calls `ray.train.report` once per epoch,
-because report is a barrier.
+Nothing here builds a trainer or touches the driver: `train.driver` does that. What varies by
+task (the model, the batches, the loss, the metrics) comes from the task (`raylane.tasks`). Rank
+0 alone writes checkpoints, prints and logs to MLflow; every rank calls `ray.train.report` once
+per epoch, because report is a barrier.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ import torch
 import torch.distributed as dist
 
 from raylane.config import PipelineConfig
-from raylane.metrics import confusion_matrix, summarize
-from raylane.models import load_classifier, load_tokenizer
+from raylane.progress import StepProgress
+from raylane.tasks import Task, get_task
 from raylane.tracking import RunRef
 from raylane.train import checkpoint
-from raylane.train.batches import PadCollate
 from raylane.train.optim import Precision, accumulate, build_optimizer, build_scheduler, groups, optimizer_step
 
 
@@ -60,47 +60,83 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def _all_reduce(array: np.ndarray) -> np.ndarray:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _distributed():
         return array
     tensor = torch.as_tensor(array, dtype=torch.float64)
     dist.all_reduce(tensor)
     return tensor.numpy()
 
 
-def _epoch_metrics(loss_sum: float, cm: np.ndarray, label_names: list[str], prefix: str) -> dict[str, float]:
-    """Sum every worker's loss and confusion matrix, then derive the metrics of the whole split."""
-    n = len(label_names)
-    totals = _all_reduce(np.concatenate([[loss_sum], cm.ravel()]).astype(np.float64))
-    cm_all = totals[1:].reshape(n, n).round().astype(np.int64)
-    count = max(int(cm_all.sum()), 1)
-    summary = summarize(cm_all, label_names)
-    metrics = {f"{prefix}loss": float(totals[0] / count)}
-    for key in ("accuracy", "macro_f1", "weighted_f1"):
-        metrics[f"{prefix}{key}"] = summary[key]
-    if prefix == "val_":
-        metrics.update({f"val_f1_{name}": row["f1"] for name, row in summary["per_class"].items()})
-    return metrics
+def _gather(array: np.ndarray) -> np.ndarray:
+    """Every worker's rows of `array`, concatenated (rank order), on every worker."""
+    if not _distributed():
+        return array
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, array)
+    return np.concatenate(parts)
 
 
-def evaluate(model, batches, device, num_labels: int, precision: Precision) -> tuple[float, np.ndarray]:
+class EpochRecord:
+    """What one worker saw in an epoch (or a validation pass): the summed loss, and the logits and
+    true labels of its rows, for metrics of the whole split once gathered."""
+
+    def __init__(self):
+        self.loss_sum, self.rows = 0.0, 0
+        self.logits: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+
+    def add(self, loss_sum: float, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss_sum += loss_sum
+        self.rows += len(labels)
+        self.logits.append(logits.detach().float().cpu().numpy())
+        self.labels.append(labels.detach().cpu().numpy())
+
+    def metrics(self, task: Task, labels: list[str], extras: dict[str, Any], prefix: str) -> dict[str, float]:
+        """Loss and the task's metrics over every worker's rows."""
+        loss_sum, rows = _all_reduce(np.array([self.loss_sum, self.rows], dtype=np.float64))
+        logits = _gather(np.concatenate(self.logits) if self.logits else np.zeros((0, max(1, len(labels)))))
+        truth = _gather(np.concatenate(self.labels) if self.labels else np.zeros((0,)))
+        target = task.target
+        scored = target.score(target.truth(truth, extras), target.outputs(logits, extras), labels, extras)
+        metrics = {f"{prefix}loss": float(loss_sum / max(rows, 1))}
+        metrics.update({f"{prefix}{k}": v for k, v in scored["metrics"].items()})
+        if prefix == "val_":
+            metrics.update({f"val_f1_{name}": row["f1"] for name, row in scored["per_class"].items()})
+        return metrics
+
+
+def loss_of(model, batch: dict[str, torch.Tensor], task: Task, settings: dict[str, Any], precision: Precision):
+    """(summed loss over the batch's rows, logits): the task's loss on the model's logits."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with precision.autocast():
+        logits = model(**inputs).logits
+    return task.target.loss(logits, batch["labels"], settings), logits
+
+
+def evaluate(model, batches, device, task: Task, settings: dict[str, Any], precision: Precision) -> EpochRecord:
     model.eval()
-    loss_sum, cm = 0.0, np.zeros((num_labels, num_labels), dtype=np.int64)
+    record = EpochRecord()
     with torch.no_grad():
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
-            with precision.autocast():
-                out = model(**batch)
-            loss_sum += float(out.loss) * len(batch["labels"])
-            cm += confusion_matrix(batch["labels"].cpu(), out.logits.argmax(-1).cpu(), num_labels)
-    return loss_sum, cm
+            loss, logits = loss_of(model, batch, task, settings, precision)
+            record.add(float(loss), logits, batch["labels"])
+    return record
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     cfg: PipelineConfig = config["cfg"]
-    label_names: list[str] = config["label_names"]
+    labels: list[str] = config["label_names"]
+    extras: dict[str, Any] = config["extras"]
     mlflow_run: RunRef | None = config["mlflow_run"]
+    task = get_task(cfg.task)
     tc = cfg.train
+    settings = {"loss": tc.loss}
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -108,18 +144,18 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
     seed_everything(tc.seed)
 
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
-    # Saved with the model, so inference truncates exactly where ingest did.
-    tokenizer.model_max_length = config["max_length"]  # the dataset's, as ingest truncated it
+    processor = task.inputs.load_processor(cfg.model.name_or_path)
+    if hasattr(processor, "model_max_length"):
+        processor.model_max_length = config["max_length"]  # saved with the model: inference truncates where ingest did
     start_epoch, state = 0, None
     resume_from = ray.train.get_checkpoint()
     if resume_from:
         with resume_from.as_directory() as d:
             state = checkpoint.load_state(Path(d))
-            model = load_classifier(str(Path(d) / checkpoint.MODEL_DIR), label_names)
+            model = task.inputs.load_model(str(Path(d) / checkpoint.MODEL_DIR), labels, task.target)
         start_epoch = state["epoch"] + 1
     else:
-        model = load_classifier(cfg.model.name_or_path, label_names)
+        model = task.inputs.load_model(cfg.model.name_or_path, labels, task.target, cfg.model.init)
     model = ray.train.torch.prepare_model(model)
 
     # The configured batch is global, per optimizer step: each of `world` workers takes its
@@ -139,14 +175,17 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         stopper.load_state_dict(state.get("early_stopping", {}))
         checkpoint.set_rng_state(state["rng"])
 
-    collate = PadCollate(pad_id=tokenizer.pad_token_id or 0)
+    collate = task.inputs.collate(processor, task.target, len(labels), extras)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    n = len(label_names)
+    progress = StepProgress(
+        steps_per_epoch, tc.epochs, enabled=rank == 0, mlflow_run=mlflow_run, log_every_steps=tc.log_every_steps
+    )
     for epoch in range(start_epoch, tc.epochs):
         model.train()
-        started, seen = time.time(), 0
-        loss_sum, cm = 0.0, np.zeros((n, n), dtype=np.int64)
+        started = time.time()
+        record = EpochRecord()
+        progress.start_epoch(epoch)
         batches = train_shard.iter_torch_batches(
             batch_size=micro_batch,
             collate_fn=collate,
@@ -154,25 +193,28 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             local_shuffle_seed=tc.seed + epoch,
         )
         for group in groups(({k: v.to(device) for k, v in b.items()} for b in batches), accum):
-            outputs = accumulate(model, group, precision)
+            results = accumulate(model, group, lambda m, b: loss_of(m, b, task, settings, precision), precision)
             optimizer_step(model, optimizer, scheduler, precision, tc.max_grad_norm)
-            for batch, out in zip(group, outputs):
-                loss_sum += float(out.loss.detach()) * len(batch["labels"])
-                cm += confusion_matrix(batch["labels"].cpu(), out.logits.detach().argmax(-1).cpu(), n)
-                seen += len(batch["labels"])
+            rows = sum(len(b["labels"]) for b in group)
+            loss_sum = sum(float(loss.detach()) for loss, _ in results)
+            for batch, (loss, logits) in zip(group, results):
+                record.add(float(loss.detach()), logits, batch["labels"])
+            progress.step(rows * world, loss_sum / max(rows, 1), scheduler.get_last_lr()[0])
         epoch_time = time.time() - started
-        metrics = {"epoch": epoch + 1, **_epoch_metrics(loss_sum, cm, label_names, "train_")}
+        metrics = {"epoch": epoch + 1, **record.metrics(task, labels, extras, "train_")}
         val_batches = val_shard.iter_torch_batches(batch_size=micro_batch * 2, collate_fn=collate)
-        metrics.update(_epoch_metrics(*evaluate(model, val_batches, device, n, precision), label_names, "val_"))
+        metrics.update(
+            evaluate(model, val_batches, device, task, settings, precision).metrics(task, labels, extras, "val_")
+        )
         metrics.update(
             {
                 "epoch_time_s": epoch_time,
-                "samples_per_s": float(_all_reduce(np.array([seen]))[0]) / epoch_time,
+                "samples_per_s": float(_all_reduce(np.array([record.rows]))[0]) / epoch_time,
                 "lr": scheduler.get_last_lr()[0],
             }
         )
         # Counted before the checkpoint is written, so a run resumed from it counts this epoch.
-        # Every rank sees the same all-reduced metrics, so all of them stop at the same epoch
+        # Every rank sees the same gathered metrics, so all of them stop at the same epoch
         # (ray.train.report is a barrier: a rank that went on alone would hang).
         stop = stopper.should_stop(metrics[tc.metric])
         ckpt_dir = Path(tempfile.mkdtemp(prefix="raylane-ckpt-")) if rank == 0 else None
@@ -181,7 +223,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             checkpoint.save(
                 ckpt_dir,
                 unwrapped,
-                tokenizer,
+                processor,
                 optimizer,
                 scheduler,
                 epoch,
@@ -189,8 +231,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 early_stopping=stopper.state_dict(),
             )
             if mlflow_run:
-                mlflow_run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
-            print(_progress_line(metrics, tc.epochs), flush=True)
+                mlflow_run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=progress.global_step)
+            print(epoch_line(metrics, tc.epochs, tc.metric), flush=True)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
         # Ray has copied the checkpoint to storage by now; in local mode (no workers) there is
         # no storage and the returned checkpoint is this directory, so it must stay.
@@ -202,9 +244,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             break
 
 
-def _progress_line(m: dict[str, float], epochs: int) -> str:
+def epoch_line(m: dict[str, float], epochs: int, metric: str) -> str:
     return (
         f"epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
-        f"val_acc {m['val_accuracy']:.3f}  val_macro_f1 {m['val_macro_f1']:.3f}  "
-        f"{m['samples_per_s']:.1f} samples/s  {m['epoch_time_s']:.1f}s"
+        f"{metric} {m[metric]:.4f}  {m['samples_per_s']:.1f} samples/s  {m['epoch_time_s']:.1f}s"
     )

@@ -62,21 +62,21 @@ class Precision:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
 
-def accumulate(model, micro_batches: list[dict[str, torch.Tensor]], precision: Precision):
-    """Forward and backward over the micro-batches of one optimizer step. Each loss is weighted
-    by its share of the step's rows, so the gradient equals one pass over them all. Under DDP
-    only the last backward all-reduces. Returns the outputs, for metrics."""
+def accumulate(model, micro_batches: list[dict[str, torch.Tensor]], loss_fn, precision: Precision):
+    """Forward and backward over the micro-batches of one optimizer step. `loss_fn(model, batch)`
+    gives (the loss summed over the batch's rows, logits); each is divided by the step's rows, so
+    the gradient is that of the mean over all of them, however they are split. Under DDP only the
+    last backward all-reduces. Returns each micro-batch's (summed loss, logits), for metrics."""
     rows = sum(len(b["labels"]) for b in micro_batches)
-    outputs = []
+    results = []
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            with precision.autocast():
-                out = model(**batch)
-            precision.scaler.scale(out.loss * (len(batch["labels"]) / rows)).backward()
-        outputs.append(out)
-    return outputs
+            loss_sum, logits = loss_fn(model, batch)
+            precision.scaler.scale(loss_sum / rows).backward()
+        results.append((loss_sum, logits))
+    return results
 
 
 def optimizer_step(model, optimizer, scheduler, precision: Precision, max_grad_norm: float) -> None:

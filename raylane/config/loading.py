@@ -125,6 +125,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     storage = cfg.train.storage_path
     if storage and "://" not in storage:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, storage_path=_absolute(storage)))
+    if cfg.train.metric == "auto":  # the task's own ranking metric, so every stage sees a real name
+        from raylane.tasks import get_task
+
+        cfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, metric=get_task(cfg.task).resolve_metric("auto"))
+        )
     return dataclasses.replace(cfg, output_dir=_absolute(cfg.output_dir))
 
 

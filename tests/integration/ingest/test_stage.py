@@ -331,3 +331,98 @@ def test_an_interrupted_force_leaves_nothing_a_rerun_would_trust(ray_session, ti
     rerun = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and "reusing" not in rerun.stdout, rerun.stdout[-2000:]
     assert read_manifest(str(out / "dataset")).counts.accepted == 955
+
+
+def _png(shade: int, size: int = 8) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (size, size), shade).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _jpeg() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_an_image_folder_quarantines_what_does_not_decode(ray_session, smoke_cfg_factory, tmp_path):
+    folder = tmp_path / "images"
+    for label, shades in (("dark", range(0, 40, 4)), ("bright", range(200, 240, 4))):
+        (folder / label).mkdir(parents=True)
+        for shade in shades:
+            (folder / label / f"{shade}.png").write_bytes(_png(shade))
+    (folder / "dark" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x13" * 64)
+    (folder / "dark" / "truncated.jpg").write_bytes(_jpeg()[:300])
+    (folder / "bright" / "empty.png").write_bytes(b"")
+    (folder / "bright" / "copy.png").write_bytes(_png(200))  # the same bytes as bright/200.png
+    cfg = smoke_cfg_factory(
+        "task=image_classification",
+        f"data.source={folder}",
+        "data.test_source=''",
+        "data.label_field=label",
+        "data.mask_pii=[]",
+        "train.metric=auto",
+        out=tmp_path / "out",
+    )
+    m = run_ingest(cfg).dataset.manifest
+    assert m.counts.input == 24 and m.counts.accepted == 20, m.counts
+    assert m.counts.quarantine_reasons == {"undecodable_image": 2, "empty_image": 1, "duplicate": 1}
+    assert m.labels == ["bright", "dark"] and m.image_stats["train"].width_p50 == 8
+    quarantined = {
+        Path(r["source"]).name: r["detail"]
+        for r in pads.dataset(tmp_path / "out" / "dataset" / "quarantine").to_table().to_pylist()
+    }
+    assert "truncated" in quarantined["truncated.jpg"] and "empty" in quarantined["empty.png"]
+
+
+@pytest.mark.parametrize(
+    "task, label_field, rows, accepted, reasons",
+    [
+        (
+            "text_multilabel",
+            "tags",
+            [["a"], ["b"], ["a", "b"], [], ["a", "zzz"], "not a list", ["b"], ["a"]] + [["a"], ["b"]] * 6,
+            17,
+            {"empty_labels": 1, "unknown_label": 2},
+        ),  # "zzz" inside a list, and a string that is no label
+        (
+            "text_regression",
+            "score",
+            [1.5, 2, "3.25", "high", None, "nan", "inf", 4] + [i * 0.5 for i in range(12)],
+            16,
+            {"invalid_target": 3, "missing_field": 1},
+        ),
+    ],
+)
+def test_each_task_quarantines_its_own_bad_labels(
+    ray_session, smoke_cfg_factory, tmp_path, task, label_field, rows, accepted, reasons
+):
+    source = tmp_path / "rows.jsonl"
+    source.write_text(
+        "".join(json.dumps({"text": f"row number {i}", label_field: value}) + "\n" for i, value in enumerate(rows))
+    )
+    extra = ["data.labels=[a, b]"] if task == "text_multilabel" else []
+    cfg = smoke_cfg_factory(
+        f"task={task}",
+        f"data.source={source}",
+        "data.test_source=''",
+        "data.text_fields=[text]",
+        f"data.label_field={label_field}",
+        "train.metric=auto",
+        *extra,
+        out=tmp_path / "out",
+    )
+    m = run_ingest(cfg).dataset.manifest
+    assert m.counts.accepted == accepted and m.counts.quarantine_reasons == reasons, m.counts
+    assert m.task == task
+    if task == "text_regression":
+        assert m.target_stats["train"]["rows"] > 0 and m.labels == []

@@ -7,6 +7,8 @@ import pytest
 from raylane.drift import (
     LENGTH_EDGES,
     DriftWindow,
+    bin_of,
+    histogram,
     length_bin,
     length_histogram,
     psi,
@@ -63,29 +65,49 @@ MANIFEST = make_manifest(
 
 def test_reference_comes_from_the_training_split_and_travels_with_the_model(tmp_path):
     reference = reference_from_manifest(MANIFEST)
-    assert reference["label_counts"] == [30, 60, 10]
-    assert reference["length_counts"][2] == 80
+    assert reference["features"]["label"] == {"bins": ["cv", "nlp", "other"], "counts": [30, 60, 10]}
+    assert reference["features"]["input_tokens"]["counts"][2] == 80
     write_reference(str(tmp_path), reference)
     assert read_reference(str(tmp_path)) == reference
     assert read_reference(str(tmp_path / "elsewhere")) is None
 
 
-def test_window_follows_the_model_label_order_and_forgets_old_predictions():
-    reference = reference_from_manifest(MANIFEST)
-    model_labels = ["nlp", "cv", "other"]  # another order than the manifest's
-    window = DriftWindow(reference, model_labels, size=100)
-    # The training mix, in the model's ids: 60 nlp (0), 30 cv (1), 10 other (2); and its lengths.
-    window.add([0] * 60 + [1] * 30 + [2] * 10, [10] * 10 + [20] * 80 + [30] * 10)
-    assert window.label_psi() == pytest.approx(0.0, abs=1e-9)
-    assert window.length_psi() == pytest.approx(0.0, abs=1e-9)
-    window.add([2] * 100, [300] * 100)  # the window now holds only these
+def test_a_reference_written_before_features_were_named_reads_the_same(tmp_path):
+    import json
+
+    (tmp_path / "drift_reference.json").write_text(
+        json.dumps(
+            {
+                "labels": ["cv", "nlp"],
+                "label_counts": [3, 7],
+                "length_edges": list(LENGTH_EDGES),
+                "length_counts": [0, 5, 5] + [0] * 10,
+            }
+        )
+    )
+    features = read_reference(str(tmp_path))["features"]
+    assert features["label"] == {"bins": ["cv", "nlp"], "counts": [3, 7]}
+    assert features["input_tokens"]["counts"][:3] == [0, 5, 5]
+
+
+def test_window_compares_labels_by_name_and_forgets_old_predictions():
+    window = DriftWindow(reference_from_manifest(MANIFEST), ["nlp", "cv", "other"], size=100)
+    # The training mix (60 nlp, 30 cv, 10 other) and its lengths (10 / 80 / 10 in bins 1, 2, 3).
+    labels = ["nlp"] * 60 + ["cv"] * 30 + ["other"] * 10
+    lengths = [10] * 10 + [20] * 80 + [30] * 10
+    window.add([{"label": a, "input_tokens": n} for a, n in zip(labels, lengths)])
+    assert window.scores() == pytest.approx({"label": 0.0, "input_tokens": 0.0}, abs=1e-9)
+    window.add([{"label": "other", "input_tokens": 300}] * 100)  # the window now holds only these
     assert len(window.window) == 100
-    assert window.label_psi() > 1 and window.length_psi() > 1
+    assert all(v > 1 for v in window.scores().values())
 
 
-def test_window_without_length_reference_reports_none():
-    # A model registered before lengths were binned carries a reference without them.
-    reference = {**reference_from_manifest(MANIFEST), "length_counts": None}
-    window = DriftWindow(reference, ["cv", "nlp", "other"])
-    window.add([0, 1], [5, 6])
-    assert window.length_psi() is None and window.label_psi() > 0
+def test_several_labels_per_prediction_and_features_the_reference_lacks():
+    window = DriftWindow({"features": {"label": {"bins": ["a", "b"], "counts": [1, 1]}}}, ["a", "b"])
+    window.add([{"label": ["a", "b"], "brightness": 0.5}, {"label": ["a", "b"], "brightness": 0.7}])
+    assert set(window.scores()) == {"label"} and window.scores()["label"] == pytest.approx(0.0)
+
+
+def test_a_value_is_binned_over_the_training_range():
+    assert histogram([0.5, 1.5, 1.9, 99.0, -5.0], [0.0, 1.0, 2.0]) == [2, 2, 1]  # below the first edge: bin 0
+    assert bin_of(2.0, [0.0, 1.0, 2.0]) == 2

@@ -186,12 +186,13 @@ def test_luhn(digits, ok):
 def test_a_model_prepares_raw_text_as_ingest_prepared_its_training_data(tmp_path):
     """Serving and batch prediction use the preparation stored with the model; it must give
     exactly ingest's text for the same raw fields."""
-    from raylane.ingest.transforms import RowSpec, prepare_row
+    from raylane.ingest.transforms import RowSpec
     from raylane.text import TextPrep, join_text
+    from tests.rows import prepare_row
 
     raw = ["Contact  Jo@Example.com", "or call +1 (555) 123-4567 \u2163 times\x07, see https://x.io/a"]
     for lowercase, kinds in ((False, PII_KINDS), (True, ("email", "url")), (True, ())):
-        spec = RowSpec(n_text_fields=2, has_id=False, lowercase=lowercase, max_chars=1000, pii_kinds=kinds)
+        spec = RowSpec(n_input_fields=2, has_id=False, lowercase=lowercase, max_chars=1000, pii_kinds=kinds)
         ingested = prepare_row("", raw, "a", None, spec)["text"]
         TextPrep(lowercase, kinds).save(tmp_path)
         assert TextPrep.of_model(tmp_path)(join_text(raw)) == ingested

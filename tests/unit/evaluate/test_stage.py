@@ -11,34 +11,34 @@ from sklearn.metrics import (
 )
 
 from raylane.config import SliceConfig
-from raylane.evaluate.curves import precision_recall, roc
 from raylane.evaluate.slices import in_slice, membership
-from raylane.evaluate.stage import evaluate_predictions, format_table
+from raylane.evaluate.stage import aligned, evaluate_outputs, format_table
 
 
-def _fixed_predictions(seed: int, n_classes: int, n: int = 400):
+def _fixed_outputs(seed: int, n_classes: int, n: int = 400):
+    """True labels, and class probabilities that pick the true label about 3 times in 4."""
     rng = np.random.default_rng(seed)
     y_true = rng.integers(0, n_classes, n)
     y_pred = np.where(rng.random(n) < 0.75, y_true, rng.integers(0, n_classes, n))
-    return y_true, y_pred
+    probs = rng.random((n, n_classes)) * 0.5
+    probs[np.arange(n), y_pred] += 1.0
+    return y_true, y_pred, np.round(probs / probs.sum(axis=1, keepdims=True), 2)  # ties, rounded
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_binary_evaluation_matches_scikit_learn(seed):
     rng = np.random.default_rng(seed)
-    y_true, y_pred = _fixed_predictions(seed, 2)
-    # Scores correlated with the truth, with ties (rounded) to exercise threshold grouping.
-    score = np.round(np.clip(0.35 * y_true + rng.random(y_true.size) * 0.65, 0, 1), 2)
+    y_true, y_pred, probs = _fixed_outputs(seed, 2)
     short = rng.random(y_true.size) < 0.3
-    evaluation = evaluate_predictions(y_true, y_pred, score, {"slice_short": short}, ["neg", "pos"])
+    evaluation = evaluate_outputs("text_classification", y_true, probs, {"slice_short": short}, ["neg", "pos"], {})
     m = evaluation.metrics
 
     assert m["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
     for avg in ("macro", "weighted"):
         p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average=avg, zero_division=0)
         assert (m[f"{avg}_precision"], m[f"{avg}_recall"], m[f"{avg}_f1"]) == pytest.approx((p, r, f))
-    assert m["roc_auc"] == pytest.approx(roc_auc_score(y_true, score))
-    assert m["average_precision"] == pytest.approx(average_precision_score(y_true, score))
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y_true, probs[:, 1]))
+    assert m["average_precision"] == pytest.approx(average_precision_score(y_true, probs[:, 1]))
     short_slice = evaluation.slices["short"]
     assert short_slice.rows == short.sum()
     assert short_slice.metrics["weighted_f1"] == pytest.approx(
@@ -46,12 +46,14 @@ def test_binary_evaluation_matches_scikit_learn(seed):
     )
     assert short_slice.metrics["accuracy"] == pytest.approx(accuracy_score(y_true[short], y_pred[short]))
     assert np.array(evaluation.confusion_matrix).sum() == y_true.size == evaluation.rows
-    assert "ROC AUC" in format_table(evaluation) and "slice short" in format_table(evaluation)
+    assert "roc_auc" in format_table(evaluation) and "slice short" in format_table(evaluation)
 
 
 def test_multiclass_has_no_curves_and_an_empty_slice_reports_zero_rows():
-    y_true, y_pred = _fixed_predictions(3, 4)
-    evaluation = evaluate_predictions(y_true, y_pred, None, {"slice_none": np.zeros(y_true.size, bool)}, list("abcd"))
+    y_true, y_pred, probs = _fixed_outputs(3, 4)
+    evaluation = evaluate_outputs(
+        "text_classification", y_true, probs, {"slice_none": np.zeros(y_true.size, bool)}, list("abcd"), {}
+    )
     assert "roc_auc" not in evaluation.metrics
     assert evaluation.slices["none"].rows == 0 and evaluation.slices["none"].metrics == {}
     assert [evaluation.per_class[c].f1 for c in "abcd"] == pytest.approx(
@@ -60,13 +62,11 @@ def test_multiclass_has_no_curves_and_an_empty_slice_reports_zero_rows():
     assert "no rows" in format_table(evaluation)
 
 
-def test_curves_end_at_the_corners():
-    y = np.array([0, 0, 1, 1, 1])
-    score = np.array([0.1, 0.6, 0.4, 0.8, 0.9])
-    r, pr = roc(y, score), precision_recall(y, score)
-    assert (r["fpr"][0], r["tpr"][0], r["fpr"][-1], r["tpr"][-1]) == (0, 0, 1, 1)
-    assert pr["recall"][-1] == 1 and pr["precision"][0] == 1  # the top score is a positive
-    assert r["auc"] == pytest.approx(roc_auc_score(y, score))
+def test_a_champion_with_another_label_order_is_compared_label_by_label():
+    outputs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    assert aligned(outputs, ["b", "a", "c"], ["a", "b", "c"]).tolist() == [[0.2, 0.7, 0.1], [0.3, 0.1, 0.6]]
+    with pytest.raises(ValueError, match="predicts"):
+        aligned(outputs, ["a", "b", "x"], ["a", "b", "c"])
 
 
 @pytest.mark.parametrize(

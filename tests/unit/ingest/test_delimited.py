@@ -54,6 +54,13 @@ def test_a_stray_quote_in_a_tsv_swallows_no_following_line():
     _assert_every_line_once(text, spans, parser)
 
 
+def test_a_blank_line_inside_what_a_stray_quote_would_swallow_changes_nothing():
+    text = 'label\ttext\nham\t"Hi there\n\nspam\tWin money\nham\tok" sure\n'
+    spans, parser = _read(text, "\t")
+    assert [s.fields[1] for s in spans[1:]] == ['"Hi there', "Win money", 'ok" sure'] and parser.blank == 1
+    _assert_every_line_once(text, spans, parser)
+
+
 def test_a_quote_open_to_the_end_of_the_file_is_read_line_by_line():
     text = 'a,b,c\nok,fine,a\nbad,"never closed,a\nnext,row,b\n'
     spans, parser = _read(text)

@@ -6,8 +6,7 @@ import pyarrow as pa
 import pytest
 
 from raylane.ingest.plan import RowIndex, build_plan, find_duplicates
-from raylane.ingest.reader import FileTask, read_file
-from raylane.ingest.tokenize import TokenizeBatch, tokenize_batch, tokenizer_definition
+from raylane.ingest.reader import FileTask, field_columns, read_file
 from raylane.ingest.transforms import (
     ACCEPTED,
     CONFLICTING_LABEL,
@@ -22,16 +21,22 @@ from raylane.ingest.transforms import (
     normalize,
     output_rows,
     prepare_batch,
-    prepare_row,
     stable_fraction,
-    stable_hash,
-    validate,
 )
+from raylane.pii import mask_pii
 from raylane.sources import list_files
+from raylane.tasks.text import stable_hash
 from raylane.text import join_text
+from raylane.tokenize import TokenizeBatch, tokenize_batch, tokenizer_definition
 from tests import ingest_corpus
+from tests.rows import prepare_row
 
-SPEC = RowSpec(n_text_fields=2, pii_kinds=("email", "url", "ip", "card", "phone"), max_chars=50)
+SPEC = RowSpec(n_input_fields=2, pii_kinds=("email", "url", "ip", "card", "phone"), max_chars=50)
+
+
+def validate(error: str, texts: list, label, text, spec: RowSpec) -> tuple[str, str]:
+    row = prepare_row(error, texts, label, None, spec)
+    return row["reason"], row["detail"]
 
 
 @pytest.mark.parametrize(
@@ -85,7 +90,7 @@ def test_validate_gives_the_first_reason_that_applies(error, texts, label, text,
 
 
 def test_configured_label_set_quarantines_others():
-    spec = RowSpec(n_text_fields=1, labels=("a", "b"))
+    spec = RowSpec(n_input_fields=1, labels=("a", "b"))
     assert validate("", ["t"], "a", "t", spec)[0] == ACCEPTED
     assert prepare_row("", ["t"], " b ", None, spec)["reason"] == ACCEPTED  # labels are cleaned too
     assert validate("", ["t"], "c", "t", spec)[0] == UNKNOWN_LABEL
@@ -106,7 +111,7 @@ def test_prepare_row_masks_pii_before_anything_is_stored(texts, masked, pii):
 
 
 def test_split_key_is_the_id_when_configured_else_the_text():
-    spec = RowSpec(n_text_fields=1, has_id=True)
+    spec = RowSpec(n_input_fields=1, has_id=True)
     with_id = prepare_row("", ["some text"], "a", "row-17", spec)
     without = prepare_row("", ["some text"], "a", None, spec)
     assert with_id["key_frac"] == stable_fraction("row-17")
@@ -234,7 +239,7 @@ def test_finalize_applies_the_plan_row_by_row():
 
 def test_prepare_batch_maps_reader_rows_one_to_one(tmp_path):
     corpus = ingest_corpus.write(ingest_corpus.ROW_CASES, tmp_path)
-    spec = RowSpec(n_text_fields=2, pii_kinds=("email",), labels=("a", "b"))
+    spec = RowSpec(n_input_fields=2, pii_kinds=("email",), labels=("a", "b"))
     for i, file in enumerate(list_files(str(corpus))):
         case = next(c for c in ingest_corpus.ROW_CASES if c.name == file.path.rsplit("/", 1)[1])
         tables = list(read_file(FileTask(file, i, "data"), ["title", "description", "tag"]))
@@ -378,8 +383,7 @@ def _random_texts(seed: int, n: int = 400) -> list[str | None]:
 
 @pytest.mark.parametrize("seed", range(5))
 def test_clean_column_equals_clean_text_value_by_value(seed):
-    from raylane.ingest.transforms import clean_column
-    from raylane.text import clean_text
+    from raylane.text import clean_column, clean_text
 
     texts = _random_texts(seed)
     assert clean_column(pa.chunked_array([pa.array(texts, pa.string())]), texts) == [clean_text(t) for t in texts]
@@ -387,8 +391,8 @@ def test_clean_column_equals_clean_text_value_by_value(seed):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_may_hold_pii_never_misses_what_mask_pii_masks(seed):
-    from raylane.ingest.transforms import may_hold_pii
     from raylane.pii import mask_pii
+    from raylane.text import may_hold_pii
 
     rng = random.Random(seed)
     pii = [
@@ -411,13 +415,13 @@ def test_may_hold_pii_never_misses_what_mask_pii_masks(seed):
 @pytest.mark.parametrize("lowercase", [False, True])
 @pytest.mark.parametrize("fields", [1, 2])
 def test_prepare_batch_gives_what_prepare_row_gives(fields, lowercase):
-    from raylane.ingest.reader import field_columns
-
+    """A row's result does not depend on the rows batched with it, and its text is what the
+    plain per-value functions (join_text, then mask_pii) make of it."""
     texts = _random_texts(fields, 300)
     rng = random.Random(fields)
     n = len(texts)
     spec = RowSpec(
-        n_text_fields=fields, lowercase=lowercase, pii_kinds=("email", "url", "ip", "card", "phone"), max_chars=10
+        n_input_fields=fields, lowercase=lowercase, pii_kinds=("email", "url", "ip", "card", "phone"), max_chars=10
     )
     columns = [texts, rng.sample(texts, n)][:fields] + [[rng.choice(["a", "b", None, " A "]) for _ in range(n)]]
     errors = [rng.choice(["", "", "", "malformed_row"]) for _ in range(n)]
@@ -440,3 +444,6 @@ def test_prepare_batch_gives_what_prepare_row_gives(fields, lowercase):
             k: want[k] for k in ("text", "label", "reason", "detail", "text_hash", "key_frac", "n_chars")
         }
         assert {k: row[f"pii_{k}"] for k in spec.pii_kinds if row[f"pii_{k}"]} == want["pii"]
+        if not errors[i]:
+            reference, _ = mask_pii(join_text([c[i] for c in columns[:fields]], lowercase), spec.pii_kinds)
+            assert row["text"] == reference and row["n_chars"] == len(reference)

@@ -49,7 +49,7 @@ def test_app_predicts_and_enforces_limits(classifier_dir):
         _local_testing_mode=True,
     )
     response = handle.predict.remote(PredictRequest(texts=["one", "two"], top_k=2)).result()
-    assert len(response.predictions) == 2 and len(response.predictions[0].top_k) == 2
+    assert len(response["predictions"]) == 2 and len(response["predictions"][0]["top_k"]) == 2
     assert handle.healthz.remote().result()["status"] == "ok"
     assert handle.model.remote().result()["labels"] == ["alpha", "beta", "gamma"]
     with pytest.raises(HTTPException) as err:
@@ -65,8 +65,8 @@ def test_app_limits_text_length_by_rejecting_or_truncating(classifier_dir):
     assert err.value.status_code == 422 and "[1]" in err.value.detail
     lenient = serve.run(build_app(ServeArgs(**args, on_too_long="truncate")), _local_testing_mode=True)
     response = lenient.predict.remote(PredictRequest(texts=["short", "x" * 11])).result()
-    assert len(response.predictions) == 2
-    assert len({p.prediction_id for p in response.predictions}) == 2  # one id per prediction
+    assert len(response["predictions"]) == 2
+    assert len({p["prediction_id"] for p in response["predictions"]}) == 2  # one id per prediction
 
 
 def test_feedback_takes_only_signed_ids_masks_pii_and_lands_in_a_partition(classifier_dir, tmp_path):
@@ -84,7 +84,7 @@ def test_feedback_takes_only_signed_ids_masks_pii_and_lands_in_a_partition(class
         feedback_flush_s=0.2,
     )
     handle = serve.run(build_app(ServeArgs(**args)), _local_testing_mode=True)
-    issued = handle.predict.remote(PredictRequest(texts=["a text"])).result().predictions[0].prediction_id
+    issued = handle.predict.remote(PredictRequest(texts=["a text"])).result()["predictions"][0]["prediction_id"]
     stored = handle.feedback.remote(
         FeedbackRequest(text="mail me at jo@example.com", label="beta", prediction_id=issued)
     ).result()
@@ -170,13 +170,13 @@ def test_model_info_reports_the_variant_and_drift_against_the_training_mix(class
     )
     texts = [f"number {i}" for i in range(30)]
     response = handle.predict.remote(PredictRequest(texts=texts)).result()
-    predicted = [p.label for p in response.predictions]
+    predicted = [p["label"] for p in response["predictions"]]
     info = handle.model.remote().result()
-    assert info["variant"] == "int8"
+    assert info["variant"] == "int8" and info["task"] == "text_classification"
     assert info["drift"]["window"] == 30
     # "number 7" is 4 tokens with [CLS]/[SEP]: bin 0, which training never saw.
-    assert info["drift"]["input_tokens_psi"] > 1
-    assert (info["drift"]["label_psi"] > 1) == (set(predicted) != {"alpha"})
+    assert info["drift"]["psi"]["input_tokens"] > 1
+    assert (info["drift"]["psi"]["label"] > 1) == (set(predicted) != {"alpha"})
 
 
 def test_serve_args_take_the_configs_settings_types_and_checks(tmp_path):

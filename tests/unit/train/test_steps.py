@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from raylane.models import load_classifier, load_tokenizer
+from raylane.tasks import get_task
 from raylane.train import checkpoint
-from raylane.train.loop import EarlyStopping
+from raylane.train.loop import EarlyStopping, loss_of
 from raylane.train.optim import (
     Precision,
     accumulate,
@@ -18,6 +19,11 @@ from raylane.train.optim import (
 )
 
 CPU = Precision(torch.device("cpu"))
+TASK = get_task("text_classification")
+
+
+def _loss(model, batch):
+    return loss_of(model, batch, TASK, {}, CPU)
 
 
 @pytest.fixture
@@ -47,11 +53,11 @@ def _grads(model):
 @pytest.mark.parametrize("split", [[4, 4], [5, 3], [2, 2, 2, 2]])
 def test_accumulated_micro_batches_give_the_full_batch_gradient(model_and_batch, split):
     model, batch = model_and_batch
-    accumulate(model, [batch], CPU)
+    accumulate(model, [batch], _loss, CPU)
     full = _grads(model)
     model.zero_grad(set_to_none=True)
     bounds = np.cumsum([0, *split])
-    accumulate(model, [_slice(batch, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])], CPU)
+    accumulate(model, [_slice(batch, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])], _loss, CPU)
     for g_full, g_acc in zip(full, _grads(model), strict=True):
         torch.testing.assert_close(g_acc, g_full, rtol=1e-4, atol=1e-6)
 
@@ -61,7 +67,7 @@ def test_checkpoint_round_trip_restores_optimizer_scheduler_and_rng(model_and_ba
     optimizer = build_optimizer(model, 1e-3, 0.01)
     scheduler = build_scheduler(optimizer, warmup=2, total=10, schedule="cosine")
     for _ in range(3):
-        accumulate(model, [batch], CPU)
+        accumulate(model, [batch], _loss, CPU)
         optimizer_step(model, optimizer, scheduler, CPU, max_grad_norm=1.0)
     stopper = EarlyStopping(3, "max")
     stopper.should_stop(0.5)
@@ -170,8 +176,8 @@ def test_loss_falls_on_a_tiny_separable_set(tiny_model):
     losses = []
     for _ in range(30):
         model.train()
-        (out,) = accumulate(model, [batch], CPU)
-        losses.append(float(out.loss.detach()))
+        ((loss_sum, _),) = accumulate(model, [batch], _loss, CPU)
+        losses.append(float(loss_sum.detach()) / len(batch["labels"]))
         optimizer_step(model, optimizer, scheduler, CPU, max_grad_norm=1.0)
     model.eval()
     with torch.no_grad():

@@ -1,0 +1,51 @@
+"""Batches for training: Ray Data collate functions that turn a batch of shard rows into model
+inputs and the labels the target's loss wants. Here, not beside their inputs, because they
+subclass Ray Data's collate base class, and importing Ray Data costs seconds that the CLI's
+config checks should not pay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+
+class PadCollate(NumpyBatchCollateFn):
+    """Ray Data collate function: pad each batch to its own longest row (dynamic padding: on short
+    texts a fraction of the work of padding everything to max_length), labels as the target wants."""
+
+    def __init__(self, pad_id: int, target, n_labels: int, extras: dict[str, Any]):
+        self.pad_id, self.target, self.n_labels, self.extras = pad_id, target, n_labels, extras
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        import torch
+
+        rows = batch["input_ids"]
+        width = max(len(r) for r in rows)
+        input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = row
+            attention_mask[i, : len(row)] = 1
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(attention_mask),
+            "labels": self.target.label_tensor(batch["label"], self.n_labels, self.extras),
+        }
+
+
+class ImageCollate(NumpyBatchCollateFn):
+    """Ray Data collate function: decode, resize and normalise a batch with the model's processor."""
+
+    def __init__(self, processor, target, n_labels: int, extras: dict[str, Any]):
+        self.processor, self.target, self.n_labels, self.extras = processor, target, n_labels, extras
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        from raylane.tasks.image import decode_all
+
+        images, _ = decode_all(list(batch["image"]))
+        return {
+            "pixel_values": self.processor(images, return_tensors="pt")["pixel_values"],
+            "labels": self.target.label_tensor(batch["label"], self.n_labels, self.extras),
+        }
