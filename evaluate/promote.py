@@ -90,8 +90,16 @@ def promote(
             "task": cfg.task,
             f"test_{headline}": round(evaluation.metrics[headline], 4),
             "gate": "pass" if decision.passed else "fail",
-            **_variant_tags(evaluation),
+            **_variant_tags(evaluation, headline),
         },
+        params={k: v for k, v in cfg.flat().items() if k.startswith(("model.", "train."))},
+    )
+    # The test scores again, now linked to the LoggedModel and the test split: the model's page
+    # in the UI lists them, each with the dataset it was measured on.
+    mlflow_run.log_metrics(
+        {f"test_{k}": v for k, v in evaluation.metrics.items()},
+        model_id=version.model_id,
+        dataset=(f"{dataset.name}/test", dataset.digest),
     )
     alias = cfg.gate.alias if decision.passed else CHALLENGER
     set_alias(mlflow_run.tracking_uri, name, alias, version.version)
@@ -114,12 +122,17 @@ def promote(
     return Promotion(version, decision, alias, previous)
 
 
-def _variant_tags(evaluation: Evaluation) -> dict[str, Any]:
-    """The compressed serving variant's measured cost, where evaluate scored one."""
+def _variant_tags(evaluation: Evaluation, headline: str) -> dict[str, Any]:
+    """The compressed serving variant's measured cost in the task's headline metric (accuracy too,
+    where the task has it), where evaluate scored one."""
     variant = evaluation.serving_variant
     if not variant:
         return {}
-    return {"serving_variant": variant.variant, "serving_accuracy_delta_points": variant.delta_points["accuracy"]}
+    tags = {"serving_variant": variant.variant}
+    for metric in dict.fromkeys(("accuracy", headline)):
+        if metric in variant.delta_points:
+            tags[f"serving_{metric}_delta_points"] = variant.delta_points[metric]
+    return tags
 
 
 def format_decision(reg: Promotion) -> str:

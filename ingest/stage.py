@@ -378,7 +378,7 @@ def log_to_mlflow(mlflow_run: RunRef, dataset: DatasetInfo) -> None:
         }
     )
     mlflow_run.log_text(m.to_json(), MANIFEST)
-    mlflow_run.log_dataset(dataset.uri, name="tokenized", digest=dataset.digest, context="training")
+    dataset.log_inputs(mlflow_run)
 
 
 def format_summary(result: IngestResult) -> str:

@@ -38,7 +38,11 @@ def _git_commit() -> str:
 @contextlib.contextmanager
 def pipeline_run(cfg: PipelineConfig, command: str) -> Iterator[RunRef]:
     name = cfg.tracking.run_name or f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with start_run(cfg, name, tags={"raylane.command": command, "git_commit": _git_commit()}) as run:
+    commit = _git_commit()
+    tags = {"raylane.command": command, "git_commit": commit, "task": cfg.task}
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit  # the UI shows it beside the source
+    with start_run(cfg, name, tags=tags, stage="pipeline", source=f"raylane {command}") as run:
         run.log_params(cfg.flat())
         run.log_dict(cfg.to_dict(), "config.json")  # redacted on the way, like every value logged
         yield run
@@ -64,6 +68,7 @@ def train_stage(cfg: PipelineConfig, dataset: DatasetInfo, parent: RunRef):
     from raylane.train.driver import fit
 
     with start_run(cfg, "train", parent, tags={"dataset": dataset.uri}) as stage_run:
+        dataset.log_inputs(stage_run, ("train", "val"))
         stage_run.log_params({f"train.{k}": v for k, v in cfg.to_dict()["train"].items()})
         result = dataclasses.replace(fit(cfg, dataset, stage_run), run_id=stage_run.run_id)
     print(
@@ -77,6 +82,7 @@ def tune_stage(cfg: PipelineConfig, dataset: DatasetInfo, parent: RunRef):
     from raylane.tune.sweep import run_sweep
 
     with start_run(cfg, "sweep", parent, tags={"dataset": dataset.uri}) as stage_run:
+        dataset.log_inputs(stage_run, ("train", "val"))
         result = run_sweep(cfg, dataset, stage_run)
     result = dataclasses.replace(result, best=dataclasses.replace(result.best, run_id=stage_run.run_id))
     print(f"\nsweep: {len(result.trials)} trials")
@@ -94,6 +100,7 @@ def evaluate_stage(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, pa
     from raylane.evaluate.stage import format_table, run_evaluation
 
     with start_run(cfg, "evaluate", parent, tags={"model_dir": model_dir}) as stage_run:
+        dataset.log_inputs(stage_run, ("test",))
         evaluation = run_evaluation(cfg, model_dir, dataset, cfg.output_path / "evaluation", stage_run)
     print(f"\nevaluate (test split):\n{format_table(evaluation)}\n  report: {evaluation.report_path}")
     return evaluation, stage_run.run_id
@@ -151,6 +158,7 @@ def _on_dataset(cfg: PipelineConfig, args: argparse.Namespace, command: str, sta
     dataset = _dataset(cfg, args)  # a missing dataset fails before Ray starts
     init_ray()
     with pipeline_run(cfg, command) as parent:
+        dataset.log_inputs(parent, ("train", "val"))
         stage(cfg, dataset, parent)
     return 0
 
@@ -162,11 +170,14 @@ def evaluate_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     resolved = resolve_model(args.model or cfg.serve_model_uri, tracking_uri(cfg))
     init_ray()
     with pipeline_run(cfg, "evaluate") as parent:
+        dataset.log_inputs(parent, ("test",))
         evaluation, evaluate_run_id = evaluate_stage(cfg, resolved.model_dir, dataset, parent)
         if args.register:
             promotion = register_stage(
                 cfg, resolved.model_dir, dataset, evaluation, parent, {"evaluate_run_id": evaluate_run_id}
             )
+            if promotion.version.model_id:
+                parent.log_model_output(promotion.version.model_id)
             return _gate_exit_code(cfg, promotion)
     return 0
 
@@ -211,6 +222,7 @@ def run_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     init_ray()
     with pipeline_run(cfg, "run") as parent:
         dataset = ingest_stage(cfg, parent, force=args.force, tasks=tasks)
+        dataset.log_inputs(parent)
         best = tune_stage(cfg, dataset, parent) if cfg.sweep.enabled else train_stage(cfg, dataset, parent)
         release_stray_placement_groups()  # or evaluate may wait forever for the CPUs they hold
         evaluation, evaluate_run_id = evaluate_stage(cfg, best.model_dir, dataset, parent)
@@ -248,7 +260,7 @@ def run_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
             "elapsed_s": round(elapsed, 1),
             "tracking_uri": tracking_uri(cfg),
         }
-        parent.log_metrics({"elapsed_s": elapsed, f"test_{headline}": evaluation.metrics[headline]})
+        _headline_on_parent(parent, promotion, evaluation, elapsed, best.run_id)
         parent.log_dict(summary, "run_summary.json")
     (cfg.output_path / "run_summary.json").write_text(json.dumps(redacted(summary), indent=2))
     first = {k: v for k, v in answer["predictions"][0].items() if k != "prediction_id"}
@@ -262,6 +274,26 @@ def run_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         print(f"serving at {url} until Ctrl-C")
         _block()
     return _gate_exit_code(cfg, promotion)
+
+
+def _headline_on_parent(parent: RunRef, promotion, evaluation, elapsed: float, training_run_id: str) -> None:
+    """How it went, on the parent run's row of the runs table: the test metrics, the wall time,
+    the gate's verdict and the champion; its Models column links the registered model, as does
+    the training run's (the run whose checkpoint it is)."""
+    parent.log_metrics({"elapsed_s": elapsed, **{f"test_{k}": v for k, v in evaluation.metrics.items()}})
+    champion = promotion.version.version if promotion.decision.passed else promotion.previous_version
+    parent.set_tags(
+        {
+            "gate": "pass" if promotion.decision.passed else "fail",
+            "registered_version": promotion.version.version,
+            "alias": promotion.alias,
+            "champion_version": champion or "none",
+        }
+    )
+    if promotion.version.model_id:
+        parent.log_model_output(promotion.version.model_id)
+        if training_run_id:
+            dataclasses.replace(parent, run_id=training_run_id).log_model_output(promotion.version.model_id)
 
 
 def _sample_request(cfg: PipelineConfig, dataset: DatasetInfo) -> tuple[str, Any, str]:

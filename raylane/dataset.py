@@ -10,6 +10,8 @@ from raylane.manifest import MANIFEST, Manifest, read_manifest
 from raylane.sources import join
 
 SPLITS = ("train", "val", "test")
+# MLflow's dataset contexts, by split: the UI shows them beside each input dataset.
+CONTEXTS = {"train": "train", "val": "validation", "test": "test"}
 # Columns every tokenized split carries; `text` stays for evaluation slices and error analysis.
 COLUMNS = ("text", "label", "input_ids", "length")
 
@@ -26,6 +28,19 @@ class DatasetInfo:
     @property
     def digest(self) -> str:
         return self.manifest.digest
+
+    @property
+    def name(self) -> str:
+        """The dataset directory's name (`dataset` under the default output_dir)."""
+        return self.uri.rstrip("/").rsplit("/", 1)[-1]
+
+    def log_inputs(self, mlflow_run, splits: tuple[str, ...] = SPLITS) -> None:
+        """Record `splits` as inputs of `mlflow_run` (a `raylane.tracking.RunRef`), each with its
+        context: what fills the runs table's Dataset column. By reference: URI and digest."""
+        for split in splits:
+            mlflow_run.log_dataset(
+                self.split_uri(split), name=f"{self.name}/{split}", digest=self.digest, context=CONTEXTS[split]
+            )
 
     def split_uri(self, split: str) -> str:
         return join(self.uri, f"split={split}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+from raylane.console import say
+
 
 def _duration(seconds: float) -> str:
     seconds = max(0, int(seconds))
@@ -26,7 +28,7 @@ class StepProgress:
         log_every_steps: int = 10,
         every_s: float = 10.0,
         clock=time.monotonic,
-        out=print,
+        out=say,
     ):
         self.steps_per_epoch, self.epochs = max(1, steps_per_epoch), epochs
         self.enabled, self.mlflow_run, self.log_every_steps = enabled, mlflow_run, log_every_steps
@@ -64,7 +66,6 @@ class StepProgress:
             left = per_step * (self.steps_per_epoch - self._epoch_step)
             self.out(
                 f"  epoch {self.epoch + 1}/{self.epochs}  step {self._epoch_step}/{self.steps_per_epoch}  "
-                f"loss {loss:.4f}  lr {lr:.2e}  {rate:.1f} samples/s  ETA {_duration(left)}",
-                flush=True,
+                f"loss {loss:.4f}  lr {lr:.2e}  {rate:.1f} samples/s  ETA {_duration(left)}"
             )
             self._last, self._samples_since = now, 0

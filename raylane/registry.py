@@ -26,6 +26,7 @@ class ModelVersionRef:
     name: str
     version: str
     uri: str  # models:/<name>/<version>
+    model_id: str = ""  # the MLflow 3 LoggedModel the version was registered from
 
 
 def _pinned_requirements() -> list[str]:
@@ -41,9 +42,11 @@ def log_and_register(
     labels: list[str],
     tags: dict[str, Any] | None = None,
     description: str = "",
+    params: dict[str, Any] | None = None,
 ) -> ModelVersionRef:
-    """Log the model as a pyfunc under `run` and register it as a new version of `registered_name`,
-    with its tags and description (the model card, shown in the registry UI)."""
+    """Log the model as a pyfunc under `run` (an MLflow 3 LoggedModel, with `params` and `tags`)
+    and register it as a new version of `registered_name`, with its tags and description (the
+    model card, shown in the registry UI)."""
     import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
@@ -70,14 +73,16 @@ def log_and_register(
             pip_requirements=_pinned_requirements(),
             metadata={"task": saved.task, "labels": labels, "label2id": {name: i for i, name in enumerate(labels)}},
             registered_model_name=registered_name,
+            params={k: redact(str(v)) for k, v in (params or {}).items()},
         )
     version = str(info.registered_model_version)
     client = _client(mlflow_run.tracking_uri)
+    client.set_logged_model_tags(info.model_id, {k: redact(str(v)) for k, v in (tags or {}).items()})
     for key, value in (tags or {}).items():
         client.set_model_version_tag(registered_name, version, key, redact(str(value)))
     if description:
         client.update_model_version(registered_name, version, description=redact(description))
-    return ModelVersionRef(registered_name, version, f"models:/{registered_name}/{version}")
+    return ModelVersionRef(registered_name, version, f"models:/{registered_name}/{version}", info.model_id)
 
 
 def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:

@@ -12,6 +12,7 @@ run it started in. Nesting is MLflow's own `mlflow.parentRunId` tag, which the U
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
 import sys
@@ -27,6 +28,14 @@ from raylane.redact import redact
 
 # MLflow caps a param value at 6000 characters; longer values are cut, not rejected.
 _PARAM_LIMIT = 6000
+
+# The UI picks its view from this tag: without it, MLflow 3 opens a GenAI experiment (traces,
+# token counts), all empty for a training pipeline.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+EXPERIMENT_DESCRIPTION = """raylane pipeline runs. Each `run-...` parent run nests its stages:
+ingest (the dataset's counts and quarantine), train or sweep (one child run per trial), evaluate
+(test-split metrics, confusion matrix, curves) and register (the gate's verdict, the registered
+version). The parent's columns hold the headline: test metric, gate, champion version, wall time."""
 
 
 def tracking_uri(cfg: PipelineConfig) -> str:
@@ -51,6 +60,7 @@ class RunRef:
     tracking_uri: str
     experiment_id: str
     run_id: str
+    source: str = "raylane"  # the command that started the pipeline run: every nested run shows it
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -59,12 +69,27 @@ class RunRef:
         for start in range(0, len(items), 100):  # log_batch takes at most 100 params a call
             _client(self.tracking_uri).log_batch(self.run_id, params=items[start : start + 100])
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(
+        self,
+        metrics: dict[str, float],
+        step: int | None = None,
+        model_id: str | None = None,
+        dataset: tuple[str, str] | None = None,
+    ) -> None:
+        """`model_id` links the values to a LoggedModel (its page lists them); `dataset` is the
+        (name, digest) of the dataset input they were measured on."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        name, digest = dataset or (None, None)
+        items = [Metric(k, float(v), now, step or 0, model_id, name, digest) for k, v in metrics.items()]
         _client(self.tracking_uri).log_batch(self.run_id, metrics=items)
+
+    def log_model_output(self, model_id: str, step: int = 0) -> None:
+        """Show a LoggedModel in this run's Models column (the run produced it, or is its parent)."""
+        from mlflow.entities import LoggedModelOutput
+
+        _client(self.tracking_uri).log_outputs(self.run_id, [LoggedModelOutput(model_id, step)])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -94,7 +119,7 @@ class RunRef:
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
-        dataset = MetaDataset(resolve_dataset_source(redact(uri)), name=name, digest=digest)
+        dataset = MetaDataset(resolve_dataset_source(redact(uri)), name=name, digest=digest[:36])
         tag = InputTag(key="mlflow.data.context", value=context)
         _client(self.tracking_uri).log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(), [tag])])
 
@@ -122,32 +147,55 @@ def ensure_experiment(cfg: PipelineConfig) -> tuple[str, str]:
     uri = tracking_uri(cfg)
     client = _client(uri)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    if experiment is not None:
-        return uri, experiment.experiment_id
-    location = None
-    if uri.startswith("sqlite:") or uri.startswith("file:"):
-        location = (cfg.output_path / "mlartifacts").as_uri()
-    try:
-        return uri, client.create_experiment(cfg.tracking.experiment, artifact_location=location)
-    except Exception:  # another process created it between our get and create
+    if experiment is None:
+        location = None
+        if uri.startswith("sqlite:") or uri.startswith("file:"):
+            location = (cfg.output_path / "mlartifacts").as_uri()
+        try:
+            client.create_experiment(cfg.tracking.experiment, artifact_location=location)
+        except Exception:  # another process created it between our get and create
+            pass
         experiment = client.get_experiment_by_name(cfg.tracking.experiment)
         if experiment is None:
-            raise
-        return uri, experiment.experiment_id
+            raise LookupError(f"MLflow experiment {cfg.tracking.experiment!r} could not be created at {redact(uri)}")
+    # Tagged on every use, not only at creation: an experiment made by an older raylane, or by
+    # hand, gets the training view too. A description someone wrote is kept.
+    if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+        client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+    if "mlflow.note.content" not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, "mlflow.note.content", EXPERIMENT_DESCRIPTION)
+    return uri, experiment.experiment_id
+
+
+def _source_tags(source: str) -> dict[str, str]:
+    """What the runs table's User and Source columns show: who ran it and which command."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no passwd entry
+        user = "unknown"
+    return {"mlflow.user": user, "mlflow.source.name": source, "mlflow.source.type": "JOB"}
 
 
 @contextlib.contextmanager
 def start_run(
-    cfg: PipelineConfig, name: str, parent: RunRef | None = None, tags: dict[str, Any] | None = None
+    cfg: PipelineConfig,
+    name: str,
+    parent: RunRef | None = None,
+    tags: dict[str, Any] | None = None,
+    stage: str | None = None,
+    source: str = "raylane",
 ) -> Iterator[RunRef]:
-    """Open a run (nested under `parent` when given), close it FINISHED or FAILED."""
+    """Open a run (nested under `parent` when given, inheriting its source), close it FINISHED or
+    FAILED. `stage` (the `raylane.stage` tag that tests and tools select runs by) defaults to the
+    name; `source` is the command, for the Source column."""
     uri, experiment_id = (parent.tracking_uri, parent.experiment_id) if parent else ensure_experiment(cfg)
-    all_tags = {"raylane.stage": name, **(tags or {})}
+    source = parent.source if parent else source
+    all_tags = {**_source_tags(source), "raylane.stage": stage or name, **(tags or {})}
     if parent:
         all_tags["mlflow.parentRunId"] = parent.run_id
     client = _client(uri)
     run = client.create_run(experiment_id, run_name=name, tags={k: redact(str(v)) for k, v in all_tags.items()})
-    ref = RunRef(uri, experiment_id, run.info.run_id)
+    ref = RunRef(uri, experiment_id, run.info.run_id, source)
     try:
         yield ref
     except BaseException:
@@ -156,17 +204,30 @@ def start_run(
     client.set_terminated(ref.run_id, "FINISHED")
 
 
-def create_child_run(parent: RunRef, name: str, tags: dict[str, Any] | None = None) -> RunRef:
-    """A nested run whose end the caller marks with `finish_run` (for runs that outlive a scope)."""
-    all_tags = {"mlflow.parentRunId": parent.run_id, "raylane.stage": name, **(tags or {})}
-    run = _client(parent.tracking_uri).create_run(
-        parent.experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()}
+@contextlib.contextmanager
+def system_metrics(run: RunRef | None, interval_s: float, node: str | None = None, resume: bool = False):
+    """While the block runs, sample this node's CPU, memory, disk and network (and GPUs, where
+    nvidia-ml-py finds some) into `run`: MLflow's System metrics tab. `node` names the node when
+    several log into one run; `resume` continues the step count of a restarted worker.
+    A run of None or an interval of 0 samples nothing."""
+    if run is None or interval_s <= 0:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        run.run_id,
+        sampling_interval=interval_s,
+        samples_before_logging=1,
+        resume_logging=resume,
+        node_id=node,
+        tracking_uri=run.tracking_uri,
     )
-    return RunRef(parent.tracking_uri, parent.experiment_id, run.info.run_id)
-
-
-def finish_run(ref: RunRef, ok: bool = True) -> None:
-    _client(ref.tracking_uri).set_terminated(ref.run_id, "FINISHED" if ok else "FAILED")
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def close_open_children(parent: RunRef, status: str = "KILLED") -> int:

@@ -1,4 +1,6 @@
-"""Batch prediction: score files (path, glob or URI) with Ray Data actor pools, write Parquet."""
+"""Batch prediction: score files (path, glob or URI) with Ray Data actor pools, write Parquet.
+Text tasks build the text from `data.text_fields` as ingest does; image tasks read an image
+folder, or a column (`data.image_field`) of image bytes, paths or data: URIs."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import ray.data
 from raylane.config import PipelineConfig
 from raylane.predictor import ScoreBatch
 from raylane.runtime import on_this_node
-from raylane.sources import read_source
+from raylane.sources import list_files, read_source
+from raylane.tasks import get_task
 from raylane.text import join_text
 
 
@@ -24,13 +27,48 @@ def _to_text(batch: pd.DataFrame, text_fields: list[str]) -> pd.DataFrame:
     return batch
 
 
+def _image_column(batch: pd.DataFrame, field: str, source: str) -> pd.DataFrame:
+    """The `image` column the model reads: bytes as they are; a path (relative to the source) or
+    a data: URI read. An unreadable one fails the job, naming it."""
+    from raylane.tasks.image import read_image_bytes
+
+    images = []
+    for value in batch[field]:
+        if isinstance(value, dict):  # Hugging Face datasets' {"bytes", "path"} image struct
+            value = value.get("bytes") or value.get("path")
+        if isinstance(value, bytes | bytearray):
+            images.append(bytes(value))
+            continue
+        data, problem = read_image_bytes(str(value), source)
+        if data is None:
+            raise ValueError(f"{source}: image {str(value)[:80]!r}: {problem}")
+        images.append(data)
+    return batch.assign(image=images)
+
+
+def _as_image(batch: pd.DataFrame) -> pd.DataFrame:
+    return batch.rename(columns={"bytes": "image"})
+
+
+def _inputs(cfg: PipelineConfig, source: str):
+    """The rows to score, with the column the task's model reads (`text` or `image`)."""
+    if get_task(cfg.task).inputs.column == "text":
+        ds = read_source(source, cfg.data, required=cfg.data.text_fields)
+        return ds.map_batches(_to_text, batch_format="pandas", fn_kwargs={"text_fields": cfg.data.text_fields})
+    files = list_files(source, cfg.data.format)
+    if files[0].format == "image":  # an image folder: each file is a row, its path kept
+        ds = ray.data.read_binary_files([f.path for f in files], filesystem=files[0].fs, include_paths=True)
+        return ds.map_batches(_as_image, batch_format="pandas")
+    ds = read_source(source, cfg.data, required=[])
+    return ds.map_batches(
+        _image_column, batch_format="pandas", fn_kwargs={"field": cfg.data.image_field, "source": source}
+    )
+
+
 def predict_files(cfg: PipelineConfig, model_dir: str, source: str, out_dir: Path) -> int:
     """Score `source` into Parquet under `out_dir`, replacing what an earlier run left there: the
     predictions are written beside it first and swapped in once complete."""
-    ds = read_source(source, cfg.data, required=cfg.data.text_fields)
-    scored = ds.map_batches(
-        _to_text, batch_format="pandas", fn_kwargs={"text_fields": cfg.data.text_fields}
-    ).map_batches(
+    scored = _inputs(cfg, source).map_batches(
         ScoreBatch,
         batch_format="pandas",
         batch_size=64,

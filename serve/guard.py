@@ -106,8 +106,11 @@ class RequestGuard:
         from starlette.routing import Match
 
         for candidate in self.routes:
-            if candidate.matches(scope)[0] == Match.FULL:
-                return candidate.path
+            # Only routes have a template; a mounted or included router (FastAPI 0.12x wraps
+            # include_router in one) has none of its own.
+            path = getattr(candidate, "path", None)
+            if path and candidate.matches(scope)[0] == Match.FULL:
+                return path
         return UNMATCHED
 
 

@@ -23,10 +23,12 @@ import torch
 import torch.distributed as dist
 
 from raylane.config import PipelineConfig
+from raylane.console import say
 from raylane.progress import StepProgress
 from raylane.tasks import Task, get_task
-from raylane.tracking import RunRef
+from raylane.tracking import RunRef, system_metrics
 from raylane.train import checkpoint
+from raylane.train.batching import epoch_batches
 from raylane.train.optim import Precision, accumulate, build_optimizer, build_scheduler, groups, optimizer_step
 
 
@@ -176,72 +178,80 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         checkpoint.set_rng_state(state["rng"])
 
     collate = task.inputs.collate(processor, task.target, len(labels), extras)
+    group_by_length = tc.group_by_length and task.inputs.column == "text"  # images have no length to group by
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     progress = StepProgress(
         steps_per_epoch, tc.epochs, enabled=rank == 0, mlflow_run=mlflow_run, log_every_steps=tc.log_every_steps
     )
-    for epoch in range(start_epoch, tc.epochs):
-        model.train()
-        started = time.time()
-        record = EpochRecord()
-        progress.start_epoch(epoch)
-        batches = train_shard.iter_torch_batches(
-            batch_size=micro_batch,
-            collate_fn=collate,
-            local_shuffle_buffer_size=micro_batch * accum * 8,
-            local_shuffle_seed=tc.seed + epoch,
-        )
-        for group in groups(({k: v.to(device) for k, v in b.items()} for b in batches), accum):
-            results = accumulate(model, group, lambda m, b: loss_of(m, b, task, settings, precision), precision)
-            optimizer_step(model, optimizer, scheduler, precision, tc.max_grad_norm)
-            rows = sum(len(b["labels"]) for b in group)
-            loss_sum = sum(float(loss.detach()) for loss, _ in results)
-            for batch, (loss, logits) in zip(group, results):
-                record.add(float(loss.detach()), logits, batch["labels"])
-            progress.step(rows * world, loss_sum / max(rows, 1), scheduler.get_last_lr()[0])
-        epoch_time = time.time() - started
-        metrics = {"epoch": epoch + 1, **record.metrics(task, labels, extras, "train_")}
-        val_batches = val_shard.iter_torch_batches(batch_size=micro_batch * 2, collate_fn=collate)
-        metrics.update(
-            evaluate(model, val_batches, device, task, settings, precision).metrics(task, labels, extras, "val_")
-        )
-        metrics.update(
-            {
-                "epoch_time_s": epoch_time,
-                "samples_per_s": float(_all_reduce(np.array([record.rows]))[0]) / epoch_time,
-                "lr": scheduler.get_last_lr()[0],
-            }
-        )
-        # Counted before the checkpoint is written, so a run resumed from it counts this epoch.
-        # Every rank sees the same gathered metrics, so all of them stop at the same epoch
-        # (ray.train.report is a barrier: a rank that went on alone would hang).
-        stop = stopper.should_stop(metrics[tc.metric])
-        ckpt_dir = Path(tempfile.mkdtemp(prefix="raylane-ckpt-")) if rank == 0 else None
-        if ckpt_dir:
-            unwrapped = model.module if hasattr(model, "module") else model
-            checkpoint.save(
-                ckpt_dir,
-                unwrapped,
-                processor,
-                optimizer,
-                scheduler,
-                epoch,
-                scaler=precision.scaler,
-                early_stopping=stopper.state_dict(),
+    # One sampler per node (its local rank 0): the run's System metrics tab shows each node's
+    # CPU, memory and GPUs, named by node when the run spans several.
+    nodes = world // max(1, ctx.get_local_world_size())
+    sampler = system_metrics(
+        mlflow_run if ctx.get_local_rank() == 0 else None,
+        cfg.tracking.system_metrics_s,
+        node=f"node{ctx.get_node_rank()}" if nodes > 1 else None,
+        resume=resume_from is not None,
+    )
+    with sampler:
+        for epoch in range(start_epoch, tc.epochs):
+            model.train()
+            started = time.time()
+            record = EpochRecord()
+            progress.start_epoch(epoch)
+            batches = epoch_batches(train_shard, micro_batch, collate, tc.seed + epoch, group_by_length)
+            for group in groups(({k: v.to(device) for k, v in b.items()} for b in batches), accum):
+                results = accumulate(model, group, lambda m, b: loss_of(m, b, task, settings, precision), precision)
+                optimizer_step(model, optimizer, scheduler, precision, tc.max_grad_norm)
+                rows = sum(len(b["labels"]) for b in group)
+                loss_sum = sum(float(loss.detach()) for loss, _ in results)
+                for batch, (loss, logits) in zip(group, results):
+                    record.add(float(loss.detach()), logits, batch["labels"])
+                progress.step(rows * world, loss_sum / max(rows, 1), scheduler.get_last_lr()[0])
+            epoch_time = time.time() - started
+            metrics = {"epoch": epoch + 1, **record.metrics(task, labels, extras, "train_")}
+            val_batches = val_shard.iter_torch_batches(batch_size=micro_batch * 2, collate_fn=collate)
+            metrics.update(
+                evaluate(model, val_batches, device, task, settings, precision).metrics(task, labels, extras, "val_")
             )
-            if mlflow_run:
-                mlflow_run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=progress.global_step)
-            print(epoch_line(metrics, tc.epochs, tc.metric), flush=True)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
-        # Ray has copied the checkpoint to storage by now; in local mode (no workers) there is
-        # no storage and the returned checkpoint is this directory, so it must stay.
-        if ckpt_dir and not config["local_mode"]:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-        if stop:
-            if rank == 0:
-                print(f"early stopping: no better {tc.metric} for {tc.early_stopping_patience} epoch(s)", flush=True)
-            break
+            metrics.update(
+                {
+                    "epoch_time_s": epoch_time,
+                    "samples_per_s": float(_all_reduce(np.array([record.rows]))[0]) / epoch_time,
+                    "lr": scheduler.get_last_lr()[0],
+                }
+            )
+            # Counted before the checkpoint is written, so a run resumed from it counts this epoch.
+            # Every rank sees the same gathered metrics, so all of them stop at the same epoch
+            # (ray.train.report is a barrier: a rank that went on alone would hang).
+            stop = stopper.should_stop(metrics[tc.metric])
+            ckpt_dir = Path(tempfile.mkdtemp(prefix="raylane-ckpt-")) if rank == 0 else None
+            if ckpt_dir:
+                unwrapped = model.module if hasattr(model, "module") else model
+                checkpoint.save(
+                    ckpt_dir,
+                    unwrapped,
+                    processor,
+                    optimizer,
+                    scheduler,
+                    epoch,
+                    scaler=precision.scaler,
+                    early_stopping=stopper.state_dict(),
+                )
+                if mlflow_run:
+                    mlflow_run.log_metrics(
+                        {k: v for k, v in metrics.items() if k != "epoch"}, step=progress.global_step
+                    )
+                say(epoch_line(metrics, tc.epochs, tc.metric))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
+            # Ray has copied the checkpoint to storage by now; in local mode (no workers) there is
+            # no storage and the returned checkpoint is this directory, so it must stay.
+            if ckpt_dir and not config["local_mode"]:
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
+            if stop:
+                if rank == 0:
+                    say(f"early stopping: no better {tc.metric} for {tc.early_stopping_patience} epoch(s)")
+                break
 
 
 def epoch_line(m: dict[str, float], epochs: int, metric: str) -> str:

@@ -46,6 +46,11 @@ def trial_config(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
     return dataclasses.replace(cfg, train=train)
 
 
+def describe_params(params: dict[str, Any]) -> str:
+    """`lr=3e-05 batch_size=16`: a trial's sampled values, short enough for a run name."""
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 def run_trial(
     params: dict[str, Any], cfg: PipelineConfig, dataset: DatasetInfo, sweep_run: RunRef | None, sweep_name: str
 ) -> None:
@@ -58,7 +63,9 @@ def run_trial(
     if sweep_run is None:
         fit(trial_cfg, dataset, None, name=name, callbacks=[TuneReportCallback()])
         return
-    with start_run(cfg, f"trial-{trial_id}", parent=sweep_run, tags={"trial_id": trial_id}) as trial_run:
+    run_name = f"trial-{trial_id} {describe_params(params)}"
+    with start_run(cfg, run_name, parent=sweep_run, tags={"trial_id": trial_id}, stage="trial") as trial_run:
+        dataset.log_inputs(trial_run, ("train", "val"))
         trial_run.log_params({f"train.{k}": v for k, v in params.items()})
         fit(trial_cfg, dataset, trial_run, name=name, callbacks=[TuneReportCallback()])
 
@@ -142,7 +149,7 @@ def plot_trials(results, metric: str):
         history = result.metrics_dataframe
         if history is None or metric not in history:
             continue
-        label = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.config.items())
+        label = describe_params(result.config)
         ax.plot(history["epoch"], history[metric], marker="o", label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)

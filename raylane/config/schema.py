@@ -156,7 +156,14 @@ class TrainConfig:
     grad_accum_steps: int = opt(1, "Micro-batches per optimizer step; the step still sees batch_size rows.")
     schedule: Literal["linear", "cosine"] = opt("linear", "Learning-rate decay after warmup.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = opt(
-        "auto", "auto: bf16 on GPUs that have it, else fp16 with a loss scaler on GPU, fp32 on CPU."
+        "auto",
+        "auto: bf16 on GPUs that have it, else fp16 with a loss scaler; on CPU bf16 autocast where the CPU computes "
+        "bf16 natively (AVX512-BF16, AMX, Arm BF16), else fp32.",
+    )
+    group_by_length: bool = opt(
+        True,
+        "Text tasks: batch rows of similar token length (sorted within chunks of 64 batches, the batches then "
+        "shuffled), so batches carry little padding; false pads random batches.",
     )
     early_stopping_patience: int = opt(0, "Stop after this many epochs without a better train.metric; 0 never stops.")
     seed: int = opt(42, "Seed for weights of the new head, shuffling and dropout.")
@@ -415,6 +422,12 @@ class TrackingConfig:
     uri: str = opt("", "MLflow tracking URI; empty means $MLFLOW_TRACKING_URI, else SQLite under output_dir.")
     experiment: str = opt("raylane", "MLflow experiment name.")
     run_name: str = opt("", "Name of the pipeline's parent run; empty picks one from the time.")
+    system_metrics_s: float = opt(
+        10.0, "Seconds between samples of CPU, memory and GPU use logged to training runs; 0 turns it off."
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.system_metrics_s >= 0, "system_metrics_s", "must be >= 0 (0 turns it off)")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ def test_run_end_to_end(tmp_path, tiny_model, mlflow_server):
             "model.registered_name=e2e-model",
             f"serve.port={port}",
             "serve.keep_running=true",
+            "tracking.system_metrics_s=1",
         ],
         cwd=REPO_ROOT,
         stdout=log,
@@ -66,6 +67,7 @@ def test_run_end_to_end(tmp_path, tiny_model, mlflow_server):
         assert champion.version == summary["registered_version"] and summary["gate"]["passed"]
         assert champion.tags["pipeline_run_id"] == parent.info.run_id and champion.tags["training_run_id"]
         assert "## Test metrics" in champion.description  # the model card
+        _assert_what_the_ui_shows(client, parent, champion, summary)
 
         response = requests.post(
             f"http://127.0.0.1:{port}/predict", json={"texts": ["Object detection with YOLO on video"]}, timeout=60
@@ -82,3 +84,55 @@ def test_run_end_to_end(tmp_path, tiny_model, mlflow_server):
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _assert_what_the_ui_shows(client: MlflowClient, parent, champion, summary) -> None:
+    """What the MLflow UI renders, read through its API: the training view, the Dataset and
+    Models columns, the logged model's metrics, system and step metrics, trial names."""
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "parent run" in experiment.tags["mlflow.note.content"]
+
+    runs = client.search_runs([experiment.experiment_id])
+    by_stage: dict[str, list] = {}
+    for run in runs:
+        by_stage.setdefault(run.data.tags["raylane.stage"], []).append(run)
+
+    def contexts(run) -> set[str]:
+        return {
+            tag.value
+            for dataset_input in run.inputs.dataset_inputs
+            for tag in dataset_input.tags
+            if tag.key == "mlflow.data.context"
+        }
+
+    assert contexts(parent) == {"train", "validation", "test"}
+    assert contexts(by_stage["evaluate"][0]) == {"test"}
+    trials = by_stage["trial"]
+    assert len(trials) == 2
+    for trial in trials:
+        assert contexts(trial) == {"train", "validation"}
+        assert "lr=" in trial.info.run_name and "batch_size=" in trial.info.run_name
+        # Step-level loss, every train.log_every_steps steps, beside the epoch metrics.
+        assert len(client.get_metric_history(trial.info.run_id, "step_loss")) >= 2
+        assert any(key.startswith("system/cpu_utilization") for key in trial.data.metrics)
+        assert any(key.startswith("system/system_memory_usage") for key in trial.data.metrics)
+    assert all(run.data.tags["mlflow.source.name"] == "raylane run" for run in runs)
+
+    # The registered version comes from an MLflow 3 LoggedModel, which carries the test metrics
+    # measured on the test split, and both the parent and the training run list it as an output.
+    assert champion.model_id
+    logged = client.get_logged_model(champion.model_id)
+    linked = {m.key: m for m in logged.metrics}
+    assert linked["test_weighted_f1"].value == pytest.approx(summary["test_weighted_f1"])
+    assert linked["test_weighted_f1"].dataset_name.endswith("/test")
+    assert logged.params["train.epochs"] == "3"
+    sweep = by_stage["sweep"][0]
+    for run in (parent, sweep):
+        outputs = client.get_run(run.info.run_id).outputs
+        assert champion.model_id in {o.model_id for o in outputs.model_outputs}
+
+    # The parent's row answers "how did it go" without a click.
+    assert parent.data.tags["gate"] == "pass"
+    assert parent.data.tags["champion_version"] == champion.version
+    assert parent.data.metrics["elapsed_s"] > 0

@@ -17,7 +17,7 @@ from raylane.tasks.saved import SavedTask, read_saved_task
 from raylane.train.loop import loss_of
 from raylane.train.optim import Precision, accumulate, build_optimizer, build_scheduler, optimizer_step
 
-CPU = Precision(torch.device("cpu"))
+CPU = Precision(torch.device("cpu"), "fp32")  # exact comparisons need fp32
 MULTI, NUMERIC = get_task("text_multilabel").target, get_task("text_regression").target
 
 

@@ -13,12 +13,13 @@ from raylane.train.optim import (
     accumulate,
     build_optimizer,
     build_scheduler,
+    cpu_has_native_bf16,
     groups,
     lr_factor,
     optimizer_step,
 )
 
-CPU = Precision(torch.device("cpu"))
+CPU = Precision(torch.device("cpu"), "fp32")  # exact comparisons need fp32
 TASK = get_task("text_classification")
 
 
@@ -154,10 +155,37 @@ def test_groups():
     assert list(groups([], 3)) == []
 
 
-def test_fp32_on_cpu_whatever_is_asked():
+EPYC_FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n"
+OLD_XEON_FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n"
+GRAVITON3_FEATURES = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    assert cpu_has_native_bf16(EPYC_FLAGS)
+    assert cpu_has_native_bf16(GRAVITON3_FEATURES)
+    assert not cpu_has_native_bf16(OLD_XEON_FLAGS)  # AVX-512 alone: oneDNN would emulate bf16
+    assert not cpu_has_native_bf16("")
+
+
+def test_cpu_precision():
+    cpu = torch.device("cpu")
+    assert Precision(cpu, "auto").name == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert Precision(cpu, "bf16").name == "bf16"
+    for wanted in ("fp16", "fp32"):  # fp16 autocast is for GPUs
+        assert Precision(cpu, wanted).name == "fp32"
     for wanted in ("auto", "bf16", "fp16", "fp32"):
-        p = Precision(torch.device("cpu"), wanted)
-        assert p.name == "fp32" and not p.scaler.is_enabled()
+        assert not Precision(cpu, wanted).scaler.is_enabled()  # bf16 needs no loss scaling
+
+
+def test_a_bf16_step_on_cpu_runs_in_bf16_and_keeps_fp32_weights(model_and_batch):
+    model, batch = model_and_batch
+    bf16 = Precision(torch.device("cpu"), "bf16")
+    loss, logits = loss_of(model, batch, TASK, {}, bf16)
+    assert logits.dtype == torch.bfloat16
+    loss.backward()
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    fp32_loss, _ = _loss(model, batch)
+    assert float(loss.detach()) == pytest.approx(float(fp32_loss.detach()), rel=0.05)
 
 
 def test_loss_falls_on_a_tiny_separable_set(tiny_model):
