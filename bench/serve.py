@@ -96,6 +96,24 @@ def healthz():
 """
 
 
+# The same routes answering at once, no model: what HTTP, FastAPI and the client cost alone.
+PLAIN_ECHO_APP = """\
+from fastapi import FastAPI
+
+app = FastAPI()
+
+
+@app.post("/predict")
+async def predict(body: dict):
+    return {"predictions": [{"label": "echo", "score": 1.0} for _ in body["texts"]]}
+
+
+@app.get("/healthz")
+def healthz():
+    return {"status": "ok"}
+"""
+
+
 def say(message: str) -> None:
     print(f"[bench.serve] {message}", flush=True)
 
@@ -151,6 +169,33 @@ class ServeBench:
             f"in {time.perf_counter() - started:.1f} s"
         )
 
+    def deploy_echo(self) -> None:
+        """A Serve app with the same routes that answers at once: Serve's proxy, router and
+        replica hop, and FastAPI, without a model or any of our app's code."""
+        from fastapi import FastAPI
+        from ray import serve
+
+        from raylane.http import wait_until_ok
+
+        api = FastAPI()
+
+        @serve.deployment(ray_actor_options={"num_cpus": REPLICA_CPUS})
+        @serve.ingress(api)
+        class Echo:
+            @api.post("/predict")
+            async def predict(self, body: dict):
+                return {"predictions": [{"label": "echo", "score": 1.0} for _ in body["texts"]]}
+
+            @api.get("/healthz")
+            def healthz(self):
+                return {"status": "ok"}
+
+        self.delete()
+        serve.run(Echo.bind(), name=APP_NAME, route_prefix="/")
+        wait_until_ok(f"{self.url}/healthz")
+        self.deployed = True
+        say("deployed the echo app")
+
     def delete(self) -> None:
         from ray import serve
 
@@ -178,12 +223,13 @@ def serve_session() -> Iterator[ServeBench]:
 
 
 @contextlib.contextmanager
-def plain_fastapi(model_dir: str, directory: Path) -> Iterator[str]:
-    """The plain FastAPI app in a uvicorn subprocess; its base URL once it answers."""
+def plain_fastapi(model_dir: str, directory: Path, source: str = PLAIN_FASTAPI_APP) -> Iterator[str]:
+    """A plain FastAPI app (the model's, or `source`) in a uvicorn subprocess; its base URL once
+    it answers."""
     from raylane.http import wait_until_ok
 
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "plain_app.py").write_text(PLAIN_FASTAPI_APP)
+    (directory / "plain_app.py").write_text(source)
     port = free_port()
     env = {
         **os.environ,
@@ -337,7 +383,21 @@ def overhead(quick: bool) -> dict:
             server.deploy(model_dir)  # the default batching: max_batch_size 16, batch_wait_timeout_s 0.002
             load(server.url, texts, 1, requests=20)
             batched = statistics.median(via_serve("batched") for _ in range(rounds))
+
+            # Where the added milliseconds go: the same requests to apps that answer at once.
+            def echo_p50(url: str, label: str) -> float:
+                load(url, texts, 1, requests=20)
+                return statistics.median(
+                    load(url, texts, 1, requests=n, label=label).percentile_ms(50) for _ in range(rounds)
+                )
+
+            server.deploy_echo()
+            serve_echo = echo_p50(server.url, "Serve echo (no model)")
+            server.delete()
+        with plain_fastapi(model_dir, Path(tmp) / "echo", PLAIN_ECHO_APP) as echo_url:
+            uvicorn_echo = echo_p50(echo_url, "uvicorn echo (no model, no Ray)")
     added = times["ours"] - times["baseline"]
+    app_ms = added - serve_echo  # what our app adds beyond Serve's floor and the model itself
     return {
         "load_average_1min": [load_before, load_average()],
         "ours": round(times["ours"], 2),
@@ -353,6 +413,15 @@ def overhead(quick: bool) -> dict:
         "also waits up to 2 ms for a batch to fill",
         "failed_requests": errors(reports["unbatched"]) + errors(reports["batched"]),
         "model": "MiniLM-L6, fresh 4-label head, fp32; 1 replica, replica_cpus=2",
+        # The added ms, split: client + HTTP + FastAPI (a uvicorn app that answers at once),
+        # Serve's proxy and router hop on top of that (the same app as a Serve deployment), and
+        # the rest, our app's own code around the model (guard, schema, batching, metrics, drift).
+        "breakdown_ms": {
+            "client_http_fastapi": round(uvicorn_echo, 2),
+            "serve_proxy_router_replica": round(serve_echo - uvicorn_echo, 2),
+            "raylane_app_beyond_model": round(app_ms, 2),
+            "model_direct": round(times["baseline"], 2),
+        },
     }
 
 

@@ -6,9 +6,11 @@ Parsing and config checks happen here, before Ray starts, so a typo fails in abo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from raylane.config import ConfigError, check_data_inputs, check_model_input, describe, load_config
+from raylane.console import VERBOSE_ENV, quiet_libraries
 from raylane.redact import redact
 
 COMMAND_HELP = {
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--config", help="YAML config (default: configs/default.yaml)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=3e-5")
+        p.add_argument("--verbose", action="store_true", help="show Ray's INFO logs too (default: warnings only)")
         if name in ("train", "tune", "evaluate"):
             p.add_argument("--dataset", help="ingested dataset directory (default: <output_dir>/dataset)")
         if name in ("evaluate", "serve", "predict"):
@@ -52,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # read here, by init_ray and by the workers that inherit it
+    quiet_libraries()  # before anything imports the libraries it quiets
     try:
         cfg = load_config(args.config, args.overrides)
         if args.command in ("run", "ingest"):

@@ -269,7 +269,7 @@ def run_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         f"  -> {json.dumps(first)[:300]} (model version {answer['model_version']})"
     )
     print(f"\ndone in {elapsed / 60:.1f} min; test {headline} {evaluation.metrics[headline]:.4f}")
-    print(f"MLflow UI: {ui_command(cfg)}")
+    print(f"MLflow UI: {ui_command(cfg, parent.experiment_id)}")
     if cfg.serve.keep_running:
         print(f"serving at {url} until Ctrl-C")
         _block()

@@ -29,8 +29,10 @@ class StepProgress:
         every_s: float = 10.0,
         clock=time.monotonic,
         out=say,
+        label: str = "",
     ):
         self.steps_per_epoch, self.epochs = max(1, steps_per_epoch), epochs
+        self.prefix = f"{label}  " if label else "  "  # a sweep's trials print side by side
         self.enabled, self.mlflow_run, self.log_every_steps = enabled, mlflow_run, log_every_steps
         self.every_s, self.clock, self.out = every_s, clock, out
         self.global_step = 0
@@ -65,7 +67,7 @@ class StepProgress:
             per_step = (now - self._started) / self._epoch_step
             left = per_step * (self.steps_per_epoch - self._epoch_step)
             self.out(
-                f"  epoch {self.epoch + 1}/{self.epochs}  step {self._epoch_step}/{self.steps_per_epoch}  "
+                f"{self.prefix}epoch {self.epoch + 1}/{self.epochs}  step {self._epoch_step}/{self.steps_per_epoch}  "
                 f"loss {loss:.4f}  lr {lr:.2e}  {rate:.1f} samples/s  ETA {_duration(left)}"
             )
             self._last, self._samples_since = now, 0

@@ -51,7 +51,6 @@ def log_and_register(
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from raylane.pyfunc import RaylaneModel
     from raylane.tasks import get_task
     from raylane.tasks.saved import read_saved_task
 
@@ -65,7 +64,7 @@ def log_and_register(
     with mlflow.start_run(run_id=mlflow_run.run_id, nested=True):
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
-            python_model=RaylaneModel(),
+            python_model=str(_CORE_DIR / "pyfunc.py"),  # as code: nothing pickled
             artifacts={"hf_model": model_dir},
             code_paths=[str(_CORE_DIR)],
             signature=infer_signature(example, output),

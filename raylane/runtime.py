@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+
+from raylane.console import quiet_libraries, verbose
 
 
 def init_ray() -> None:
@@ -11,30 +14,41 @@ def init_ray() -> None:
 
     if ray.is_initialized():
         return
-    # Keep Ray Data's progress bars but drop its per-operator log spam from the driver's output.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # By default the console holds raylane's lines, progress and real warnings; Ray's INFO lines
+    # (and Ray Data's per-operator ones) only with --verbose.
+    loud = verbose()
+    quiet_libraries()
+    for library in ("ray.data", "ray.serve"):
+        logging.getLogger(library).setLevel(logging.INFO if loud else logging.WARNING)
     if not os.environ.get("RAY_ADDRESS"):
         # A local Ray's workers inherit this environment. Arrow's default allocator (mimalloc)
         # keeps freed memory for reuse, so a long-lived worker holds the peak of every task it
         # ran: ingesting 8x SST-2, 610 MiB per worker against 400 MiB with the C library's
         # malloc. Clusters set it in cluster.yaml (a job runtime_env would cost seconds per job).
         os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    ray.init(
+        address=os.environ.get("RAY_ADDRESS"),
+        log_to_driver=True,
+        configure_logging=True,
+        logging_level="INFO" if loud else "WARNING",
+    )
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = True
+    # Bars on a terminal, where they redraw in place; in a job's log they would be pages of blocks.
+    ctx.enable_progress_bars = loud or sys.stdout.isatty()
     ctx.print_on_execution_start = False
 
 
 def on_this_node() -> dict:
-    """Ray remote args that keep tasks or actors on the driver's node: for work that reads a
+    """Ray Data arguments that keep tasks or actors on the driver's node: for work that reads a
     model directory only the driver has (exported or downloaded there). Without it, a Ray Data
-    actor placed on another node of a cluster would not find the files."""
+    actor placed on another node of a cluster would not find the files. A label selector on the
+    label Ray gives every node (a scheduling strategy would go through `ray_remote_args`, which
+    Ray Data deprecates, with a warning on every call)."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}
+    return {"label_selector": {"ray.io/node-id": ray.get_runtime_context().get_node_id()}}
 
 
 def stray_placement_groups(table: dict, job_id: str) -> list[str]:

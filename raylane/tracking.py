@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,12 @@ class RunRef:
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
-        dataset = MetaDataset(resolve_dataset_source(redact(uri)), name=name, digest=digest[:36])
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice, so every local path is "ambiguous"
+            # between a class and itself, with a warning each time.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            source = resolve_dataset_source(redact(uri))
+        dataset = MetaDataset(source, name=name, digest=digest[:36])
         tag = InputTag(key="mlflow.data.context", value=context)
         _client(self.tracking_uri).log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(), [tag])])
 
@@ -244,12 +250,20 @@ def close_open_children(parent: RunRef, status: str = "KILLED") -> int:
     return len(open_runs)
 
 
-def ui_command(cfg: PipelineConfig) -> str:
-    """How a person opens the MLflow UI on what this config tracks."""
+UI_WORKFLOW = "workflowType=machine_learning"
+
+
+def ui_command(cfg: PipelineConfig, experiment_id: str | None = None) -> str:
+    """How a person opens the MLflow UI on what this config tracks (on the experiment's runs
+    table when its id is given)."""
     uri = tracking_uri(cfg)
+    # MLflow 3.17's UI keeps one "workflow type" per browser, GenAI unless switched, and opens
+    # every experiment in it (the experiment's kind tag only decides where that switch is off):
+    # the link switches it to machine learning, which lands on the training runs table.
+    page = f"/#/experiments/{experiment_id}/runs?{UI_WORKFLOW}" if experiment_id else ""
     if uri.startswith("sqlite:"):
         # The mlflow script next to this interpreter: works from a venv that is not activated.
         beside = Path(sys.executable).parent / "mlflow"
         mlflow_cli = str(beside) if beside.exists() else "mlflow"
-        return f"{mlflow_cli} ui --backend-store-uri {uri} --port 5000   # then open http://127.0.0.1:5000"
-    return f"open {redact(uri)} in a browser"
+        return f"{mlflow_cli} ui --backend-store-uri {uri} --port 5000   # then open http://127.0.0.1:5000{page}"
+    return f"open {redact(uri).rstrip('/')}{page} in a browser"

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from ray import serve
 
 from raylane.config import ConfigError, ServeConfig
+from raylane.console import verbose
 from raylane.serve.auth import key_digests
 from raylane.serve.guard import RequestGuard
 from raylane.serve.replica import Replica
@@ -163,7 +164,11 @@ def deployment_options(args: ServeArgs) -> dict:
         resources["num_gpus"] = args.replica_gpus
     options = {
         "max_ongoing_requests": max(args.max_ongoing_requests, args.max_batch_size),
-        "logging_config": {"enable_access_log": args.access_log},
+        # Replica INFO lines only with --verbose (where this is built) or to carry the access log.
+        "logging_config": {
+            "enable_access_log": args.access_log,
+            "log_level": "INFO" if args.access_log or verbose() else "WARNING",
+        },
         "ray_actor_options": resources,
     }
     if args.max_replicas > args.num_replicas:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import requests
 
 from raylane.config import PipelineConfig
+from raylane.console import verbose
 from raylane.http import wait_until_ok
 from raylane.serve.app import ServeArgs, build_app
 from raylane.tracking import tracking_uri
@@ -40,7 +41,12 @@ def deploy(cfg: PipelineConfig, model_uri: str | None = None) -> str:
     """Deploy (or update) the app; returns its base URL once it answers."""
     from ray import serve
 
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, proxy_location=cfg.serve.proxy_location)
+    serve.start(
+        http_options={"host": cfg.serve.host, "port": cfg.serve.port},
+        proxy_location=cfg.serve.proxy_location,
+        # The controller's and proxies' INFO lines (routes, replicas added) only with --verbose.
+        logging_config={"log_level": "INFO" if verbose() else "WARNING"},
+    )
     serve.run(build_app(serve_args(cfg, model_uri)), name=APP_NAME, route_prefix="/")
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"
     wait_until_ok(f"{url}/healthz")  # the replica's health check: a real forward pass

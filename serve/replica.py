@@ -25,6 +25,9 @@ class Replica:
         from raylane.serve.swap import AliasFollower, alias_of
 
         self.args = args
+        # A replica's log is for requests and errors: no bars for the model it downloads at start
+        # or on a hot swap (MLflow reads this variable at each download).
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.task = get_task(args.task)
         key_digests(args.api_keys_env, args.api_keys_file)  # a named key source that holds none fails now
         self.ids = PredictionIds(

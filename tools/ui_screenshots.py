@@ -36,6 +36,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from raylane.tracking import UI_WORKFLOW
+
 try:
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
@@ -224,15 +226,19 @@ def dismiss_overlays(page) -> None:
 
 
 def shoot_runs_table(page, base: str, t: Targets, path: Path) -> Path:
-    # MLflow 3 opens an experiment without `mlflow.experimentKind` on its GenAI overview; a person switches the
-    # sidebar to "Model training", which lands on the runs table (and sticks for the run pages below).
-    page.goto(base)
-    wait_for(page, 'div[role="button"]:has-text("Model training")', "experiment page")
-    page.wait_for_timeout(2000)  # let the page settle on the tab it chose
-    print(f"experiment {t.experiment_id} first opened on {page.url.removeprefix(base)}", file=sys.stderr)
+    # The link `raylane run` prints (raylane.tracking.ui_command): MLflow 3.17 keeps a per-browser "workflow type",
+    # GenAI on a fresh profile, and the link's workflowType=machine_learning switches it to the training view. Where
+    # it lands is printed: the evidence that a person following the link sees the runs table, not GenAI traces.
+    page.goto(f"{base}/runs?{UI_WORKFLOW}")
+    parent_row = f'a[href$="/runs/{t.parent_run_id}"]'
+    with contextlib.suppress(Exception):
+        page.locator(parent_row).first.wait_for(state="visible", timeout=20_000)
+    landed = page.url.removeprefix(base) or "/"
+    print(f"experiment {t.experiment_id} first opened on {landed}", file=sys.stderr)
     dismiss_overlays(page)
-    page.locator('div[role="button"]:has-text("Model training")').click()
-    wait_for(page, f'a[href$="/runs/{t.parent_run_id}"]', "runs table")
+    if page.locator(parent_row).count() == 0:
+        page.locator('div[role="button"]:has-text("Model training")').click()
+    wait_for(page, parent_row, "runs table")
     # Parent rows carry a "+" expander; expanding a stage (the sweep) reveals new ones for its trials.
     collapsed = page.locator('button[data-component-id$="runnamecellrenderer.tsx_46"]:has(path[d^="M7.25 7.25V4.5"])')
     for _ in range(50):
@@ -246,7 +252,7 @@ def shoot_runs_table(page, base: str, t: Targets, path: Path) -> Path:
 
 
 def shoot_training_charts(page, base: str, t: Targets, path: Path) -> Path:
-    page.goto(f"{base}/runs/{t.train_run_id}/model-metrics")
+    page.goto(f"{base}/runs/{t.train_run_id}/model-metrics?{UI_WORKFLOW}")
     wait_for(page, ".js-plotly-plot", f"model metrics of run {t.train_run_name!r}")
     close_assistant(page)
     # Fifteen charts in name order would put val_macro_f1 below the fold; the search box takes a regex.
@@ -259,7 +265,7 @@ def shoot_training_charts(page, base: str, t: Targets, path: Path) -> Path:
 
 
 def shoot_evaluate_artifacts(page, base: str, t: Targets, path: Path) -> Path:
-    page.goto(f"{base}/runs/{t.evaluate_run_id}/artifacts/confusion_matrix.png")
+    page.goto(f"{base}/runs/{t.evaluate_run_id}/artifacts/confusion_matrix.png?{UI_WORKFLOW}")
     wait_for(page, 'img[alt="confusion_matrix.png"]', "evaluate run's confusion matrix")
     page.wait_for_function("[...document.images].some(i => i.alt === 'confusion_matrix.png' && i.naturalWidth > 0)")
     close_assistant(page)
@@ -269,7 +275,7 @@ def shoot_evaluate_artifacts(page, base: str, t: Targets, path: Path) -> Path:
 
 
 def shoot_registered_model(page, url: str, t: Targets, path: Path) -> Path:
-    page.goto(f"{url}/#/models/{t.model_name}")
+    page.goto(f"{url}/#/models/{t.model_name}?{UI_WORKFLOW}")
     wait_for(page, f'a:has-text("Version {t.model_version}")', f"registered model {t.model_name!r}")
     close_assistant(page)
     settle(page)

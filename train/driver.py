@@ -32,7 +32,9 @@ def storage_path(cfg: PipelineConfig) -> str:
     return cfg.train.storage_path or str(cfg.output_path / "checkpoints")
 
 
-def build_trainer(cfg: PipelineConfig, dataset: DatasetInfo, mlflow_run: RunRef | None, name: str, callbacks=()):
+def build_trainer(
+    cfg: PipelineConfig, dataset: DatasetInfo, mlflow_run: RunRef | None, name: str, callbacks=(), label: str = ""
+):
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -47,6 +49,7 @@ def build_trainer(cfg: PipelineConfig, dataset: DatasetInfo, mlflow_run: RunRef 
             "extras": get_task(cfg.task).target.extras(dataset.manifest),
             "mlflow_run": mlflow_run,
             "local_mode": res.num_workers == 0,
+            "label": label,  # what starts each console line of this run (a sweep's trial id)
         },
         scaling_config=ScalingConfig(
             num_workers=res.num_workers,
@@ -80,11 +83,16 @@ def _materialized(dataset: DatasetInfo, split: str):
 
 
 def fit(
-    cfg: PipelineConfig, dataset: DatasetInfo, mlflow_run: RunRef | None = None, name: str | None = None, callbacks=()
+    cfg: PipelineConfig,
+    dataset: DatasetInfo,
+    mlflow_run: RunRef | None = None,
+    name: str | None = None,
+    callbacks=(),
+    label: str = "",
 ) -> TrainResult:
     """Train, then export the best epoch's model under <output_dir>/models/<name>."""
     name = name or time.strftime("train-%Y%m%d-%H%M%S")
-    result = build_trainer(cfg, dataset, mlflow_run, name, callbacks).fit()
+    result = build_trainer(cfg, dataset, mlflow_run, name, callbacks, label).fit()
     if result.error:
         raise result.error
     exported = export_best(cfg, dataset, result, name)

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from raylane.config import PipelineConfig
-from raylane.console import say
+from raylane.console import quiet_worker, say
 from raylane.progress import StepProgress
 from raylane.tasks import Task, get_task
 from raylane.tracking import RunRef, system_metrics
@@ -132,6 +132,7 @@ def evaluate(model, batches, device, task: Task, settings: dict[str, Any], preci
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
+    quiet_worker()
     cfg: PipelineConfig = config["cfg"]
     labels: list[str] = config["label_names"]
     extras: dict[str, Any] = config["extras"]
@@ -182,7 +183,12 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     progress = StepProgress(
-        steps_per_epoch, tc.epochs, enabled=rank == 0, mlflow_run=mlflow_run, log_every_steps=tc.log_every_steps
+        steps_per_epoch,
+        tc.epochs,
+        enabled=rank == 0,
+        mlflow_run=mlflow_run,
+        log_every_steps=tc.log_every_steps,
+        label=config.get("label", ""),
     )
     # One sampler per node (its local rank 0): the run's System metrics tab shows each node's
     # CPU, memory and GPUs, named by node when the run spans several.
@@ -242,7 +248,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                     mlflow_run.log_metrics(
                         {k: v for k, v in metrics.items() if k != "epoch"}, step=progress.global_step
                     )
-                say(epoch_line(metrics, tc.epochs, tc.metric))
+                say(epoch_line(metrics, tc.epochs, tc.metric, config.get("label", "")))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
             # Ray has copied the checkpoint to storage by now; in local mode (no workers) there is
             # no storage and the returned checkpoint is this directory, so it must stay.
@@ -254,8 +260,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 break
 
 
-def epoch_line(m: dict[str, float], epochs: int, metric: str) -> str:
+def epoch_line(m: dict[str, float], epochs: int, metric: str, label: str = "") -> str:
+    prefix = f"{label}  " if label else ""
     return (
-        f"epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+        f"{prefix}epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
         f"{metric} {m[metric]:.4f}  {m['samples_per_s']:.1f} samples/s  {m['epoch_time_s']:.1f}s"
     )

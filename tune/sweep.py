@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from raylane.config import PipelineConfig, TrainConfig, from_dict
+from raylane.console import verbose
 from raylane.dataset import DatasetInfo
 from raylane.manifest import Record
 from raylane.tracking import RunRef, close_open_children, start_run
@@ -60,14 +61,42 @@ def run_trial(
     trial_id = tune.get_context().get_trial_id()
     trial_cfg = trial_config(cfg, params)
     name = f"{sweep_name}-{trial_id}"
+    label = f"trial {trial_id}"
     if sweep_run is None:
-        fit(trial_cfg, dataset, None, name=name, callbacks=[TuneReportCallback()])
+        fit(trial_cfg, dataset, None, name=name, callbacks=[TuneReportCallback()], label=label)
         return
     run_name = f"trial-{trial_id} {describe_params(params)}"
     with start_run(cfg, run_name, parent=sweep_run, tags={"trial_id": trial_id}, stage="trial") as trial_run:
         dataset.log_inputs(trial_run, ("train", "val"))
         trial_run.log_params({f"train.{k}": v for k, v in params.items()})
-        fit(trial_cfg, dataset, trial_run, name=name, callbacks=[TuneReportCallback()])
+        fit(trial_cfg, dataset, trial_run, name=name, callbacks=[TuneReportCallback()], label=label)
+
+
+def trial_lines(cfg: PipelineConfig):
+    """A Tune callback printing one line when a trial starts, and one when it ends (finished,
+    stopped early by the scheduler, or failed): the sweep's progress in a few lines, where Tune's
+    own reporter prints a table of every metric per trial per epoch."""
+    from ray.tune import Callback
+
+    from raylane.console import say
+
+    metric, epochs = cfg.train.metric, cfg.train.epochs
+
+    class TrialLines(Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            say(f"sweep: trial {trial.trial_id} started  {describe_params(trial.config)}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            result = trial.last_result or {}
+            done = int(result.get("epoch", 0))
+            how = "finished" if done >= epochs else f"stopped early by the scheduler after {done} epoch(s)"
+            value = f", {metric} {result[metric]:.4f}" if metric in result else ""
+            say(f"sweep: trial {trial.trial_id} {how}{value}")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            say(f"sweep: trial {trial.trial_id} FAILED; see {trial.path}")
+
+    return TrialLines()
 
 
 def run_sweep(
@@ -133,7 +162,13 @@ def _tuner(cfg: PipelineConfig, dataset: DatasetInfo, sweep_run: RunRef | None, 
             scheduler=scheduler(cfg),
             search_alg=search_algorithm(cfg, concurrent),
         ),
-        run_config=tune.RunConfig(name=name, storage_path=storage_path(cfg), verbose=1),
+        # Tune's own tables only with --verbose; by default a line per trial event.
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path(cfg),
+            verbose=2 if verbose() else 0,
+            callbacks=[] if verbose() else [trial_lines(cfg)],
+        ),
     )
 
 

@@ -78,6 +78,7 @@ def test_run_end_to_end(tmp_path, tiny_model, mlflow_server):
         assert body["predictions"][0]["label"] in {"computer-vision", "mlops", "natural-language-processing", "other"}
         # The tiny random model, 3 epochs: it must still beat always answering the majority class.
         assert summary["test_accuracy"] > 78 / 191
+        _assert_a_quiet_console((tmp_path / "run.log").read_text())
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: the CLI exits cleanly and its local Ray shuts down
         try:
@@ -121,8 +122,11 @@ def _assert_what_the_ui_shows(client: MlflowClient, parent, champion, summary) -
 
     # The registered version comes from an MLflow 3 LoggedModel, which carries the test metrics
     # measured on the test split, and both the parent and the training run list it as an output.
-    assert champion.model_id
-    logged = client.get_logged_model(champion.model_id)
+    # Over REST a ModelVersion comes back without model_id (MLflow 3 drops it in from_proto); its
+    # source names the LoggedModel, `models:/<model_id>`, which is the link the registry page shows.
+    assert champion.source.startswith("models:/m-"), champion.source
+    model_id = champion.model_id or champion.source.removeprefix("models:/")
+    logged = client.get_logged_model(model_id)
     linked = {m.key: m for m in logged.metrics}
     assert linked["test_weighted_f1"].value == pytest.approx(summary["test_weighted_f1"])
     assert linked["test_weighted_f1"].dataset_name.endswith("/test")
@@ -130,9 +134,31 @@ def _assert_what_the_ui_shows(client: MlflowClient, parent, champion, summary) -
     sweep = by_stage["sweep"][0]
     for run in (parent, sweep):
         outputs = client.get_run(run.info.run_id).outputs
-        assert champion.model_id in {o.model_id for o in outputs.model_outputs}
+        assert model_id in {o.model_id for o in outputs.model_outputs}
 
     # The parent's row answers "how did it go" without a click.
     assert parent.data.tags["gate"] == "pass"
     assert parent.data.tags["champion_version"] == champion.version
     assert parent.data.metrics["elapsed_s"] > 0
+
+
+def _assert_a_quiet_console(log: str) -> None:
+    """raylane's lines, once each; not the libraries' bars, links and per-report lines."""
+    import re
+    from collections import Counter
+
+    epochs = Counter(re.findall(r"trial (\S+)  epoch (\d+)/3  train_loss", log))
+    assert epochs and set(epochs.values()) == {1}, epochs  # every epoch line printed once
+    assert len(re.findall(r"sweep: trial \S+ started", log)) == 2
+    assert len(re.findall(r"sweep: trial \S+ (finished|stopped early)", log)) == 2
+    assert "ingest:" in log and "done in " in log and "MLflow UI: " in log
+    for noise in (
+        "Starting execution of Dataset",  # Ray Data, in every process that reads a dataset
+        "Loading weights",  # transformers' bars
+        "Writing model shards",
+        "LOAD REPORT",
+        "View run",  # MLflow's links at every run's end
+        "Reporting training result",  # Ray Train's per-report line
+        "Trial status:",  # Tune's tables
+    ):
+        assert noise not in log, noise

@@ -60,9 +60,10 @@ def test_killed_worker_resumes_from_its_checkpoint(smoke_dataset, tiny_model, tm
     def watch() -> None:
         for line in proc.stdout:
             lines.append(line)
-            if not killed and "Reporting training result 1" in line:
-                # Epoch 1's checkpoint is on storage and being registered; epoch 2 (about 10 s
-                # on the tiny model at batch 4) is under way when the worker dies.
+            if not killed and "epoch 1/3  train_loss" in line:
+                # Epoch 1 is done (the loop prints its line, then reports the checkpoint); once
+                # the checkpoint is on storage, epoch 2 (about 10 s on the tiny model at batch 4)
+                # is under way when the worker dies.
                 _wait_for_checkpoint(out)
                 time.sleep(3)
                 workers = _train_workers()

@@ -69,6 +69,16 @@ def test_job_runtime_env_leaves_heavy_and_private_things_behind():
     assert "/data" not in env["excludes"]  # the embedded datasets are package data: the job needs them
 
 
+def test_job_runtime_env_keeps_a_cluster_console_as_quiet_as_a_local_one():
+    from raylane.console import QUIET_ENV, RAY_DATA_LOGGING
+
+    env = yaml.safe_load((REPO_ROOT / "configs" / "job_runtime_env.yaml").read_text())["env_vars"]
+    assert QUIET_ENV.items() <= env.items()
+    # A job's workers start in the uploaded working directory: the path is relative to it.
+    assert env["RAY_DATA_LOGGING_CONFIG"] == f"configs/{RAY_DATA_LOGGING}"
+    assert (REPO_ROOT / env["RAY_DATA_LOGGING_CONFIG"]).is_file()
+
+
 def test_serve_config_is_valid_for_serve_deploy():
     from ray.serve.schema import ServeDeploySchema
 

@@ -116,8 +116,9 @@ def test_help_documents_every_key():
         assert ".".join(section_key) in text
 
 
-# For `ray job submit --runtime-env` and `serve deploy`; see test_cluster_config.
-NOT_PIPELINE_CONFIGS = {"job_runtime_env.yaml", "serve.yaml"}
+# For `ray job submit --runtime-env` and `serve deploy` (see test_cluster_config), and Ray Data's
+# logging on a quiet console (raylane.console).
+NOT_PIPELINE_CONFIGS = {"job_runtime_env.yaml", "serve.yaml", "ray_data_logging.yaml"}
 
 
 def test_every_shipped_config_starts_with_its_command_and_loads(monkeypatch):

@@ -40,3 +40,13 @@ def test_a_resumed_run_continues_the_step_axis():
     progress.start_epoch(2)  # resumed after two finished epochs
     progress.step(samples=8, loss=1.0, lr=1e-3)
     assert progress.global_step == 51
+
+
+def test_a_trial_label_starts_each_line():
+    """Two trials of a sweep print side by side: each line says whose it is."""
+    clock, lines = Clock(), []
+    progress = StepProgress(steps_per_epoch=5, epochs=1, every_s=1, clock=clock, out=lines.append, label="trial a_0")
+    progress.start_epoch(0)
+    clock.now += 2
+    progress.step(samples=4, loss=0.7, lr=1e-4)
+    assert lines and lines[0].startswith("trial a_0  epoch 1/1  step 1/5")

@@ -10,7 +10,9 @@ from raylane.tracking import EXPERIMENT_DESCRIPTION, ensure_experiment, start_ru
 
 
 @pytest.fixture
-def cfg(tmp_path):
+def cfg(tmp_path, monkeypatch):
+    # Its own SQLite store, whatever server another test exported in $MLFLOW_TRACKING_URI.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return load_config(None, [f"output_dir={tmp_path}", "tracking.experiment=ui"])
 
 
