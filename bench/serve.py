@@ -179,7 +179,8 @@ class ServeBench:
 
         api = FastAPI()
 
-        @serve.deployment(ray_actor_options={"num_cpus": REPLICA_CPUS})
+        # Access log off, as in our app: a log line per request costs the replica time too.
+        @serve.deployment(ray_actor_options={"num_cpus": REPLICA_CPUS}, logging_config={"enable_access_log": False})
         @serve.ingress(api)
         class Echo:
             @api.post("/predict")

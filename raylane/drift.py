@@ -114,34 +114,49 @@ def read_reference(model_dir: str) -> dict[str, Any] | None:
 class DriftWindow:
     """The last `size` predictions' features and their PSI against a reference, per feature.
     Labels are compared by name, so a model whose label order differs from the manifest's still
-    compares like with like."""
+    compares like with like.
+
+    Counts per bin are kept as predictions enter and leave the window, so a batch costs its own
+    size and `scores()` the bins, not the window: both run on every batch a replica scores."""
 
     def __init__(self, reference: dict[str, Any], labels: list[str], size: int = 1000):
         self.features = reference["features"]
         self.labels = labels
         self.window: deque[dict[str, Any]] = deque(maxlen=size)
+        self._counts: dict[str, Counter] = {name: Counter() for name in self.features}
+        self._holding: Counter = Counter()  # predictions in the window that carry each feature
+        self._edges = {name: list(f["edges"]) for name, f in self.features.items() if "edges" in f}
 
     def add(self, observations: list[dict[str, Any]]) -> None:
         """One dict per prediction: {"label": label name or list of names, "input_tokens": n, ...}."""
-        self.window.extend(observations)
+        for observation in observations:
+            if len(self.window) == self.window.maxlen:
+                self._count(self.window[0], -1)  # about to fall out of the window
+            self.window.append(observation)
+            self._count(observation, 1)
 
-    def _counts(self, name: str, feature: dict[str, Any]) -> list[int]:
-        counts: Counter = Counter()
-        for observation in self.window:
-            value = observation.get(name)
+    def _count(self, observation: dict[str, Any], sign: int) -> None:
+        for name, feature in self.features.items():
+            if name not in observation:
+                continue
+            self._holding[name] += sign
+            value = observation[name]
             if value is None:
                 continue
             if "bins" in feature:
-                counts.update(value if isinstance(value, list) else [value])
+                for key in value if isinstance(value, list) else [value]:
+                    self._counts[name][key] += sign
             else:
-                counts[bin_of(value, feature["edges"])] += 1
+                self._counts[name][bin_of(value, self._edges[name])] += sign
+
+    def _histogram(self, name: str, feature: dict[str, Any]) -> list[int]:
         keys = feature["bins"] if "bins" in feature else range(len(feature["edges"]))
-        return [counts.get(key, 0) for key in keys]
+        return [self._counts[name].get(key, 0) for key in keys]
 
     def scores(self) -> dict[str, float]:
         """PSI per feature the reference has and the window holds."""
         return {
-            name: psi(feature["counts"], self._counts(name, feature))
+            name: psi(feature["counts"], self._histogram(name, feature))
             for name, feature in self.features.items()
-            if any(name in observation for observation in self.window)
+            if self._holding[name] > 0
         }

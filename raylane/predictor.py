@@ -49,9 +49,14 @@ class Predictor:
     def tokenizer(self):
         return self.processor
 
-    def scores(self, items: list, batch_size: int = 64, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def scores(self, items: list, batch_size: int = 16, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(outputs of shape (len(items), k), one drift feature per item: tokens per text, an
-        image's brightness), in the order given. `raw`: prepare the items first."""
+        image's brightness), in the order given. `raw`: prepare the items first.
+
+        Items are sorted (texts by length) and scored in chunks of `batch_size`, each padded to its
+        own longest. On 2 CPUs (MiniLM-L6, 30 batches of 32 holdout texts) chunks of 16 scored
+        1.23x as many texts/s as one padded batch of 32 in fp32 and 1.47x with int8, and 8 no
+        better than 16; `bench serve_batching` and `serve_int8` measure the effect end to end."""
         import torch
 
         if raw:
@@ -72,7 +77,7 @@ class Predictor:
         outputs = self.task.target.outputs(np.concatenate(logits), self.extras)
         return outputs[restore], np.concatenate(features)[restore]
 
-    def probabilities(self, items: list, batch_size: int = 64) -> np.ndarray:
+    def probabilities(self, items: list, batch_size: int = 16) -> np.ndarray:
         return self.scores(items, batch_size)[0]
 
     def predict(self, items: list, top_k: int = 1, raw: bool = False) -> list[dict[str, Any]]:

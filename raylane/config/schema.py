@@ -161,9 +161,10 @@ class TrainConfig:
         "bf16 natively (AVX512-BF16, AMX, Arm BF16), else fp32.",
     )
     group_by_length: bool = opt(
-        True,
+        False,
         "Text tasks: batch rows of similar token length (sorted within chunks of 64 batches, the batches then "
-        "shuffled), so batches carry little padding; false pads random batches.",
+        "shuffled), so batches carry little padding: 1.4x the samples/s on the default config on 2 CPUs, but 0.8 "
+        "points lower holdout F1 on 2 of 3 seeds (bench train_cpu_ablation), hence off by default.",
     )
     early_stopping_patience: int = opt(0, "Stop after this many epochs without a better train.metric; 0 never stops.")
     seed: int = opt(42, "Seed for weights of the new head, shuffling and dropout.")

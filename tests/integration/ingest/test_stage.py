@@ -364,18 +364,25 @@ def test_an_image_folder_quarantines_what_does_not_decode(ray_session, smoke_cfg
     (folder / "dark" / "truncated.jpg").write_bytes(_jpeg()[:300])
     (folder / "bright" / "empty.png").write_bytes(b"")
     (folder / "bright" / "copy.png").write_bytes(_png(200))  # the same bytes as bright/200.png
+    (folder / "bright" / "huge.png").write_bytes(_png(220, size=40))  # 1,600 pixels: over the cap below
     cfg = smoke_cfg_factory(
         "task=image_classification",
         f"data.source={folder}",
         "data.test_source=''",
         "data.label_field=label",
         "data.mask_pii=[]",
+        "data.max_image_pixels=1000",
         "train.metric=auto",
         out=tmp_path / "out",
     )
     m = run_ingest(cfg).dataset.manifest
-    assert m.counts.input == 24 and m.counts.accepted == 20, m.counts
-    assert m.counts.quarantine_reasons == {"undecodable_image": 2, "empty_image": 1, "duplicate": 1}
+    assert m.counts.input == 25 and m.counts.accepted == 20, m.counts
+    assert m.counts.quarantine_reasons == {
+        "undecodable_image": 2,
+        "empty_image": 1,
+        "duplicate": 1,
+        "image_too_large": 1,
+    }
     assert m.labels == ["bright", "dark"] and m.image_stats["train"].width_p50 == 8
     quarantined = {
         Path(r["source"]).name: r["detail"]

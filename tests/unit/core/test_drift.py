@@ -111,3 +111,23 @@ def test_several_labels_per_prediction_and_features_the_reference_lacks():
 def test_a_value_is_binned_over_the_training_range():
     assert histogram([0.5, 1.5, 1.9, 99.0, -5.0], [0.0, 1.0, 2.0]) == [2, 2, 1]  # below the first edge: bin 0
     assert bin_of(2.0, [0.0, 1.0, 2.0]) == 2
+
+
+def test_the_running_counts_equal_a_recount_of_the_window():
+    """The window keeps its histograms up to date as predictions come and go: after any stream,
+    they equal what counting the window from scratch gives."""
+    import random
+
+    rng = random.Random(0)
+    reference = reference_from_manifest(MANIFEST)
+    window = DriftWindow(reference, ["nlp", "cv", "other"], size=50)
+    for _ in range(40):
+        batch = [
+            {"label": rng.choice(["nlp", "cv", "other"]), "input_tokens": rng.randrange(0, 600)}
+            for _ in range(rng.randrange(1, 9))
+        ]
+        window.add(batch)
+        fresh = DriftWindow(reference, ["nlp", "cv", "other"], size=50)
+        fresh.add(list(window.window))
+        assert window.scores() == pytest.approx(fresh.scores())
+    assert len(window.window) == 50
