@@ -176,6 +176,29 @@ def _train_sides(sides: dict[str, list[str]], seeds: list[int], quick: bool) -> 
     return runs
 
 
+def _compared(runs: dict[str, list[dict]], ours: str, baseline: str) -> dict:
+    """The common fields of two sides trained over the same seeds: median samples/s and their
+    ratio, each side's mean holdout weighted F1, every seed's F1, and the runs themselves."""
+
+    def rate(side: str) -> float:
+        return statistics.median(r["samples_per_s"] for r in runs[side])
+
+    def mean_f1(side: str) -> float:
+        return round(statistics.mean(r["holdout_weighted_f1"] for r in runs[side]), 4)
+
+    return {
+        "ours": round(rate(ours), 2),
+        "baseline": round(rate(baseline), 2),
+        "ratio": round(rate(ours) / rate(baseline), 3),
+        f"holdout_weighted_f1_{ours}_mean": mean_f1(ours),
+        f"holdout_weighted_f1_{baseline}_mean": mean_f1(baseline),
+        "holdout_weighted_f1_by_seed": {
+            side: {r["seed"]: r["holdout_weighted_f1"] for r in runs[side]} for side in runs
+        },
+        "sides": runs,
+    }
+
+
 @benchmark(
     "train_cpu_speed",
     "the default config's training samples/s: default precision and batching vs fp32 with random batches",
@@ -187,29 +210,17 @@ def cpu_speed(quick: bool) -> dict:
     seed cannot tell a precision effect from the luck of the draw: the F1s are compared as means
     over the seeds, with every seed's figure beside them."""
     seeds = [42] if quick else SEEDS
-    runs = _train_sides({"defaults": [], "fp32_random": FP32_RANDOM}, seeds, quick)
-
-    def median_rate(side: str) -> float:
-        return statistics.median(r["samples_per_s"] for r in runs[side])
-
-    def mean_f1(side: str) -> float:
-        return statistics.mean(r["holdout_weighted_f1"] for r in runs[side])
-
+    runs = _train_sides({"defaults": [], "fp32_random": FP32_RANDOM}, seeds, quick)  # defaults: as shipped
     ours, base = runs["defaults"][0], runs["fp32_random"][0]
+    result = _compared(runs, "defaults", "fp32_random")
     return {
-        "ours": round(median_rate("defaults"), 2),
-        "baseline": round(median_rate("fp32_random"), 2),
-        "ratio": round(median_rate("defaults") / median_rate("fp32_random"), 3),
+        **result,
         "unit": f"training samples/s ({ours['precision']} + group_by_length={ours['group_by_length']} vs "
         f"{base['precision']} + random batches; median epoch after the first, median over {len(seeds)} seeds; "
         "default config, 1 worker x 2 CPUs)",
-        "holdout_weighted_f1_defaults_mean": round(mean_f1("defaults"), 4),
-        "holdout_weighted_f1_fp32_random_mean": round(mean_f1("fp32_random"), 4),
-        "holdout_weighted_f1_delta_points": round(100 * (mean_f1("defaults") - mean_f1("fp32_random")), 2),
-        "holdout_weighted_f1_by_seed": {
-            side: {r["seed"]: r["holdout_weighted_f1"] for r in runs[side]} for side in runs
-        },
-        "sides": runs,
+        "holdout_weighted_f1_delta_points": round(
+            100 * (result["holdout_weighted_f1_defaults_mean"] - result["holdout_weighted_f1_fp32_random_mean"]), 2
+        ),
     }
 
 
@@ -232,22 +243,8 @@ def cpu_ablation(quick: bool) -> dict:
         quick,
     )
 
-    def median_rate(side: str) -> float:
-        return statistics.median(r["samples_per_s"] for r in runs[side])
-
-    def mean_f1(side: str) -> float:
-        return statistics.mean(r["holdout_weighted_f1"] for r in runs[side])
-
     return {
-        "ours": round(median_rate("bf16_random"), 2),
-        "baseline": round(median_rate("fp32_grouped"), 2),
-        "ratio": round(median_rate("bf16_random") / median_rate("fp32_grouped"), 3),
+        **_compared(runs, "bf16_random", "fp32_grouped"),
         "unit": f"training samples/s (bf16 + random batches vs fp32 + length-grouped; median over {len(seeds)} "
         "seeds; default config, 1 worker x 2 CPUs)",
-        "holdout_weighted_f1_bf16_random_mean": round(mean_f1("bf16_random"), 4),
-        "holdout_weighted_f1_fp32_grouped_mean": round(mean_f1("fp32_grouped"), 4),
-        "holdout_weighted_f1_by_seed": {
-            side: {r["seed"]: r["holdout_weighted_f1"] for r in runs[side]} for side in runs
-        },
-        "sides": runs,
     }

@@ -30,8 +30,9 @@ from raylane.redact import redact
 # MLflow caps a param value at 6000 characters; longer values are cut, not rejected.
 _PARAM_LIMIT = 6000
 
-# The UI picks its view from this tag: without it, MLflow 3 opens a GenAI experiment (traces,
-# token counts), all empty for a training pipeline.
+# What the experiment is, for MLflow 3's UI: builds that choose the view per experiment open one
+# without it as GenAI (traces, token counts), all empty for a training pipeline. MLflow 3.17
+# instead keeps one view per browser, which the link ui_command prints switches (UI_WORKFLOW).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 EXPERIMENT_DESCRIPTION = """raylane pipeline runs. Each `run-...` parent run nests its stages:
 ingest (the dataset's counts and quarantine), train or sweep (one child run per trial), evaluate

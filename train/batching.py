@@ -29,15 +29,21 @@ def length_grouped(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
 
 
 def epoch_batches(
-    shard, batch_size: int, collate: Callable[[dict[str, np.ndarray]], Any], seed: int, group_by_length: bool
+    shard,
+    batch_size: int,
+    collate: Callable[[dict[str, np.ndarray]], Any],
+    seed: int,
+    group_by_length: bool,
+    shuffle_rows: int,
 ) -> Iterator[Any]:
-    """Collated batches of `batch_size` rows of the shard, shuffled with `seed` (vary it by epoch).
-    `group_by_length` needs the shard's `length` column (token counts, as ingest writes them)."""
+    """Collated batches of `batch_size` rows of the shard, shuffled with `seed` (vary it by epoch)
+    through a buffer of `shuffle_rows` rows. `group_by_length` needs the shard's `length` column
+    (token counts, as ingest writes them); it shuffles each chunk of CHUNK_BATCHES batches."""
     if not group_by_length:
         yield from shard.iter_torch_batches(
             batch_size=batch_size,
             collate_fn=collate,
-            local_shuffle_buffer_size=batch_size * 8,
+            local_shuffle_buffer_size=shuffle_rows,
             local_shuffle_seed=seed,
         )
         return

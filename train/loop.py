@@ -180,6 +180,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
 
     collate = task.inputs.collate(processor, task.target, len(labels), extras)
     group_by_length = tc.group_by_length and task.inputs.column == "text"  # images have no length to group by
+    label = config.get("label", "")  # a sweep's trial id, at the start of each console line
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     progress = StepProgress(
@@ -188,7 +189,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         enabled=rank == 0,
         mlflow_run=mlflow_run,
         log_every_steps=tc.log_every_steps,
-        label=config.get("label", ""),
+        label=label,
     )
     # One sampler per node (its local rank 0): the run's System metrics tab shows each node's
     # CPU, memory and GPUs, named by node when the run spans several.
@@ -205,7 +206,15 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             started = time.time()
             record = EpochRecord()
             progress.start_epoch(epoch)
-            batches = epoch_batches(train_shard, micro_batch, collate, tc.seed + epoch, group_by_length)
+            # Shuffled over 8 optimizer steps' rows, as before batches could be grouped by length.
+            batches = epoch_batches(
+                train_shard,
+                micro_batch,
+                collate,
+                tc.seed + epoch,
+                group_by_length,
+                shuffle_rows=micro_batch * accum * 8,
+            )
             for group in groups(({k: v.to(device) for k, v in b.items()} for b in batches), accum):
                 results = accumulate(model, group, lambda m, b: loss_of(m, b, task, settings, precision), precision)
                 optimizer_step(model, optimizer, scheduler, precision, tc.max_grad_norm)
@@ -248,7 +257,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                     mlflow_run.log_metrics(
                         {k: v for k, v in metrics.items() if k != "epoch"}, step=progress.global_step
                     )
-                say(epoch_line(metrics, tc.epochs, tc.metric, config.get("label", "")))
+                say(epoch_line(metrics, tc.epochs, tc.metric, label))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
             # Ray has copied the checkpoint to storage by now; in local mode (no workers) there is
             # no storage and the returned checkpoint is this directory, so it must stay.
