@@ -4,6 +4,8 @@ trains with exactly this code."""
 from __future__ import annotations
 
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,13 +94,28 @@ def fit(
 ) -> TrainResult:
     """Train, then export the best epoch's model under <output_dir>/models/<name>."""
     name = name or time.strftime("train-%Y%m%d-%H%M%S")
-    result = build_trainer(cfg, dataset, mlflow_run, name, callbacks, label).fit()
+    result = _keeping_sigint(build_trainer(cfg, dataset, mlflow_run, name, callbacks, label).fit)
     if result.error:
         raise result.error
     exported = export_best(cfg, dataset, result, name)
     if mlflow_run:
         mlflow_run.set_tags({"best_epoch": exported.metrics.get("epoch"), "checkpoint": exported.checkpoint_uri})
     return exported
+
+
+def _keeping_sigint(run):
+    """`run()`, with this process's Ctrl-C handler as it was before. Ray Train v2's fit installs
+    one that aborts its controller and never removes it: a Ctrl-C afterwards (stopping `serve`,
+    or arriving while the process exits) called a dead controller and even started a new local
+    Ray from the exit hook. Only the main thread may set handlers (a Tune trial runs fit in
+    another, and there is nothing to restore)."""
+    if threading.current_thread() is not threading.main_thread():
+        return run()
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        return run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def export_best(cfg: PipelineConfig, dataset: DatasetInfo, result, name: str) -> TrainResult:
