@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             check_data_inputs(cfg)
         if args.command in ("run", "ingest", "train", "tune"):
             check_model_input(cfg)
+        if args.command in ("run", "train", "tune") and cfg.train.peft == "lora":
+            from raylane.train.lora import check_config
+
+            check_config(cfg)  # the adapters' target layers exist, checked on a weightless copy
     except ConfigError as err:
         print(f"raylane: error: {redact(str(err))}", file=sys.stderr)
         return 2
@@ -79,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return commands.COMMANDS[args.command](cfg, args)
-    except (IngestError, ConfigError) as err:  # a whole-file problem or a secret missing: named, no traceback
+    # A whole-file problem, a secret or a dataset missing: named, no traceback.
+    except (IngestError, ConfigError, FileNotFoundError) as err:
         print(f"raylane: error: {redact(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 VERBOSE_ENV = "RAYLANE_VERBOSE"  # set by --verbose; read here and by every process that inherits it
 
@@ -28,6 +29,9 @@ QUIET_ENV = {
     "MLFLOW_LOGGING_LEVEL": "WARNING",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # Deprecation notices libraries raise about each other (Ray Train's own use of a Ray Data
+    # option, PEFT's of a transformers method) are for their developers, not for our users.
+    "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
 }
 
 
@@ -47,6 +51,9 @@ def quiet_libraries() -> None:
 
     for name, value in QUIET_ENV.items():
         os.environ.setdefault(name, value)
+    if os.environ["PYTHONWARNINGS"] == QUIET_ENV["PYTHONWARNINGS"]:  # read at start-up: this process is running
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(packaged(f"configs/{RAY_DATA_LOGGING}")))
 
 

@@ -29,10 +29,32 @@ def resolve_model_source(name_or_path: str) -> str:
     return str(bundled) if bundled else name_or_path
 
 
+def is_adapter(directory: str | Path) -> bool:
+    """A LoRA adapter (PEFT's `save_pretrained`), which needs its base model to load."""
+    return (Path(directory) / "adapter_config.json").is_file()
+
+
+def load_pretrained(auto_class, source: str, **kwargs):
+    """`auto_class.from_pretrained(source)`, and for an adapter directory its base model (by the
+    hub id or path recorded in it) with the adapter merged in: the same model as a merged export."""
+    if not is_adapter(source):
+        return auto_class.from_pretrained(source, **kwargs)
+    import json
+
+    from peft import PeftModel
+
+    base_name = json.loads((Path(source) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = auto_class.from_pretrained(resolve_model_source(base_name), **kwargs)
+    return PeftModel.from_pretrained(base, source).merge_and_unload()
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model_source(name_or_path))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(name_or_path))
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # decoder tokenizers (Llama, ...) have no padding token
+    return tokenizer
 
 
 def load_classifier(name_or_path: str, label_names: list[str]):

@@ -50,3 +50,30 @@ def make_tiny_image_model(target: Path) -> Path:
         do_convert_rgb=True,
     ).save_pretrained(target)
     return target
+
+
+def make_tiny_llama(target: Path) -> Path:
+    """A randomly initialised 2-layer Llama (a decoder, as causal LMs are) with the MiniLM
+    tokenizer, which has no end-of-sequence token: a Llama tokenizer's shape matters less here
+    than the decoder's, which classifies from its last token that is not padding."""
+    import torch
+    from transformers import LlamaConfig, LlamaModel
+
+    from raylane.config import DEFAULT_MODEL
+    from raylane.models import load_tokenizer
+
+    tokenizer = load_tokenizer(DEFAULT_MODEL)
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=None,
+    )
+    torch.manual_seed(0)
+    LlamaModel(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from raylane.config import PipelineConfig
+from raylane.console import verbose
 from raylane.dataset import DatasetInfo
+from raylane.models import is_adapter
 from raylane.scoring import outputs_of, score_split
 from raylane.tasks import get_task
 from raylane.tasks.saved import SavedTask
@@ -20,6 +22,7 @@ from raylane.text import TextPrep
 from raylane.tracking import RunRef
 from raylane.train.checkpoint import MODEL_DIR
 from raylane.train.loop import train_fn_per_worker
+from raylane.train.lora import base_reference, point_at_base
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,8 @@ def export_best(cfg: PipelineConfig, dataset: DatasetInfo, result, name: str) ->
         shutil.rmtree(export)
     with best.as_directory() as d:
         shutil.copytree(Path(d) / MODEL_DIR, export)
+    if is_adapter(export):
+        _finish_adapter_export(cfg, dataset, export)
     # Serving and batch prediction must prepare raw text the way ingest prepared the training
     # data: that is the dataset's preparation, whatever the config says now.
     prep = dataset.manifest.preparation
@@ -139,6 +144,24 @@ def export_best(cfg: PipelineConfig, dataset: DatasetInfo, result, name: str) ->
         truth = target.shard_truth(scored["label"].tolist(), len(dataset.label_names))
         saved.with_extras(**target.calibrate(truth, outputs_of(scored))).write(export)
     return TrainResult(str(export), best.path, dict(metrics))
+
+
+def _finish_adapter_export(cfg: PipelineConfig, dataset: DatasetInfo, export: Path) -> None:
+    """A LoRA checkpoint holds the adapter: name its base as configured (not this worker's path
+    to it), and for a merged export fold it into the base weights, leaving a plain model."""
+    point_at_base(export, base_reference(cfg.model.name_or_path))
+    if cfg.train.peft_export == "adapter":
+        return
+    task = get_task(cfg.task)
+    model = task.inputs.load_model(str(export), dataset.label_names, task.target)  # base + adapter, merged
+    processor = task.inputs.load_processor(str(export))
+    shutil.rmtree(export)
+    if not verbose():
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # its "Writing model shards" bar
+    model.save_pretrained(export)
+    processor.save_pretrained(export)
 
 
 def _best(result, metric: str, mode: str):

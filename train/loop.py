@@ -8,6 +8,7 @@ per epoch, because report is a barrier.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import shutil
@@ -27,8 +28,10 @@ from raylane.console import quiet_worker, say
 from raylane.progress import StepProgress
 from raylane.tasks import Task, get_task
 from raylane.tracking import RunRef, system_metrics
-from raylane.train import checkpoint
+from raylane.train import checkpoint, lora, sharding
 from raylane.train.batching import epoch_batches
+from raylane.train.lora import parameter_counts
+from raylane.train.memory import peak_memory_mb
 from raylane.train.optim import Precision, accumulate, build_optimizer, build_scheduler, groups, optimizer_step
 
 
@@ -66,11 +69,11 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _all_reduce(array: np.ndarray) -> np.ndarray:
+def _all_reduce(array: np.ndarray, op=dist.ReduceOp.SUM) -> np.ndarray:
     if not _distributed():
         return array
     tensor = torch.as_tensor(array, dtype=torch.float64)
-    dist.all_reduce(tensor)
+    dist.all_reduce(tensor, op=op)
     return tensor.numpy()
 
 
@@ -131,6 +134,26 @@ def evaluate(model, batches, device, task: Task, settings: dict[str, Any], preci
     return record
 
 
+def build_model(cfg: PipelineConfig, task: Task, labels: list[str], resume_dir: Path | None):
+    """The model to train, with LoRA adapters if configured, its weights restored from the
+    checkpoint being resumed. A whole checkpoint (DDP, no LoRA) loads from its `model/`; LoRA
+    rebuilds the frozen base from model.name_or_path and restores the adapter (DDP) or the
+    shards (FSDP) on top; FSDP's shards are restored by the caller once the model is sharded."""
+    tc = cfg.train
+    if resume_dir is not None and tc.peft == "none" and tc.strategy == "ddp":
+        model = task.inputs.load_model(str(resume_dir / checkpoint.MODEL_DIR), labels, task.target)
+    else:
+        model = task.inputs.load_model(cfg.model.name_or_path, labels, task.target, cfg.model.init)
+    if tc.gradient_checkpointing:
+        # Non-reentrant: works with frozen inputs (LoRA) and with FSDP.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if tc.peft == "lora":
+        model = lora.apply(model, tc.lora)
+        if resume_dir is not None and tc.strategy == "ddp":
+            lora.load_adapter(model, resume_dir / checkpoint.MODEL_DIR)
+    return model
+
+
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     quiet_worker()
     cfg: PipelineConfig = config["cfg"]
@@ -150,37 +173,47 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     processor = task.inputs.load_processor(cfg.model.name_or_path)
     if hasattr(processor, "model_max_length"):
         processor.model_max_length = config["max_length"]  # saved with the model: inference truncates where ingest did
+    precision = Precision(device, tc.precision)
+    lora_on = tc.peft == "lora"
     start_epoch, state = 0, None
     resume_from = ray.train.get_checkpoint()
-    if resume_from:
-        with resume_from.as_directory() as d:
-            state = checkpoint.load_state(Path(d))
-            model = task.inputs.load_model(str(Path(d) / checkpoint.MODEL_DIR), labels, task.target)
-        start_epoch = state["epoch"] + 1
-    else:
-        model = task.inputs.load_model(cfg.model.name_or_path, labels, task.target, cfg.model.init)
-    model = ray.train.torch.prepare_model(model)
+    with resume_from.as_directory() if resume_from else contextlib.nullcontext() as resume_dir:
+        resume_dir = Path(resume_dir) if resume_dir else None
+        model = build_model(cfg, task, labels, resume_dir)
+        trainable, total = parameter_counts(model)
+        model = sharding.prepare(model, tc.strategy, device, precision.dtype, tc.cpu_offload)
+        sharded = sharding.is_sharded(model)
 
-    # The configured batch is global, per optimizer step: each of `world` workers takes its
-    # share of it, in `grad_accum_steps` micro-batches.
-    accum = tc.grad_accum_steps
-    micro_batch = max(1, tc.batch_size // (world * accum))
-    steps_per_epoch = math.ceil(config["train_rows"] / (micro_batch * world * accum))
-    total_steps = steps_per_epoch * tc.epochs
-    optimizer = build_optimizer(model, tc.lr, tc.weight_decay)
-    scheduler = build_scheduler(optimizer, int(tc.warmup_ratio * total_steps), total_steps, tc.schedule)
-    precision = Precision(device, tc.precision)
-    stopper = EarlyStopping(tc.early_stopping_patience, tc.metric_mode)
-    if state:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        precision.scaler.load_state_dict(state.get("scaler", {}))
-        stopper.load_state_dict(state.get("early_stopping", {}))
-        checkpoint.set_rng_state(state["rng"])
+        # The configured batch is global, per optimizer step: each of `world` workers takes its
+        # share of it, in `grad_accum_steps` micro-batches.
+        accum = tc.grad_accum_steps
+        micro_batch = max(1, tc.batch_size // (world * accum))
+        steps_per_epoch = math.ceil(config["train_rows"] / (micro_batch * world * accum))
+        total_steps = steps_per_epoch * tc.epochs
+        optimizer = build_optimizer(model, tc.lr, tc.weight_decay)
+        scheduler = build_scheduler(optimizer, int(tc.warmup_ratio * total_steps), total_steps, tc.schedule)
+        stopper = EarlyStopping(tc.early_stopping_patience, tc.metric_mode)
+        if resume_dir:
+            state = checkpoint.load_state(resume_dir)
+            start_epoch = state["epoch"] + 1
+            if sharded:
+                checkpoint.load_shards(resume_dir, model, optimizer, lora_on)
+            else:
+                optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            precision.scaler.load_state_dict(state.get("scaler", {}))
+            stopper.load_state_dict(state.get("early_stopping", {}))
+            checkpoint.set_rng_state(state["rng"])
+    if rank == 0 and mlflow_run and resume_dir is None:
+        mlflow_run.log_params({"trainable_params": trainable, "total_params": total})
+        mlflow_run.log_metrics({"trainable_share": trainable / max(total, 1)}, step=0)
 
     collate = task.inputs.collate(processor, task.target, len(labels), extras)
     group_by_length = tc.group_by_length and task.inputs.column == "text"  # images have no length to group by
     label = config.get("label", "")  # a sweep's trial id, at the start of each console line
+    if rank == 0 and lora_on and resume_dir is None:
+        share = f"{trainable:,} of {total:,} parameters train ({trainable / total:.2%})"
+        say(f"{label + '  ' if label else ''}LoRA: {share}")
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     progress = StepProgress(
@@ -231,6 +264,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             )
             metrics.update(
                 {
+                    "peak_memory_mb": float(_all_reduce(np.array([peak_memory_mb(device)]), dist.ReduceOp.MAX)[0]),
                     "epoch_time_s": epoch_time,
                     "samples_per_s": float(_all_reduce(np.array([record.rows]))[0]) / epoch_time,
                     "lr": scheduler.get_last_lr()[0],
@@ -240,18 +274,23 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             # Every rank sees the same gathered metrics, so all of them stop at the same epoch
             # (ray.train.report is a barrier: a rank that went on alone would hang).
             stop = stopper.should_stop(metrics[tc.metric])
-            ckpt_dir = Path(tempfile.mkdtemp(prefix="raylane-ckpt-")) if rank == 0 else None
-            if ckpt_dir:
-                unwrapped = model.module if hasattr(model, "module") else model
+            # Under FSDP every rank writes its shard (and all gather the whole model for rank 0);
+            # otherwise rank 0 alone writes.
+            ckpt_dir = Path(tempfile.mkdtemp(prefix="raylane-ckpt-")) if rank == 0 or sharded else None
+            weights = checkpoint.gathered_weights(model, lora_on) if sharded else None
+            if sharded:
+                checkpoint.save_shards(ckpt_dir, model, optimizer, lora_on)
+            if rank == 0:
                 checkpoint.save(
                     ckpt_dir,
-                    unwrapped,
+                    sharding.unwrapped(model),
                     processor,
-                    optimizer,
+                    None if sharded else optimizer,
                     scheduler,
                     epoch,
                     scaler=precision.scaler,
                     early_stopping=stopper.state_dict(),
+                    state_dict=weights,
                 )
                 if mlflow_run:
                     mlflow_run.log_metrics(

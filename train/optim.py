@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from raylane.train.sharding import gradient_sync_off
+
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW with no decay on biases and LayerNorm weights (decaying them only hurts)."""
@@ -91,13 +93,14 @@ class Precision:
 def accumulate(model, micro_batches: list[dict[str, torch.Tensor]], loss_fn, precision: Precision):
     """Forward and backward over the micro-batches of one optimizer step. `loss_fn(model, batch)`
     gives (the loss summed over the batch's rows, logits); each is divided by the step's rows, so
-    the gradient is that of the mean over all of them, however they are split. Under DDP only the
-    last backward all-reduces. Returns each micro-batch's (summed loss, logits), for metrics."""
+    the gradient is that of the mean over all of them, however they are split. Only the last
+    backward reduces across workers (DDP's all-reduce, FSDP's
+    reduce-scatter). Returns each micro-batch's (summed loss, logits), for metrics."""
     rows = sum(len(b["labels"]) for b in micro_batches)
     results = []
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        sync = contextlib.nullcontext() if last else gradient_sync_off(model)
         with sync:
             loss_sum, logits = loss_fn(model, batch)
             precision.scaler.scale(loss_sum / rows).backward()

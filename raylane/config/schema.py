@@ -146,6 +146,23 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class LoraSettings:
+    r: int = opt(8, "Rank of each LoRA update (A is r x in, B is out x r).")
+    alpha: float = opt(16.0, "Scale of the update: it is multiplied by alpha / r.")
+    dropout: float = opt(0.05, "Dropout on the LoRA branch's input.")
+    target_modules: list[str] = opt(
+        [],
+        "Names (last part) of the Linear/Conv layers that get adapters; empty: the default for the model's "
+        "architecture family from PEFT (bert, roberta: query, value; llama, mistral, qwen2: q_proj, v_proj; ...).",
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.r >= 1, "r", "must be >= 1")
+        _require(self.alpha > 0, "alpha", "must be > 0")
+        _require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = opt(6, "Passes over the training split.")
     batch_size: int = opt(32, "Global batch size, split evenly across workers.")
@@ -182,6 +199,27 @@ class TrainConfig:
     log_every_steps: int = opt(10, "Training loss and learning rate go to MLflow every this many steps (0: never).")
     max_failures: int = opt(1, "Worker failures tolerated; the run resumes from its latest checkpoint.")
     storage_path: str = opt("", "Where Ray Train keeps checkpoints; empty means <output_dir>/checkpoints.")
+    strategy: Literal["ddp", "fsdp"] = opt(
+        "ddp",
+        "ddp: every worker holds the whole model, gradients and optimizer state; fsdp: FSDP2 shards them over "
+        "the workers (each transformer block, then the root), for models one device cannot hold. Needs "
+        "resources.num_workers >= 2.",
+    )
+    cpu_offload: bool = opt(
+        False, "fsdp only: keep the sharded parameters, gradients and optimizer state in CPU memory."
+    )
+    peft: Literal["none", "lora"] = opt(
+        "none", "lora: train low-rank adapters (train.lora) and the new head; the base weights stay frozen."
+    )
+    lora: LoraSettings = opt(LoraSettings(), "LoRA adapters (train.peft: lora).")
+    peft_export: Literal["merged", "adapter"] = opt(
+        "merged",
+        "train.peft lora: export the adapters merged into the base weights (a plain model), or the adapter alone "
+        "with a reference to the base (model.name_or_path), which must then load where the model is served.",
+    )
+    gradient_checkpointing: bool = opt(
+        False, "Recompute activations in the backward pass instead of keeping them: less memory, ~30% more compute."
+    )
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", "must be >= 1")
@@ -470,8 +508,10 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         from raylane.config.tasks import check_task_settings
+        from raylane.config.training import check_training_settings
 
         check_task_settings(self)
+        check_training_settings(self)
 
     @property
     def output_path(self) -> Path:

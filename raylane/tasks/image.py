@@ -174,7 +174,7 @@ class ImageInputs(Inputs):
     def load_model(self, name_or_path: str, labels: list[str], target, init: str = "pretrained"):
         from transformers import AutoConfig, AutoModelForImageClassification
 
-        from raylane.models import resolve_model_source
+        from raylane.models import load_pretrained, resolve_model_source
 
         source = resolve_model_source(name_or_path)
         head = {
@@ -186,7 +186,7 @@ class ImageInputs(Inputs):
         if init == "config":
             return AutoModelForImageClassification.from_config(AutoConfig.from_pretrained(source, **head))
         # A pretrained classifier comes with a head for its own classes: replace it.
-        return AutoModelForImageClassification.from_pretrained(source, ignore_mismatched_sizes=True, **head)
+        return load_pretrained(AutoModelForImageClassification, source, ignore_mismatched_sizes=True, **head)
 
     def load_processor(self, name_or_path: str):
         from transformers import AutoImageProcessor

@@ -173,7 +173,7 @@ class TextInputs(Inputs):
     def load_model(self, name_or_path: str, labels: list[str], target, init: str = "pretrained"):
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
-        from raylane.models import resolve_model_source
+        from raylane.models import load_pretrained, load_tokenizer, resolve_model_source
 
         source = resolve_model_source(name_or_path)
         head = {
@@ -183,8 +183,14 @@ class TextInputs(Inputs):
             "label2id": {name: i for i, name in enumerate(labels or ["value"])},
         }
         if init == "config":
-            return AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(source, **head))
-        return AutoModelForSequenceClassification.from_pretrained(source, **head)
+            model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(source, **head))
+        else:
+            model = load_pretrained(AutoModelForSequenceClassification, source, **head)
+        if model.config.pad_token_id is None:
+            # Decoders (Llama, ...) classify from the last token that is not padding, so they must
+            # know the padding id; their tokenizers pad with the end-of-sequence token.
+            model.config.pad_token_id = load_tokenizer(source).pad_token_id
+        return model
 
     def load_processor(self, name_or_path: str):
         from raylane.models import load_tokenizer

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 
 import psutil
+import pytest
 from mlflow import MlflowClient
 
 from tests.paths import REPO_ROOT
@@ -32,7 +33,21 @@ def _wait_for_checkpoint(out, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-def test_killed_worker_resumes_from_its_checkpoint(smoke_dataset, tiny_model, tmp_path):
+@pytest.mark.parametrize(
+    "setup",
+    [
+        ["resources.num_workers=1"],
+        # Sharded: two workers, each writing and restoring its own shard of model and optimizer.
+        ["resources.num_workers=2", "train.strategy=fsdp"],
+        # LoRA: the frozen base comes back from model.name_or_path, the adapter from the checkpoint.
+        # Its steps are quicker, so batches of 2 keep epoch 2 in flight when the kill comes: Ray
+        # Train registers reported checkpoints a moment later, and a kill after a whole unregistered
+        # epoch resumes from the one before (seen once at batch 4: epochs 2 and 3 ran twice).
+        ["resources.num_workers=1", "train.peft=lora", "train.batch_size=2"],
+    ],
+    ids=["ddp", "fsdp", "lora"],
+)
+def test_killed_worker_resumes_from_its_checkpoint(smoke_dataset, tiny_model, tmp_path, setup):
     out = tmp_path / "out"
     cmd = [
         sys.executable,
@@ -45,11 +60,11 @@ def test_killed_worker_resumes_from_its_checkpoint(smoke_dataset, tiny_model, tm
         smoke_dataset.uri,
         f"model.name_or_path={tiny_model}",
         f"output_dir={out}",
-        "resources.num_workers=1",
         "train.epochs=3",
         "train.batch_size=4",
         "train.max_failures=1",
         "train.checkpoints_to_keep=3",
+        *setup,
     ]
     # Its own local Ray and its own MLflow store under `out`, whatever other tests exported.
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
@@ -88,5 +103,5 @@ def test_killed_worker_resumes_from_its_checkpoint(smoke_dataset, tiny_model, tm
     per_epoch = min(steps)
     assert sorted(steps) == [per_epoch, 2 * per_epoch, 3 * per_epoch], steps  # every epoch finished
     assert steps[per_epoch] == 1, log[-6000:]  # resumed from epoch 1's checkpoint, not from scratch
-    assert sum(steps.values()) <= 4  # at most the epoch in flight was done twice
+    assert sum(steps.values()) <= 4, log[-8000:]  # at most the epoch in flight was done twice
     assert (out / "models").is_dir() and any((out / "models").iterdir())

@@ -74,6 +74,14 @@ def test_dotted_overrides_are_typed():
         ("serve.host=0.0.0.0", "serve.host"),
         ("serve.feedback=true", "serve.feedback_secret_env"),
         ("serve.max_request_bytes=10", "serve.max_request_bytes"),
+        # Large models: settings that make no sense together fail before Ray starts.
+        (("train.strategy=fsdp", "resources.num_workers=1"), "train.strategy"),
+        ("train.cpu_offload=true", "train.cpu_offload"),
+        (("train.strategy=fsdp", "resources.num_workers=2", "train.precision=fp16"), "train.precision"),
+        ("train.peft_export=adapter", "train.peft_export"),
+        (("train.peft=lora", "model.init=config"), "train.peft"),
+        (("train.peft=lora", "train.lora.r=0"), "train.lora.r"),
+        (("train.peft=lora", "train.lora.dropout=1"), "train.lora.dropout"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
@@ -133,15 +141,23 @@ def test_every_shipped_config_starts_with_its_command_and_loads(monkeypatch):
         load_config(path)
 
 
-@pytest.mark.parametrize("override", ["train.lrr=1", "data.source=does/not/exist.csv"])
-def test_cli_fails_in_seconds_before_ray_starts(override):
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["train.lrr=1"],
+        ["data.source=does/not/exist.csv"],
+        # Checked on a weightless copy of the default model (built on the meta device).
+        ["train.peft=lora", "train.lora.target_modules=[query, q_proj]"],
+    ],
+)
+def test_cli_fails_in_seconds_before_ray_starts(overrides):
     started = time.time()
     proc = subprocess.run(
-        [sys.executable, "-m", "raylane", "run", override], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60
+        [sys.executable, "-m", "raylane", "run", *overrides], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60
     )
     elapsed = time.time() - started
-    assert proc.returncode == 2
-    assert override.split("=")[0] in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert overrides[-1].split("=")[0] in proc.stderr
     assert "Started a local Ray instance" not in proc.stderr + proc.stdout
     assert elapsed < 15, f"bad config took {elapsed:.1f}s to fail"
 
@@ -183,3 +199,16 @@ def test_a_variable_is_expanded_once_its_value_is_taken_as_it_is(monkeypatch):
 def test_keys_on_a_public_host_or_an_explicit_opt_out(monkeypatch):
     assert load_config(None, ["serve.host=0.0.0.0", "serve.api_keys_env=SOME_KEYS"]).serve.host == "0.0.0.0"
     assert load_config(None, ["serve.host=0.0.0.0", "serve.allow_unauthenticated=true"]).serve.allow_unauthenticated
+
+
+def test_train_without_a_dataset_says_so_without_a_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "raylane", "train", f"output_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "is not a raylane dataset" in proc.stderr and "raylane ingest" in proc.stderr
+    assert "Traceback" not in proc.stderr
