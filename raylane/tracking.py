@@ -205,6 +205,10 @@ def start_run(
     ref = RunRef(uri, experiment_id, run.info.run_id, source)
     try:
         yield ref
+    except SystemExit as stop:
+        # How a stop request ends a block (Ray Tune's, for one): stopped, not failed.
+        client.set_terminated(ref.run_id, "KILLED" if stop.code in (0, None) else "FAILED")
+        raise
     except BaseException:
         client.set_terminated(ref.run_id, "FAILED")
         raise

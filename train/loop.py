@@ -174,6 +174,11 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     if hasattr(processor, "model_max_length"):
         processor.model_max_length = config["max_length"]  # saved with the model: inference truncates where ingest did
     precision = Precision(device, tc.precision)
+    if tc.strategy == "fsdp" and precision.dtype is torch.float16:
+        # `auto` on a GPU without bf16: fp16 needs a loss scaler that knows about shards.
+        precision = Precision(device, "fp32")
+        if rank == 0:
+            say("fsdp: this GPU has no bf16 and fp16 needs a sharded loss scaler: training in fp32")
     lora_on = tc.peft == "lora"
     start_epoch, state = 0, None
     resume_from = ray.train.get_checkpoint()

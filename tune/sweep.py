@@ -42,9 +42,16 @@ class SweepResult:
 
 
 def trial_config(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
-    """The pipeline config with the trial's sampled train.* values, type-checked like YAML."""
-    train = from_dict(TrainConfig, {**dataclasses.asdict(cfg.train), **params}, prefix="train.")
-    return dataclasses.replace(cfg, train=train)
+    """The pipeline config with the trial's sampled train.* values (`lora.r` sets train.lora.r),
+    type-checked like YAML."""
+    values = dataclasses.asdict(cfg.train)
+    for key, value in params.items():
+        section, _, name = key.partition(".")
+        if name:
+            values[section] = {**values[section], name: value}
+        else:
+            values[key] = value
+    return dataclasses.replace(cfg, train=from_dict(TrainConfig, values, prefix="train."))
 
 
 def describe_params(params: dict[str, Any]) -> str:
@@ -66,10 +73,32 @@ def run_trial(
         fit(trial_cfg, dataset, None, name=name, callbacks=[TuneReportCallback()], label=label)
         return
     run_name = f"trial-{trial_id} {describe_params(params)}"
+    # Held here: once Tune has stopped the trial it clears the session's global (seen: the
+    # failing `fit` then found none, and the run was marked FAILED).
+    session = _tune_session()
     with start_run(cfg, run_name, parent=sweep_run, tags={"trial_id": trial_id}, stage="trial") as trial_run:
         dataset.log_inputs(trial_run, ("train", "val"))
         trial_run.log_params({f"train.{k}": v for k, v in params.items()})
-        fit(trial_cfg, dataset, trial_run, name=name, callbacks=[TuneReportCallback()], label=label)
+        try:
+            fit(trial_cfg, dataset, trial_run, name=name, callbacks=[TuneReportCallback()], label=label)
+        except Exception:
+            if session is not None and session.stop_event.wait(timeout=STOP_GRACE_S):
+                raise SystemExit(0) from None  # the trial run is marked KILLED, as ASHA's stop is
+            raise
+
+
+# How long a trial whose training broke waits to learn whether Tune is stopping it.
+STOP_GRACE_S = 10.0
+
+
+def _tune_session():
+    """The trial's Tune session. Tune stops a trial (ASHA's verdict) by setting the session's
+    stop event and tearing down its resources; the teardown can reach the Train controller under
+    `fit` first (seen: ActorDiedError, "its placement group was removed"), so a trial whose
+    training broke waits a moment for the event before calling it a failure."""
+    from ray.train._internal.session import get_session
+
+    return get_session()
 
 
 def trial_lines(cfg: PipelineConfig):

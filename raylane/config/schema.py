@@ -206,7 +206,7 @@ class TrainConfig:
         "resources.num_workers >= 2.",
     )
     cpu_offload: bool = opt(
-        False, "fsdp only: keep the sharded parameters, gradients and optimizer state in CPU memory."
+        False, "fsdp on GPUs: keep the sharded parameters, gradients and optimizer state in CPU memory."
     )
     peft: Literal["none", "lora"] = opt(
         "none", "lora: train low-rank adapters (train.lora) and the new head; the base weights stay frozen."
@@ -278,7 +278,7 @@ class SweepConfig:
             "lr": SearchDim(kind="loguniform", low=5e-5, high=2e-4),
             "batch_size": SearchDim(kind="choice", values=[16, 32]),
         },
-        "Search space: train.<key> -> {kind, low, high, values}.",
+        "Search space: train.<key> (lora.r for train.lora.r) -> {kind, low, high, values}.",
     )
 
     def __post_init__(self) -> None:
@@ -287,7 +287,8 @@ class SweepConfig:
         _require(self.grace_period >= 1, "grace_period", "must be >= 1")
         _require(self.reduction_factor >= 2, "reduction_factor", "must be >= 2")
         _require(all(c.isalnum() or c in "-_." for c in self.name), "name", "use letters, digits, '-', '_', '.'")
-        train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+        train_keys = {f.name for f in dataclasses.fields(TrainConfig) if f.name != "lora"}
+        train_keys |= {f"lora.{f.name}" for f in dataclasses.fields(LoraSettings)}  # LoRA's rank, alpha, ...
         for name, dim in self.space.items():
             _require(name in train_keys, f"space.{name}", f"not a train key; choose from {sorted(train_keys)}")
             _require(

@@ -17,6 +17,8 @@ def check_training_settings(cfg) -> None:
         )
     if tc.cpu_offload and tc.strategy != "fsdp":
         raise ConfigError("train.cpu_offload", "offloads FSDP's shards, so it needs train.strategy: fsdp")
+    if tc.cpu_offload and not cfg.resources.use_gpu:
+        raise ConfigError("train.cpu_offload", "moves shards from GPU memory to the CPU's: it needs resources.use_gpu")
     if tc.strategy == "fsdp" and tc.precision == "fp16":
         raise ConfigError(
             "train.precision", "fp16 needs a sharded loss scaler, which fsdp here does not have: use bf16 or fp32"

@@ -76,7 +76,8 @@ def test_dotted_overrides_are_typed():
         ("serve.max_request_bytes=10", "serve.max_request_bytes"),
         # Large models: settings that make no sense together fail before Ray starts.
         (("train.strategy=fsdp", "resources.num_workers=1"), "train.strategy"),
-        ("train.cpu_offload=true", "train.cpu_offload"),
+        (("train.cpu_offload=true", "resources.use_gpu=true"), "train.cpu_offload"),
+        (("train.strategy=fsdp", "resources.num_workers=2", "train.cpu_offload=true"), "train.cpu_offload"),
         (("train.strategy=fsdp", "resources.num_workers=2", "train.precision=fp16"), "train.precision"),
         ("train.peft_export=adapter", "train.peft_export"),
         (("train.peft=lora", "model.init=config"), "train.peft"),

@@ -53,6 +53,14 @@ def test_a_failing_block_marks_its_run_failed(cfg):
     assert MlflowClient(run.tracking_uri).get_run(run.run_id).info.status == "FAILED"
 
 
+@pytest.mark.parametrize(("code", "status"), [(0, "KILLED"), (None, "KILLED"), (1, "FAILED")])
+def test_a_stop_request_marks_its_run_killed_and_an_error_exit_failed(cfg, code, status):
+    """Ray Tune stops a trial by raising SystemExit(0) in its thread: the trial did not fail."""
+    with pytest.raises(SystemExit), start_run(cfg, "trial") as run:
+        raise SystemExit(code)
+    assert MlflowClient(run.tracking_uri).get_run(run.run_id).info.status == status
+
+
 def test_system_metrics_are_sampled_while_the_block_runs(cfg):
     with start_run(cfg, "train") as run, system_metrics(run, interval_s=0.5):
         time.sleep(2.5)
