@@ -153,8 +153,7 @@ def mfu(quick: bool) -> dict:
     from transformers import BertConfig, BertForSequenceClassification
 
     from raylane.tasks import get_task
-    from raylane.train.loop import loss_of
-    from raylane.train.optim import Precision, accumulate, build_optimizer, build_scheduler, optimizer_step
+    from raylane.train.optim import Precision, accumulate, build_optimizer, build_scheduler, loss_of, optimizer_step
 
     device = torch.device("cuda")
     name = torch.cuda.get_device_name(0)
@@ -293,8 +292,7 @@ def fsdp_lora_rate(device, shape: dict, batch: int, seq: int, steps: int) -> dic
     from raylane.config.schema import LoraSettings
     from raylane.tasks import get_task
     from raylane.train import lora, sharding
-    from raylane.train.loop import loss_of
-    from raylane.train.optim import Precision, accumulate, build_optimizer, build_scheduler, optimizer_step
+    from raylane.train.optim import Precision, accumulate, build_optimizer, build_scheduler, loss_of, optimizer_step
 
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

@@ -32,7 +32,15 @@ from raylane.train import checkpoint, lora, sharding
 from raylane.train.batching import epoch_batches
 from raylane.train.lora import parameter_counts
 from raylane.train.memory import peak_memory_mb
-from raylane.train.optim import Precision, accumulate, build_optimizer, build_scheduler, groups, optimizer_step
+from raylane.train.optim import (
+    Precision,
+    accumulate,
+    build_optimizer,
+    build_scheduler,
+    groups,
+    loss_of,
+    optimizer_step,
+)
 
 
 class EarlyStopping:
@@ -113,14 +121,6 @@ class EpochRecord:
         if prefix == "val_":
             metrics.update({f"val_f1_{name}": row["f1"] for name, row in scored["per_class"].items()})
         return metrics
-
-
-def loss_of(model, batch: dict[str, torch.Tensor], task: Task, settings: dict[str, Any], precision: Precision):
-    """(summed loss over the batch's rows, logits): the task's loss on the model's logits."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    with precision.autocast():
-        logits = model(**inputs).logits
-    return task.target.loss(logits, batch["labels"], settings), logits
 
 
 def evaluate(model, batches, device, task: Task, settings: dict[str, Any], precision: Precision) -> EpochRecord:

@@ -8,10 +8,14 @@ import functools
 import math
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from raylane.train.sharding import gradient_sync_off
+
+if TYPE_CHECKING:
+    from raylane.tasks import Task
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -88,6 +92,14 @@ class Precision:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+def loss_of(model, batch: dict[str, torch.Tensor], task: Task, settings: dict[str, Any], precision: Precision):
+    """(summed loss over the batch's rows, logits): the task's loss on the model's logits."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with precision.autocast():
+        logits = model(**inputs).logits
+    return task.target.loss(logits, batch["labels"], settings), logits
 
 
 def accumulate(model, micro_batches: list[dict[str, torch.Tensor]], loss_fn, precision: Precision):

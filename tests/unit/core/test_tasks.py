@@ -14,8 +14,7 @@ from sklearn.metrics import f1_score, hamming_loss, mean_absolute_error, mean_sq
 from raylane.tasks import TASKS, get_task
 from raylane.tasks.multi_label import multi_hot, parse_labels, tune_thresholds
 from raylane.tasks.saved import SavedTask, read_saved_task
-from raylane.train.loop import loss_of
-from raylane.train.optim import Precision, accumulate, build_optimizer, build_scheduler, optimizer_step
+from raylane.train.optim import Precision, accumulate, build_optimizer, build_scheduler, loss_of, optimizer_step
 
 CPU = Precision(torch.device("cpu"), "fp32")  # exact comparisons need fp32
 MULTI, NUMERIC = get_task("text_multilabel").target, get_task("text_regression").target

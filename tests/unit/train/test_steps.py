@@ -7,7 +7,7 @@ import torch
 from raylane.models import load_classifier, load_tokenizer
 from raylane.tasks import get_task
 from raylane.train import checkpoint
-from raylane.train.loop import EarlyStopping, loss_of
+from raylane.train.loop import EarlyStopping
 from raylane.train.optim import (
     Precision,
     accumulate,
@@ -15,6 +15,7 @@ from raylane.train.optim import (
     build_scheduler,
     cpu_has_native_bf16,
     groups,
+    loss_of,
     lr_factor,
     optimizer_step,
 )
