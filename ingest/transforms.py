@@ -58,6 +58,8 @@ class RowSpec:
     labels: tuple[str, ...] = ()  # empty: the label set is whatever the data shows
     label_separator: str = ""
     max_image_pixels: int = 50_000_000
+    prompt_template: str = ""  # causal_lm: how prompt fields make the user message
+    field_names: tuple[str, ...] = ()  # the input fields' names, which the template refers to
 
     @property
     def fields(self) -> list[str]:

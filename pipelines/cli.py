@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             from raylane.train.lora import check_config
 
             check_config(cfg)  # the adapters' target layers exist, checked on a weightless copy
+        if args.command in ("run", "ingest") and cfg.task == "causal_lm":
+            from raylane.tasks.chat import chat_template_of
+
+            chat_template_of(cfg.model.name_or_path)  # a tokenizer without a chat template fails now
     except ConfigError as err:
         print(f"raylane: error: {redact(str(err))}", file=sys.stderr)
         return 2

@@ -193,9 +193,9 @@ def serve_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     client_headers(cfg)  # a missing or empty API-key source fails now, not in every replica
     init_ray()
     url = deploy(cfg, args.model)
+    routes = "POST /predict" if get_task(cfg.task).target.keeps_outputs else "POST /v1/chat/completions"
     print(
-        f"serving {args.model or cfg.serve_model_uri} at {url}  (POST /predict, GET /healthz, /model, /docs); "
-        "Ctrl-C stops"
+        f"serving {args.model or cfg.serve_model_uri} at {url}  ({routes}, GET /healthz, /model, /docs); Ctrl-C stops"
     )
     _block()
     return 0
@@ -205,6 +205,14 @@ def predict_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     from raylane.registry import resolve_model
     from raylane.serve.batch import predict_files
 
+    if not get_task(cfg.task).target.keeps_outputs:
+        from raylane.config import ConfigError
+
+        raise ConfigError(
+            "task",
+            f"predict scores files with classifiers and regressors; a {cfg.task} model answers conversations "
+            "through `raylane serve` (POST /v1/chat/completions)",
+        )
     resolved = resolve_model(args.model or cfg.serve_model_uri, tracking_uri(cfg))
     init_ray()
     out = Path(args.output or cfg.output_path / "predictions")
@@ -214,7 +222,7 @@ def predict_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
 
 
 def run_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
-    from raylane.serve.deploy import client_headers, deploy, predict_http
+    from raylane.serve.deploy import client_headers, deploy
 
     started = time.time()
     tasks = _check_sources(cfg)
@@ -238,9 +246,10 @@ def run_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         served_uri = (
             cfg.serve_model_uri if promotion.decision.passed or promotion.previous_version else promotion.version.uri
         )
+        # Read before deploying: the replicas may take every CPU, and a Ray Data read would wait.
+        row = dataset.read_split("test").take(1)[0]
         url = deploy(cfg, served_uri)
-        field, sample, shown = _sample_request(cfg, dataset)
-        answer = predict_http(url, [sample], headers=headers, field=field)
+        request_line, answer, answer_line = _first_request(cfg, row, url, headers)
         elapsed = time.time() - started
         headline = get_task(cfg.task).target.headline
         summary = {
@@ -263,11 +272,7 @@ def run_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         _headline_on_parent(parent, promotion, evaluation, elapsed, best.run_id)
         parent.log_dict(summary, "run_summary.json")
     (cfg.output_path / "run_summary.json").write_text(json.dumps(redacted(summary), indent=2))
-    first = {k: v for k, v in answer["predictions"][0].items() if k != "prediction_id"}
-    print(
-        f'\nserved at {url}: POST /predict {{"{field}": [{shown}]}}\n'
-        f"  -> {json.dumps(first)[:300]} (model version {answer['model_version']})"
-    )
+    print(f"\nserved at {url}: {request_line}\n  -> {answer_line}")
     print(f"\ndone in {elapsed / 60:.1f} min; test {headline} {evaluation.metrics[headline]:.4f}")
     print(f"MLflow UI: {ui_command(cfg, parent.experiment_id)}")
     if cfg.serve.keep_running:
@@ -296,7 +301,25 @@ def _headline_on_parent(parent: RunRef, promotion, evaluation, elapsed: float, t
             dataclasses.replace(parent, run_id=training_run_id).log_model_output(promotion.version.model_id)
 
 
-def _sample_request(cfg: PipelineConfig, dataset: DatasetInfo) -> tuple[str, Any, str]:
+def _first_request(cfg: PipelineConfig, row: dict[str, Any], url: str, headers: dict[str, str]):
+    """The freshly served model's first request: (the request in words, the answer, the answer in
+    words). A chat model is asked the first test conversation (`row`), through the chat API."""
+    from raylane.serve.deploy import chat_http, predict_http
+
+    if not get_task(cfg.task).target.keeps_outputs:
+        messages = json.loads(row["text"])
+        answer = chat_http(url, messages, headers=headers)
+        shown = json.dumps({"messages": messages}, ensure_ascii=False)
+        reply = answer["choices"][0]["message"]["content"]
+        return f"POST /v1/chat/completions {shown[:300]}", answer, f"{reply!r} ({answer['model']})"
+    field, sample, shown = _sample_request(cfg, row)
+    answer = predict_http(url, [sample], headers=headers, field=field)
+    first = {k: v for k, v in answer["predictions"][0].items() if k != "prediction_id"}
+    request = f'POST /predict {{"{field}": [{shown}]}}'
+    return request, answer, f"{json.dumps(first)[:300]} (model version {answer['model_version']})"
+
+
+def _sample_request(cfg: PipelineConfig, row: dict[str, Any]) -> tuple[str, Any, str]:
     """(request field, one input, how to show it) for the served model's first request: the
     configured sample text, else the first row of the test split (an image as base64)."""
     import base64
@@ -305,7 +328,6 @@ def _sample_request(cfg: PipelineConfig, dataset: DatasetInfo) -> tuple[str, Any
     field = next(iter(inputs.request_model().model_fields))
     if inputs.column == "text" and cfg.serve.sample_text:
         return field, cfg.serve.sample_text, json.dumps(cfg.serve.sample_text)
-    row = dataset.read_split("test").select_columns([inputs.column, "text"]).take(1)[0]
     item = row[inputs.column]
     if isinstance(item, bytes):
         return field, base64.b64encode(item).decode(), f"<{row['text'] or 'the first test image'}, base64>"

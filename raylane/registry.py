@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from raylane.redact import redact
 from raylane.tracking import RunRef, _client
 
@@ -57,9 +55,7 @@ def log_and_register(
     saved = read_saved_task(model_dir)
     task = get_task(saved.task)
     example = pd.DataFrame(task.inputs.example())
-    width = 1 if not labels else len(labels)
-    answers = task.target.answer(np.full((1, width), 0.9), labels, saved.extras)
-    output = pd.DataFrame(task.target.answer_columns(answers))
+    output = pd.DataFrame(task.target.output_example(labels, saved.extras))
     mlflow.set_tracking_uri(mlflow_run.tracking_uri)
     with mlflow.start_run(run_id=mlflow_run.run_id, nested=True):
         info = mlflow.pyfunc.log_model(

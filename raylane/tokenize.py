@@ -70,3 +70,75 @@ def _cached(definition: str, max_length: int) -> TokenizeBatch:
 def tokenize_batch(batch: pa.Table, *, definition: str, max_length: int) -> pa.Table:
     """`TokenizeBatch` as a Ray Data task function."""
     return _cached(definition, max_length)(batch)
+
+
+class ChatTokenizeBatch(TokenizeBatch):
+    """Conversations (causal_lm) in: each accepted row's messages (`text`, JSON) and answer
+    (`label`) rendered with the model's chat template, tokenized as one sequence; `input_ids`,
+    `length` and `prompt_length` (the tokens before the answer) added. A conversation longer than
+    `max_length` tokens is quarantined here (`too_many_tokens`), never truncated.
+
+    The prompt is rendered alone too (with the template's generation prompt, as serving renders
+    it), and `prompt_length` is the common prefix of the two token sequences: at a template's
+    boundary tokens two renderings may tokenize apart, and then the loss covers a token more,
+    never a prompt token."""
+
+    def __init__(self, definition: str, template: dict[str, str], max_length: int):
+        super().__init__(definition, max_length)
+        self.tokenizer.no_truncation()
+        self.template, self.max_length = template, max_length
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import json
+
+        from raylane.tasks.chat import TOO_MANY_TOKENS, render
+
+        reasons = batch.column("reason").to_pylist()
+        details = batch.column("detail").to_pylist()
+        rows = [i for i, reason in enumerate(reasons) if not reason]
+        texts, answers = batch.column("text").to_pylist(), batch.column("label").to_pylist()
+        rendered = []
+        for i in rows:
+            messages = json.loads(texts[i])
+            rendered.append(render(messages, self.template, add_generation_prompt=True))
+            rendered.append(render([*messages, {"role": "assistant", "content": answers[i]}], self.template, False))
+        encodings = self.tokenizer.encode_batch_fast(rendered, add_special_tokens=False)
+        ids: list[list[int]] = [[] for _ in reasons]
+        prompt_lengths = [0] * len(reasons)
+        for k, i in enumerate(rows):
+            prompt_ids, whole_ids = encodings[2 * k].ids, encodings[2 * k + 1].ids
+            if len(whole_ids) > self.max_length:
+                reasons[i] = TOO_MANY_TOKENS
+                details[i] = f"{len(whole_ids)} tokens with the chat template > data.max_length={self.max_length}"
+                continue
+            shared = 0
+            for a, b in zip(prompt_ids, whole_ids):
+                if a != b:
+                    break
+                shared += 1
+            ids[i], prompt_lengths[i] = whole_ids, shared
+        columns = {
+            "reason": pa.array(reasons, pa.string()),
+            "detail": pa.array(details, pa.string()),
+        }
+        for name, values in columns.items():
+            batch = batch.set_column(batch.schema.get_field_index(name), name, values)
+        return (
+            batch.append_column("input_ids", pa.array(ids, pa.list_(pa.int32())))
+            .append_column("length", pa.array([len(x) for x in ids], pa.int32()))
+            .append_column("prompt_length", pa.array(prompt_lengths, pa.int32()))
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_chat(definition: str, template_json: str, max_length: int) -> ChatTokenizeBatch:
+    import json
+
+    return ChatTokenizeBatch(definition, json.loads(template_json), max_length)
+
+
+def chat_tokenize_batch(batch: pa.Table, *, definition: str, template: dict[str, str], max_length: int) -> pa.Table:
+    """`ChatTokenizeBatch` as a Ray Data task function."""
+    import json
+
+    return _cached_chat(definition, json.dumps(template, sort_keys=True), max_length)(batch)

@@ -108,16 +108,10 @@ def _observe(route: str, status: int, seconds: float) -> None:
     replica_metrics().observe_request(route, status, seconds)
 
 
-def _deployment(args: ServeArgs):
-    """The HTTP-bound deployment class, made fresh per build with a FastAPI app of its own.
-
-    Fresh because Serve's local testing mode adds middleware to the app it runs, and a shared
-    module-level app carrying it can no longer be pickled for the next deployment; defined in
-    here so the routes travel with the class (by value) to the replicas, rather than being
-    looked up again, unbound, in the replica's import of this module."""
-    task = get_task(args.task)
-    api = FastAPI(title="raylane", description=f"{task.name} ({task.description}) served by raylane on Ray Serve.")
-    # Keys and body size are checked before anything of a request is parsed (raylane.serve.guard).
+def guarded_api(args: ServeArgs, description: str) -> FastAPI:
+    """A FastAPI app behind the request guard: keys and body size are checked before anything
+    of a request is parsed, and every answer is counted (raylane.serve.guard)."""
+    api = FastAPI(title="raylane", description=description)
     api.add_middleware(
         RequestGuard,
         digests=functools.partial(key_digests, args.api_keys_env, args.api_keys_file),
@@ -126,6 +120,18 @@ def _deployment(args: ServeArgs):
         public_docs=args.public_docs,
         observe=_observe,
     )
+    return api
+
+
+def _deployment(args: ServeArgs):
+    """The HTTP-bound deployment class, made fresh per build with a FastAPI app of its own.
+
+    Fresh because Serve's local testing mode adds middleware to the app it runs, and a shared
+    module-level app carrying it can no longer be pickled for the next deployment; defined in
+    here so the routes travel with the class (by value) to the replicas, rather than being
+    looked up again, unbound, in the replica's import of this module."""
+    task = get_task(args.task)
+    api = guarded_api(args, f"{task.name} ({task.description}) served by raylane on Ray Serve.")
     # The task decides what a request holds and what an answer says.
     Request = task.inputs.request_model()  # noqa: N806 (a class, named as one)
     Response = response_model(task)  # noqa: N806
@@ -186,4 +192,8 @@ def deployment_options(args: ServeArgs) -> dict:
 
 
 def build_app(args: ServeArgs) -> serve.Application:
+    if args.task == "causal_lm":  # chat: its own routes and replica (raylane.serve.chat)
+        from raylane.serve.chat import build_chat_app
+
+        return build_chat_app(args)
     return _deployment(args).options(**deployment_options(args)).bind(args)

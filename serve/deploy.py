@@ -61,6 +61,14 @@ def client_headers(cfg: PipelineConfig) -> dict[str, str]:
     return {"Authorization": f"Bearer {keys[0]}"} if keys else {}
 
 
+def chat_http(url: str, messages: list[dict], headers: dict[str, str] | None = None, **options) -> dict:
+    """One chat completion (causal_lm models), not streamed."""
+    body = {"messages": messages, **options}
+    response = requests.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=300)
+    response.raise_for_status()
+    return response.json()
+
+
 def predict_http(
     url: str, items: list, top_k: int = 1, headers: dict[str, str] | None = None, field: str = "texts"
 ) -> dict:

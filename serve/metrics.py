@@ -99,3 +99,87 @@ def replica_metrics() -> ReplicaMetrics:
 
         _metrics = ReplicaMetrics() if _get_internal_replica_context() is not None else Unexported()
     return _metrics
+
+
+TOKEN_BOUNDARIES = [1, 4, 16, 64, 128, 256, 512, 1024, 2048]
+RATE_BOUNDARIES = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000]
+GENERATION_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+
+
+class GenerationMetrics:
+    """A chat replica's: tokens generated, how fast, how long a request waited before its
+    generation started and before its first token, how many requests each `generate` call
+    carried. Requests by route and status are ReplicaMetrics' (the guard counts them)."""
+
+    def __init__(self):
+        from ray.serve import metrics
+
+        self.tokens = metrics.Counter("raylane_generated_tokens", description="Tokens generated (eos included)")
+        self.completions = metrics.Counter(
+            "raylane_completions", description="Answers generated, by finish reason", tag_keys=("finish_reason",)
+        )
+        self.batch_size = metrics.Histogram(
+            "raylane_generation_batch_size",
+            description="Requests generated together in one generate call",
+            boundaries=BATCH_BOUNDARIES,
+        )
+        self.seconds = metrics.Histogram(
+            "raylane_generation_s",
+            description="Wall time of one generate call, seconds",
+            boundaries=GENERATION_BOUNDARIES_S,
+        )
+        self.rate = metrics.Histogram(
+            "raylane_generation_tokens_per_s",
+            description="Tokens generated per second by one generate call (all its rows)",
+            boundaries=RATE_BOUNDARIES,
+        )
+        self.first_token = metrics.Histogram(
+            "raylane_time_to_first_token_s",
+            description="From a request reaching the replica to its first generated token, seconds",
+            boundaries=LATENCY_BOUNDARIES_S,
+            tag_keys=("stream",),
+        )
+        self.queued = metrics.Histogram(
+            "raylane_queue_s",
+            description="From a request reaching the replica to its generation starting, seconds",
+            boundaries=LATENCY_BOUNDARIES_S,
+            tag_keys=("stream",),
+        )
+
+    def observe_generate(self, rows: int, tokens: int, seconds: float, finish_reasons: list[str]) -> None:
+        self.batch_size.observe(rows)
+        self.tokens.inc(tokens)
+        self.seconds.observe(seconds)
+        if seconds > 0:
+            self.rate.observe(tokens / seconds)
+        for reason in finish_reasons:
+            self.completions.inc(1, tags={"finish_reason": reason})
+
+    def observe_waits(self, queued_s: float, first_token_s: float, stream: bool) -> None:
+        self.queued.observe(queued_s, tags={"stream": str(stream).lower()})
+        self.first_token.observe(first_token_s, tags={"stream": str(stream).lower()})
+
+
+class _UnexportedGeneration(GenerationMetrics):
+    def __init__(self):
+        pass
+
+    def observe_generate(self, rows: int, tokens: int, seconds: float, finish_reasons: list[str]) -> None:
+        pass
+
+    def observe_waits(self, queued_s: float, first_token_s: float, stream: bool) -> None:
+        pass
+
+
+_generation_metrics: GenerationMetrics | None = None
+
+
+def generation_metrics() -> GenerationMetrics:
+    """This process's generation metrics (none exported outside a real replica)."""
+    global _generation_metrics
+    if _generation_metrics is None:
+        from ray.serve.context import _get_internal_replica_context
+
+        in_replica = _get_internal_replica_context() is not None
+        _generation_metrics = GenerationMetrics() if in_replica else _UnexportedGeneration()
+    return _generation_metrics

@@ -22,7 +22,7 @@ class Replica:
         from raylane.serve.auth import key_digests
         from raylane.serve.feedback import FeedbackSink, PredictionIds, load_secret
         from raylane.serve.metrics import replica_metrics
-        from raylane.serve.swap import AliasFollower, alias_of
+        from raylane.serve.swap import follow
 
         self.args = args
         # A replica's log is for requests and errors: no bars for the model it downloads at start
@@ -51,18 +51,9 @@ class Replica:
         self.canary = self.task.inputs.example()[self.task.inputs.column]
         self.loaded = self._load(args.model_uri)
         self.metrics.serving(self.loaded.version)
-        followed = alias_of(args.model_uri)
-        self.follower = None
-        if followed and args.poll_interval_s > 0:
-            name, alias = followed
-            self.follower = AliasFollower(
-                self.tracking_uri,
-                name,
-                alias,
-                self.loaded.version,
-                args.poll_interval_s,
-                on_change=lambda version: self._swap_to(f"models:/{name}/{version}"),
-            )
+        self.follower = follow(
+            args.model_uri, self.tracking_uri, self.loaded.version, args.poll_interval_s, self._swap_to
+        )
 
     def _load(self, model_uri: str):
         from raylane.drift import DriftWindow, read_reference

@@ -72,3 +72,17 @@ class AliasFollower:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def follow(
+    model_uri: str, tracking_uri: str, current: str | None, interval_s: float, swap_to: Callable[[str], None]
+) -> AliasFollower | None:
+    """For a `models:/<name>@<alias>` URI (and polling on): a follower that calls
+    `swap_to("models:/<name>/<version>")` each time the alias moves; None for anything pinned."""
+    followed = alias_of(model_uri)
+    if not followed or interval_s <= 0:
+        return None
+    name, alias = followed
+    return AliasFollower(
+        tracking_uri, name, alias, current, interval_s, on_change=lambda version: swap_to(f"models:/{name}/{version}")
+    )

@@ -18,7 +18,7 @@ import pytest
 from raylane.config import load_config
 from raylane.http import free_port, wait_until_ok
 from tests.paths import REPO_ROOT
-from tests.tiny_model import make_tiny_image_model, make_tiny_llama, make_tiny_model
+from tests.tiny_model import make_tiny_causal_lm, make_tiny_image_model, make_tiny_llama, make_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -46,6 +46,11 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory) -> Path:
+    return make_tiny_causal_lm(tmp_path_factory.mktemp("tiny-causal-lm"))
 
 
 @pytest.fixture(scope="session")

@@ -52,28 +52,67 @@ def make_tiny_image_model(target: Path) -> Path:
     return target
 
 
-def make_tiny_llama(target: Path) -> Path:
-    """A randomly initialised 2-layer Llama (a decoder, as causal LMs are) with the MiniLM
-    tokenizer, which has no end-of-sequence token: a Llama tokenizer's shape matters less here
-    than the decoder's, which classifies from its last token that is not padding."""
-    import torch
-    from transformers import LlamaConfig, LlamaModel
+def _tiny_llama_config(vocab_size: int, **tokens):
+    """2 layers, hidden 64, grouped-query attention (4 heads, 2 key/value heads)."""
+    from transformers import LlamaConfig
 
-    from raylane.config import DEFAULT_MODEL
-    from raylane.models import load_tokenizer
-
-    tokenizer = load_tokenizer(DEFAULT_MODEL)
-    config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
+    return LlamaConfig(
+        vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
-        pad_token_id=None,
+        **tokens,
+    )
+
+
+def make_tiny_llama(target: Path) -> Path:
+    """A randomly initialised 2-layer Llama (a decoder, as causal LMs are) with the MiniLM
+    tokenizer, which has no end-of-sequence token: a Llama tokenizer's shape matters less here
+    than the decoder's, which classifies from its last token that is not padding."""
+    import torch
+    from transformers import LlamaModel
+
+    from raylane.config import DEFAULT_MODEL
+    from raylane.models import load_tokenizer
+
+    tokenizer = load_tokenizer(DEFAULT_MODEL)
+    torch.manual_seed(0)
+    LlamaModel(_tiny_llama_config(tokenizer.vocab_size, pad_token_id=None)).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+# A chat template in the shape of real ones (roles, an end-of-turn token, a generation prompt)
+# that the MiniLM tokenizer can render: its end-of-sequence token is [SEP].
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }} [SEP] {% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def make_tiny_causal_lm(target: Path) -> Path:
+    """A randomly initialised 2-layer Llama causal LM with the MiniLM tokenizer given a chat
+    template and [SEP] as its end-of-sequence token: a chat model's every moving part (template,
+    end of turn, padding) at a tiny fraction of the cost."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from raylane.config import DEFAULT_MODEL
+    from raylane.models import load_tokenizer
+
+    tokenizer = load_tokenizer(DEFAULT_MODEL)
+    tokenizer.eos_token = "[SEP]"
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    config = _tiny_llama_config(
+        tokenizer.vocab_size,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.cls_token_id,
     )
     torch.manual_seed(0)
-    LlamaModel(config).save_pretrained(target)
+    LlamaForCausalLM(config).save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target

@@ -137,7 +137,7 @@ def export_best(cfg: PipelineConfig, dataset: DatasetInfo, result, name: str) ->
     prep = dataset.manifest.preparation
     TextPrep(prep.lowercase, tuple(prep.mask_pii)).save(export)
     target = get_task(cfg.task).target
-    saved = SavedTask(cfg.task, dataset.label_names, target.extras(dataset.manifest))
+    saved = SavedTask(cfg.task, dataset.label_names, {**target.extras(dataset.manifest), **target.settings(cfg)})
     saved.write(export)
     if target.calibrated_on_val:  # e.g. multi-label thresholds, tuned on what the model says of val
         scored = score_split(str(export), dataset, "val", cfg.resources.predict_actors, cfg.evaluate.batch_size)

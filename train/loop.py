@@ -95,28 +95,38 @@ def _gather(array: np.ndarray) -> np.ndarray:
 
 
 class EpochRecord:
-    """What one worker saw in an epoch (or a validation pass): the summed loss, and the logits and
-    true labels of its rows, for metrics of the whole split once gathered."""
+    """What one worker saw in an epoch (or a validation pass): the summed loss, what it is a sum
+    over (rows, or a language model's answer tokens), and the logits and true labels of its rows,
+    for metrics of the whole split once gathered (not a language model's: its metrics follow
+    from the loss)."""
 
-    def __init__(self):
-        self.loss_sum, self.rows = 0.0, 0
+    def __init__(self, target):
+        self.target = target
+        self.loss_sum, self.rows, self.units = 0.0, 0, 0
         self.logits: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
 
     def add(self, loss_sum: float, logits: torch.Tensor, labels: torch.Tensor) -> None:
         self.loss_sum += loss_sum
         self.rows += len(labels)
-        self.logits.append(logits.detach().float().cpu().numpy())
-        self.labels.append(labels.detach().cpu().numpy())
+        self.units += self.target.weight(labels)
+        if self.target.keeps_outputs:
+            self.logits.append(logits.detach().float().cpu().numpy())
+            self.labels.append(labels.detach().cpu().numpy())
 
     def metrics(self, task: Task, labels: list[str], extras: dict[str, Any], prefix: str) -> dict[str, float]:
         """Loss and the task's metrics over every worker's rows."""
-        loss_sum, rows = _all_reduce(np.array([self.loss_sum, self.rows], dtype=np.float64))
+        loss_sum, units = _all_reduce(np.array([self.loss_sum, self.units], dtype=np.float64))
+        mean_loss = float(loss_sum / max(units, 1))
+        if not task.target.keeps_outputs:
+            metrics = {f"{prefix}loss": mean_loss}
+            metrics.update({f"{prefix}{k}": v for k, v in task.target.loss_metrics(mean_loss).items()})
+            return metrics
         logits = _gather(np.concatenate(self.logits) if self.logits else np.zeros((0, max(1, len(labels)))))
         truth = _gather(np.concatenate(self.labels) if self.labels else np.zeros((0,)))
         target = task.target
         scored = target.score(target.truth(truth, extras), target.outputs(logits, extras), labels, extras)
-        metrics = {f"{prefix}loss": float(loss_sum / max(rows, 1))}
+        metrics = {f"{prefix}loss": mean_loss}
         metrics.update({f"{prefix}{k}": v for k, v in scored["metrics"].items()})
         if prefix == "val_":
             metrics.update({f"val_f1_{name}": row["f1"] for name, row in scored["per_class"].items()})
@@ -125,7 +135,7 @@ class EpochRecord:
 
 def evaluate(model, batches, device, task: Task, settings: dict[str, Any], precision: Precision) -> EpochRecord:
     model.eval()
-    record = EpochRecord()
+    record = EpochRecord(task.target)
     with torch.no_grad():
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -242,7 +252,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         for epoch in range(start_epoch, tc.epochs):
             model.train()
             started = time.time()
-            record = EpochRecord()
+            record = EpochRecord(task.target)
             progress.start_epoch(epoch)
             # Shuffled over 8 optimizer steps' rows, as before batches could be grouped by length.
             batches = epoch_batches(
@@ -254,13 +264,20 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 shuffle_rows=micro_batch * accum * 8,
             )
             for group in groups(({k: v.to(device) for k, v in b.items()} for b in batches), accum):
-                results = accumulate(model, group, lambda m, b: loss_of(m, b, task, settings, precision), precision)
+                results = accumulate(
+                    model,
+                    group,
+                    lambda m, b: loss_of(m, b, task, settings, precision),
+                    precision,
+                    task.target.weight,
+                )
                 optimizer_step(model, optimizer, scheduler, precision, tc.max_grad_norm)
                 rows = sum(len(b["labels"]) for b in group)
+                units = sum(task.target.weight(b["labels"]) for b in group)
                 loss_sum = sum(float(loss.detach()) for loss, _ in results)
                 for batch, (loss, logits) in zip(group, results):
                     record.add(float(loss.detach()), logits, batch["labels"])
-                progress.step(rows * world, loss_sum / max(rows, 1), scheduler.get_last_lr()[0])
+                progress.step(rows * world, loss_sum / max(units, 1), scheduler.get_last_lr()[0])
             epoch_time = time.time() - started
             metrics = {"epoch": epoch + 1, **record.metrics(task, labels, extras, "train_")}
             val_batches = val_shard.iter_torch_batches(batch_size=micro_batch * 2, collate_fn=collate)
@@ -272,6 +289,11 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                     "peak_memory_mb": float(_all_reduce(np.array([peak_memory_mb(device)]), dist.ReduceOp.MAX)[0]),
                     "epoch_time_s": epoch_time,
                     "samples_per_s": float(_all_reduce(np.array([record.rows]))[0]) / epoch_time,
+                    **(
+                        {"answer_tokens_per_s": float(_all_reduce(np.array([record.units]))[0]) / epoch_time}
+                        if task.target.unit == "tokens"
+                        else {}
+                    ),
                     "lr": scheduler.get_last_lr()[0],
                 }
             )
@@ -315,7 +337,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
 
 def epoch_line(m: dict[str, float], epochs: int, metric: str, label: str = "") -> str:
     prefix = f"{label}  " if label else ""
+    ranked = f"  {metric} {m[metric]:.4f}" if metric != "val_loss" else ""
     return (
-        f"{prefix}epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
-        f"{metric} {m[metric]:.4f}  {m['samples_per_s']:.1f} samples/s  {m['epoch_time_s']:.1f}s"
+        f"{prefix}epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}"
+        f"{ranked}  {m['samples_per_s']:.1f} samples/s  {m['epoch_time_s']:.1f}s"
     )

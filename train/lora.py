@@ -83,11 +83,13 @@ def check_config(cfg: PipelineConfig) -> None:
     the meta device from its config alone, so this costs no weights and no memory."""
     import torch
 
+    from raylane.models import resolve_model_source
     from raylane.tasks import get_task
 
     task = get_task(cfg.task)
+    source = resolve_model_source(cfg.model.name_or_path)  # outside: a GGUF file is converted with its weights
     with torch.device("meta"):
-        model = task.inputs.load_model(cfg.model.name_or_path, ["a", "b"], task.target, init="config")
+        model = task.inputs.load_model(source, ["a", "b"], task.target, init="config")
     check_targets(model, cfg.train.lora)
 
 

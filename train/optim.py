@@ -102,13 +102,14 @@ def loss_of(model, batch: dict[str, torch.Tensor], task: Task, settings: dict[st
     return task.target.loss(logits, batch["labels"], settings), logits
 
 
-def accumulate(model, micro_batches: list[dict[str, torch.Tensor]], loss_fn, precision: Precision):
+def accumulate(model, micro_batches: list[dict[str, torch.Tensor]], loss_fn, precision: Precision, weigh=len):
     """Forward and backward over the micro-batches of one optimizer step. `loss_fn(model, batch)`
-    gives (the loss summed over the batch's rows, logits); each is divided by the step's rows, so
-    the gradient is that of the mean over all of them, however they are split. Only the last
-    backward reduces across workers (DDP's all-reduce, FSDP's
-    reduce-scatter). Returns each micro-batch's (summed loss, logits), for metrics."""
-    rows = sum(len(b["labels"]) for b in micro_batches)
+    gives (the loss summed over the batch's rows, logits); each is divided by the step's rows
+    (`weigh(labels)`: or its answer tokens, for a language model), so the gradient is that of the
+    mean over all of them, however they are split. Only the last backward reduces across workers
+    (DDP's all-reduce, FSDP's reduce-scatter). Returns each micro-batch's (summed loss, logits),
+    for metrics."""
+    rows = max(1, sum(weigh(b["labels"]) for b in micro_batches))
     results = []
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1

@@ -60,8 +60,21 @@ class DataConfig:
     format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "image"] = opt(
         "auto", "File format; 'auto' picks it from the file extension."
     )
-    text_fields: list[str] = opt(["title", "description"], "Columns joined (with '. ') into the text to classify.")
-    label_field: str = opt("tag", "Column holding the label (text_multilabel: a JSON list; text_regression: a number).")
+    text_fields: list[str] = opt(
+        ["title", "description"],
+        "Columns joined (with '. ') into the text to classify; causal_lm: the prompt's columns, or one column of "
+        "chat messages (a JSON list of {role, content}).",
+    )
+    label_field: str = opt(
+        "tag",
+        "Column holding the label (text_multilabel: a JSON list; text_regression: a number; causal_lm: the "
+        "response, or the messages column again: its last, assistant message is the answer).",
+    )
+    prompt_template: str = opt(
+        "",
+        "causal_lm: the user message made from the prompt columns, naming them as {column}; empty: the columns "
+        "joined by blank lines.",
+    )
     label_separator: str = opt(
         "", "text_multilabel: labels given as one string are split on this (e.g. '|'); a JSON list needs none."
     )
@@ -72,7 +85,10 @@ class DataConfig:
     test_source: str = opt("", "Optional held-out file used as the test split; empty carves test from source.")
     val_fraction: float = opt(0.15, "Share of the source rows routed to validation (by a stable hash of the text).")
     test_fraction: float = opt(0.15, "Share routed to test when test_source is empty.")
-    max_length: int = opt(128, "Tokens kept per text (longer texts are truncated).")
+    max_length: int = opt(
+        128,
+        "Tokens kept per text (longer texts are truncated); causal_lm: a longer rendered conversation is quarantined.",
+    )
     id_field: str = opt("", "Column with a stable row id used as the split key; empty uses the cleaned text.")
     labels: list[str] = opt([], "Allowed labels (others are quarantined); empty takes the labels the data shows.")
     stratify: bool = opt(False, "Split each label in the configured proportions (exact), not just in expectation.")
@@ -189,8 +205,8 @@ class TrainConfig:
         "auto",
         "Validation metric that ranks checkpoints and sweep trials: val_loss or one of the task's (classification: "
         "val_accuracy, val_macro_f1, val_weighted_f1; multi-label: val_micro_f1, val_macro_f1, val_samples_f1, "
-        "val_hamming_loss, val_subset_accuracy; regression: val_rmse, val_mae, val_r2, val_spearman); auto: the "
-        "task's default (val_macro_f1, val_micro_f1, val_rmse).",
+        "val_hamming_loss, val_subset_accuracy; regression: val_rmse, val_mae, val_r2, val_spearman; causal_lm: "
+        "val_perplexity); auto: the task's default (val_macro_f1, val_micro_f1, val_rmse, val_perplexity).",
     )
     loss: Literal["auto", "mse", "huber"] = opt(
         "auto", "text_regression: MSE or Huber loss on the standardised target (auto: MSE); other tasks: auto."
@@ -325,11 +341,35 @@ class SliceConfig:
 class EvaluateConfig:
     slices: list[SliceConfig] = opt([], "Slices of the test split with metrics of their own.")
     batch_size: int = opt(64, "Texts scored per model call.")
+    max_new_tokens: int = opt(64, "causal_lm: tokens generated at most per test prompt (and served by default).")
+    temperature: float = opt(0.0, "causal_lm: sampling temperature of generations; 0 is greedy (reproducible).")
+    top_p: float = opt(1.0, "causal_lm: nucleus sampling's probability mass (with temperature > 0).")
+    stop: list[str] = opt([], "causal_lm: a generation ends before the first of these strings.")
+    extract: Literal["none", "first_line", "regex"] = opt(
+        "none",
+        "causal_lm: what of a generation is compared with the reference: all of it, its first line, or the first "
+        "group (else the match) of evaluate.regex.",
+    )
+    regex: str = opt("", "causal_lm: with extract=regex, the pattern that finds the answer in a generation.")
+    generations: int = opt(0, "causal_lm: test rows whose prompts are generated from (0: all of them).")
+    table_rows: int = opt(20, "causal_lm: prompts, references and generations logged to MLflow as a table.")
 
     def __post_init__(self) -> None:
+        import re
+
         names = [s.name for s in self.slices]
         _require(len(names) == len(set(names)), "slices", f"slice names repeat: {names}")
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        _require(0.0 <= self.temperature <= 2.0, "temperature", "must be in [0, 2]")
+        _require(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")
+        _require(self.generations >= 0, "generations", "must be >= 0 (0: every test row)")
+        _require(self.table_rows >= 0, "table_rows", "must be >= 0")
+        _require(self.extract != "regex" or bool(self.regex), "regex", "extract=regex needs a pattern")
+        try:
+            re.compile(self.regex)
+        except re.error as err:
+            raise ConfigError("regex", f"is not a regular expression: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -340,10 +380,16 @@ class GateConfig:
     )
     min_micro_f1: float = opt(0.0, "text_multilabel: promote only if test micro F1 reaches this (0 disables it).")
     max_rmse: float = opt(0.0, "text_regression: promote only if test RMSE is at most this (0 disables the rule).")
+    min_exact_match: float = opt(
+        0.0, "causal_lm: promote only if the test generations' exact match reaches this (0 disables the rule)."
+    )
+    max_perplexity: float = opt(
+        0.0, "causal_lm: promote only if test perplexity is at most this (0 disables the rule)."
+    )
     max_regression: float = opt(
         0.0,
-        "Promote only if the test headline metric (weighted F1; micro F1; RMSE) is no more than this worse than "
-        "the current champion's, re-scored on the same test split; negative disables the rule.",
+        "Promote only if the test headline metric (weighted F1; micro F1; RMSE; exact match) is no more than "
+        "this worse than the current champion's, re-scored on the same test split; negative disables the rule.",
     )
     alias: str = opt("champion", "Registry alias moved to a version that passes; the one it leaves gets 'previous'.")
     fail_on_reject: bool = opt(
@@ -355,6 +401,8 @@ class GateConfig:
         _require(0.0 <= self.min_class_f1 <= 1.0, "min_class_f1", "must be in [0, 1]")
         _require(0.0 <= self.min_micro_f1 <= 1.0, "min_micro_f1", "must be in [0, 1]")
         _require(self.max_rmse >= 0.0, "max_rmse", "must be >= 0")
+        _require(0.0 <= self.min_exact_match <= 1.0, "min_exact_match", "must be in [0, 1]")
+        _require(self.max_perplexity >= 0.0, "max_perplexity", "must be >= 0")
         _require(self.alias not in ("challenger", "previous"), "alias", "'challenger' and 'previous' are reserved")
 
 
@@ -389,6 +437,10 @@ class ServeConfig:
     max_image_pixels: int = opt(20_000_000, "image_classification: an image with more pixels gets a 422.")
     max_chars: int = opt(5000, "Longest text accepted, in characters; see on_too_long.")
     on_too_long: Literal["reject", "truncate"] = opt("reject", "A text over max_chars: 422, or cut to max_chars.")
+    max_prompt_tokens: int = opt(
+        1024, "causal_lm: longest prompt accepted, in tokens after the chat template (more gets a 413)."
+    )
+    max_new_tokens_ceiling: int = opt(512, "causal_lm: the largest max_tokens a request may ask for (more gets a 422).")
     api_keys_env: str = opt("", "Environment variable holding API keys (comma separated); set: Bearer auth on.")
     api_keys_file: str = opt("", "Secret file with one API key per line; set: Bearer auth on.")
     allow_unauthenticated: bool = opt(
@@ -438,6 +490,8 @@ class ServeConfig:
         _require(self.drift_window >= 10, "drift_window", "must be >= 10")
         _require(self.max_texts >= 1, "max_texts", "must be >= 1")
         _require(self.max_chars >= 1, "max_chars", "must be >= 1")
+        _require(self.max_prompt_tokens >= 1, "max_prompt_tokens", "must be >= 1")
+        _require(self.max_new_tokens_ceiling >= 1, "max_new_tokens_ceiling", "must be >= 1")
         _require(self.poll_interval_s >= 0, "poll_interval_s", "must be >= 0")
         _require(self.max_request_bytes >= 1024, "max_request_bytes", "must be >= 1024")
         _require(self.feedback_max_mb > 0, "feedback_max_mb", "must be > 0")
@@ -494,7 +548,7 @@ class PipelineConfig:
     task: str = opt(
         "text_classification",
         "What the model predicts from what: text_classification, text_multilabel, text_regression, "
-        "image_classification.",
+        "image_classification, causal_lm (instruction fine-tuning of a chat model).",
     )
     data: DataConfig = opt(DataConfig(), "Input data.")
     model: ModelConfig = opt(ModelConfig(), "Model to fine-tune.")

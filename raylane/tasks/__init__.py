@@ -8,6 +8,8 @@ task-specific behaviour through `get_task(cfg.task)`. Adding a kind of model mea
 from __future__ import annotations
 
 from raylane.tasks.base import Inputs, Target, Task
+from raylane.tasks.chat import ChatInputs
+from raylane.tasks.generation import Generation
 from raylane.tasks.image import ImageInputs
 from raylane.tasks.multi_label import MultiLabel
 from raylane.tasks.numeric import Numeric
@@ -21,6 +23,7 @@ TASKS: dict[str, Task] = {
         Task("text_multilabel", TextInputs(), MultiLabel(), "any number of labels per text"),
         Task("text_regression", TextInputs(), Numeric(), "a number per text"),
         Task("image_classification", ImageInputs(), SingleLabel(), "one label per image"),
+        Task("causal_lm", ChatInputs(), Generation(), "an answer per conversation (instruction fine-tuning)"),
     )
 }
 TASK_NAMES = tuple(TASKS)

@@ -53,6 +53,9 @@ class Target:
     has_label_set: ClassVar[bool] = True
     stratifiable: ClassVar[bool] = False
     calibrated_on_val: ClassVar[bool] = False  # the exported model is calibrated on the val split
+    # False: metrics come from the loss alone (a language model's logits are far too big to gather).
+    keeps_outputs: ClassVar[bool] = True
+    unit: ClassVar[str] = "rows"  # what losses are averaged over: rows, or answer tokens
 
     # --- ingest -------------------------------------------------------------------------------
     def check_label(self, raw: str | None, separator: str = "") -> LabelCheck:
@@ -79,6 +82,14 @@ class Target:
 
     def problem_type(self) -> str:
         raise NotImplementedError
+
+    def weight(self, labels) -> int:
+        """What a batch's summed loss is divided by for its mean: here its rows."""
+        return len(labels)
+
+    def loss_metrics(self, mean_loss: float) -> dict[str, float]:
+        """Metrics that follow from the mean loss alone (when `keeps_outputs` is False)."""
+        return {}
 
     def loss(self, logits, labels, settings: dict[str, Any]):
         raise NotImplementedError
@@ -119,6 +130,10 @@ class Target:
         """What the model needs from the dataset to turn logits into answers (saved with it)."""
         return {}
 
+    def settings(self, cfg) -> dict[str, Any]:
+        """What the model keeps of the config to answer as evaluated (saved with it)."""
+        return {}
+
     def calibrate(self, truth: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
         """Extras tuned on the validation split's outputs (when `calibrated_on_val`)."""
         return {}
@@ -131,6 +146,11 @@ class Target:
     def answer_columns(self, answers: list[dict]) -> dict[str, list]:
         """The answers as table columns (batch prediction's output)."""
         raise NotImplementedError
+
+    def output_example(self, labels: list[str], extras: dict[str, Any]) -> dict[str, list]:
+        """An answer as the pyfunc's output columns (the registered signature's output)."""
+        answers = self.answer(np.full((1, max(1, len(labels))), 0.9), labels, extras)
+        return self.answer_columns(answers)
 
     def answer_model(self):
         """The pydantic model of one answer, for the HTTP API's schema."""

@@ -146,51 +146,22 @@ class TextInputs(Inputs):
     columns = {"text": "string", "label": "the target's encoding", "input_ids": "list<int32>", "length": "int32"}
 
     def split_stats(self, scan, max_length: int) -> tuple[str, Any]:
-        """The manifest's account of a split's inputs: token lengths (percentiles from a histogram
-        of max_length + 1 bins, so memory stays flat; binned for drift)."""
-        from raylane.drift import length_histogram
-        from raylane.manifest import LengthStats
-
-        hist = np.zeros(max_length + 1, np.int64)
-        for batch in scan(["length"]):
-            hist += np.bincount(batch.column("length").to_numpy(), minlength=max_length + 1)[: max_length + 1]
-        total = int(hist.sum())
-        if not total:
-            return "token_lengths", LengthStats(
-                p50=0, p95=0, max=0, mean=0.0, truncated=0, histogram=length_histogram(hist)
-            )
-        cumulative = np.cumsum(hist)
-        return "token_lengths", LengthStats(
-            p50=int(np.searchsorted(cumulative, 0.50 * total)),
-            p95=int(np.searchsorted(cumulative, 0.95 * total)),
-            max=int(np.flatnonzero(hist)[-1]),
-            mean=round(float((hist * np.arange(len(hist))).sum() / total), 2),
-            truncated=int(hist[max_length]),
-            histogram=length_histogram(hist),
-        )
+        """The manifest's account of a split's inputs: its token lengths."""
+        return "token_lengths", token_length_stats(scan, max_length)
 
     # --- model --------------------------------------------------------------------------------
     def load_model(self, name_or_path: str, labels: list[str], target, init: str = "pretrained"):
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from transformers import AutoModelForSequenceClassification
 
-        from raylane.models import load_pretrained, load_tokenizer, resolve_model_source
+        from raylane.models import load_head_model
 
-        source = resolve_model_source(name_or_path)
         head = {
             "num_labels": target.num_outputs(labels),
             "problem_type": target.problem_type(),
             "id2label": dict(enumerate(labels or ["value"])),
             "label2id": {name: i for i, name in enumerate(labels or ["value"])},
         }
-        if init == "config":
-            model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(source, **head))
-        else:
-            model = load_pretrained(AutoModelForSequenceClassification, source, **head)
-        if model.config.pad_token_id is None:
-            # Decoders (Llama, ...) classify from the last token that is not padding, so they must
-            # know the padding id; their tokenizers pad with the end-of-sequence token.
-            model.config.pad_token_id = load_tokenizer(source).pad_token_id
-        return model
+        return load_head_model(AutoModelForSequenceClassification, name_or_path, init, **head)
 
     def load_processor(self, name_or_path: str):
         from raylane.models import load_tokenizer
@@ -211,3 +182,26 @@ class TextInputs(Inputs):
     def sort_key(self, item) -> int:
         """Similar lengths side by side: a chunk pads to its longest text."""
         return len(item)
+
+
+def token_length_stats(scan, max_length: int):
+    """Token lengths of a split (`scan(columns)` yields its batches): percentiles from a histogram
+    of max_length + 1 bins, so memory stays flat; binned for drift."""
+    from raylane.drift import length_histogram
+    from raylane.manifest import LengthStats
+
+    hist = np.zeros(max_length + 1, np.int64)
+    for batch in scan(["length"]):
+        hist += np.bincount(batch.column("length").to_numpy(), minlength=max_length + 1)[: max_length + 1]
+    total = int(hist.sum())
+    if not total:
+        return LengthStats(p50=0, p95=0, max=0, mean=0.0, truncated=0, histogram=length_histogram(hist))
+    cumulative = np.cumsum(hist)
+    return LengthStats(
+        p50=int(np.searchsorted(cumulative, 0.50 * total)),
+        p95=int(np.searchsorted(cumulative, 0.95 * total)),
+        max=int(np.flatnonzero(hist)[-1]),
+        mean=round(float((hist * np.arange(len(hist))).sum() / total), 2),
+        truncated=int(hist[max_length]),
+        histogram=length_histogram(hist),
+    )

@@ -83,6 +83,12 @@ def test_dotted_overrides_are_typed():
         (("train.peft=lora", "model.init=config"), "train.peft"),
         (("train.peft=lora", "train.lora.r=0"), "train.lora.r"),
         (("train.peft=lora", "train.lora.dropout=1"), "train.lora.dropout"),
+        # Chat models (causal_lm): their keys elsewhere, and bad generation settings.
+        ("gate.min_exact_match=0.5", "gate.min_exact_match"),
+        ("data.prompt_template='Q: {title}'", "data.prompt_template"),
+        ("evaluate.temperature=3", "evaluate.temperature"),
+        ("evaluate.extract=regex", "evaluate.regex"),
+        ("evaluate.regex='('", "evaluate.regex"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
@@ -90,6 +96,25 @@ def test_bad_values_name_the_key(override, key):
         load_config(None, [override] if isinstance(override, str) else list(override))
     assert err.value.key == key
     assert key in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.prompt_template='Q: {question}'", "data.prompt_template"),
+        ("data.prompt_template='Q: {title'", "data.prompt_template"),
+        ("serve.quantize=int8", "serve.quantize"),
+        ("train.metric=val_accuracy", "train.metric"),
+        ("gate.min_weighted_f1=0.5", "gate.min_weighted_f1"),
+        ("evaluate.slices=[{name: s, max_words: 5}]", "evaluate.slices"),
+        ("evaluate.max_new_tokens=0", "evaluate.max_new_tokens"),
+        ("evaluate.top_p=0", "evaluate.top_p"),
+    ],
+)
+def test_bad_chat_model_settings_name_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO_ROOT / "configs" / "llm-sft.yaml", [override])
+    assert err.value.key == key
 
 
 def test_unknown_key_suggests_the_close_one():
@@ -149,6 +174,8 @@ def test_every_shipped_config_starts_with_its_command_and_loads(monkeypatch):
         ["data.source=does/not/exist.csv"],
         # Checked on a weightless copy of the default model (built on the meta device).
         ["train.peft=lora", "train.lora.target_modules=[query, q_proj]"],
+        # The default encoder's tokenizer has no chat template to render conversations with.
+        ["--config", "configs/llm-sft.yaml", "model.name_or_path=sentence-transformers/all-MiniLM-L6-v2"],
     ],
 )
 def test_cli_fails_in_seconds_before_ray_starts(overrides):

@@ -164,6 +164,12 @@ def test_the_loss_falls_on_a_tiny_separable_set(task_name, tiny_model, tiny_imag
 
 
 def test_every_task_is_registered_with_its_halves():
-    assert set(TASKS) == {"text_classification", "text_multilabel", "text_regression", "image_classification"}
+    assert set(TASKS) == {
+        "text_classification",
+        "text_multilabel",
+        "text_regression",
+        "image_classification",
+        "causal_lm",
+    }
     for task in TASKS.values():
         assert task.target.default_metric in task.target.metrics and task.resolve_metric("auto") in task.metrics

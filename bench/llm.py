@@ -1,0 +1,177 @@
+"""serve_llm: the chat app (`task: causal_lm`, POST /v1/chat/completions) under load, on one
+replica with replica_cpus=2 on a local Ray (bench.serve's session and redeploys).
+
+Generated tokens/s at concurrency 8 (8 asyncio clients in this process, each posting one chat
+request after another, greedy, max_tokens MAX_TOKENS; tokens counted from each answer's
+`usage.completion_tokens`) with batching (max_batch_size 8, batch_wait_timeout_s 0.01) against
+one request at a time (max_batch_size 1), the app redeployed for each side of each round, sides
+alternating (bench.harness.side_by_side); plus the p50 time to first token of streamed requests
+(stream: true, sent one after another to the batched deployment: from sending to the first
+content chunk).
+
+The model: $BENCH_LLM_MODEL (a model directory, hub id or .gguf that `raylane.models` resolves to
+a directory holding a causal LM and a tokenizer with a chat template); without it, the tests'
+tiny random 2-layer Llama (hidden 64) built on the fly, whose figures measure the serving path
+(HTTP, Serve, batching, generate's per-step overhead) more than a model. A directory without
+`raylane_task.json` is served through a copy of links to its files plus one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench.harness import benchmark, side_by_side
+from bench.serve import load_average, say, serve_session
+
+CONCURRENCY = 8
+MAX_TOKENS = 64
+MODEL_ENV = "BENCH_LLM_MODEL"
+QUESTIONS = [
+    "What is transfer learning?",
+    "Name three uses of a convolutional network.",
+    "How do I monitor a model in production?",
+    "Explain gradient boosting in one sentence.",
+    "What does a tokenizer do?",
+    "Why batch requests on a GPU?",
+    "What is a learning rate schedule?",
+    "Give an example of data drift.",
+]
+
+
+def model_dir(directory: Path) -> tuple[str, str]:
+    """(a servable causal_lm directory, what it is)."""
+    from raylane.tasks.saved import TASK_FILE, SavedTask
+
+    named = os.environ.get(MODEL_ENV, "")
+    if not named:
+        # The tests' tiny model: importable because benchmarks run from the checkout.
+        from tests.tiny_model import make_tiny_causal_lm
+
+        source = make_tiny_causal_lm(directory / "tiny")
+        what = "tiny random 2-layer Llama (hidden 64, MiniLM tokenizer), fp32"
+    else:
+        from raylane.models import resolve_model_source
+
+        source = Path(resolve_model_source(named))
+        if not source.is_dir():
+            raise SystemExit(f"${MODEL_ENV}={named}: not a local model directory")
+        what = named
+    if (source / TASK_FILE).is_file():
+        return str(source), what
+    served = directory / "served"
+    served.mkdir()
+    for item in source.iterdir():
+        (served / item.name).symlink_to(item.resolve())
+    generation = {"max_new_tokens": MAX_TOKENS, "temperature": 0.0, "top_p": 1.0, "stop": []}
+    SavedTask("causal_lm", [], {"generation": generation}).write(served)
+    return str(served), what
+
+
+def body(i: int, stream: bool = False) -> dict:
+    question = QUESTIONS[i % len(QUESTIONS)]
+    return {"messages": [{"role": "user", "content": question}], "max_tokens": MAX_TOKENS, "stream": stream}
+
+
+async def _tokens_per_s(url: str, seconds: float) -> dict:
+    import aiohttp
+
+    done = {"requests": 0, "failed": 0, "tokens": 0}
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async def client(worker: int, session: aiohttp.ClientSession) -> None:
+        i = worker
+        while time.perf_counter() < deadline:
+            async with session.post(f"{url}/v1/chat/completions", json=body(i)) as response:
+                answer = await response.json()
+            if response.status != 200:
+                done["failed"] += 1
+                continue
+            done["requests"] += 1
+            done["tokens"] += answer["usage"]["completion_tokens"]
+            i += CONCURRENCY
+
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
+        await asyncio.gather(*(client(w, session) for w in range(CONCURRENCY)))
+    elapsed = time.perf_counter() - started  # the last answers finish after the deadline: count them in
+    return {**done, "seconds": round(elapsed, 2), "tokens_per_s": done["tokens"] / elapsed}
+
+
+async def _first_token_s(url: str, n: int) -> list[float]:
+    import aiohttp
+
+    waits = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+        for i in range(n):
+            sent = time.perf_counter()
+            async with session.post(f"{url}/v1/chat/completions", json=body(i, stream=True)) as response:
+                first = None
+                async for line in response.content:
+                    text = line.decode().strip()
+                    if first is None and text.startswith("data: {"):
+                        if json.loads(text[6:])["choices"][0]["delta"].get("content"):
+                            first = time.perf_counter() - sent
+                if first is None:
+                    raise RuntimeError(f"stream {i} ended without content (status {response.status})")
+                waits.append(first)
+    return waits
+
+
+@benchmark(
+    "serve_llm",
+    f"generated tokens/s at concurrency {CONCURRENCY} of the chat app: @serve.batch (8) vs one request at a time; "
+    "p50 time to first token of streams",
+    goal=">= 2x",
+)
+def serve_llm(quick: bool) -> dict:
+    load_before = load_average()
+    seconds, warm_s, rounds, streams = (6, 2, 1, 10) if quick else (20, 5, 3, 30)
+    fields = {"task": "causal_lm", "max_ongoing_requests": 64, "max_new_tokens_ceiling": MAX_TOKENS}
+    sides = {"batched": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}, "unbatched": {"max_batch_size": 1}}
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    with tempfile.TemporaryDirectory() as tmp:
+        served, what = model_dir(Path(tmp))
+        say(f"serving {what}")
+        with serve_session() as server:
+
+            def side(name: str) -> float:
+                server.deploy(served, **fields, **sides[name])
+                asyncio.run(_tokens_per_s(server.url, warm_s))
+                run = asyncio.run(_tokens_per_s(server.url, seconds))
+                say(f"{name}: {run['tokens_per_s']:.1f} tokens/s ({run['requests']} requests, {run['failed']} failed)")
+                runs[name].append(run)
+                return run["tokens_per_s"]
+
+            times = side_by_side(lambda: side("batched"), lambda: side("unbatched"), rounds)
+            server.deploy(served, **fields, **sides["batched"])
+            asyncio.run(_first_token_s(server.url, 3))  # warm-up
+            first_token = asyncio.run(_first_token_s(server.url, streams))
+            server.delete()
+    failed = sum(r["failed"] for rs in runs.values() for r in rs)
+    if failed:
+        raise RuntimeError(f"{failed} requests failed: {runs}")
+    return {
+        "load_average_1min": [load_before, load_average()],
+        "ours": round(times["ours"], 1),
+        "baseline": round(times["baseline"], 1),
+        "ratio": round(times["ours"] / times["baseline"], 3),
+        "unit": f"generated tokens/s at concurrency {CONCURRENCY}, max_tokens {MAX_TOKENS}, greedy "
+        "(batched 8 vs 1 at a time)",
+        "tokens_per_s_runs_batched": [round(x, 1) for x in times["ours_runs"]],
+        "tokens_per_s_runs_unbatched": [round(x, 1) for x in times["baseline_runs"]],
+        "requests_batched": sum(r["requests"] for r in runs["batched"]),
+        "requests_unbatched": sum(r["requests"] for r in runs["unbatched"]),
+        "seconds_per_run": seconds,
+        "ttft_p50_ms_stream": round(statistics.median(first_token) * 1000, 1),
+        "ttft_streams": streams,
+        "note_ttft": "streams sent one after another to the batched deployment: from sending to the first content "
+        "chunk",
+        "model": f"{what}; 1 replica, replica_cpus=2",
+    }

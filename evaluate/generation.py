@@ -1,0 +1,226 @@
+"""Evaluation of a chat model (causal_lm) on a split: the loss and perplexity of the reference
+answers (per answer token, as training measures them), and what the model's own generations
+score against those answers: exact match of the whole reply, its first line, or what
+`evaluate.regex` finds in it; when the answers are a handful of labels (a classification asked in
+words), accuracy, F1 and a per-label table too. A table of prompts, references and generations
+goes to MLflow beside the numbers, because a reviewer reads generations, not only scores.
+
+Scoring runs in Ray Data actors that load the model once (`GenerateBatch`); only the small
+columns (losses, counts, replies) come back to the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from raylane.config import PipelineConfig
+from raylane.dataset import DatasetInfo
+from raylane.evaluate.report import ClassScores, Evaluation
+from raylane.generate import Sampling
+from raylane.tasks.generation import perplexity
+from raylane.tracking import RunRef
+
+# References with at most this many distinct values are labels: their F1 and per-label table mean something.
+MAX_LABELS = 50
+
+
+def sampling_of(cfg: PipelineConfig) -> Sampling:
+    e = cfg.evaluate
+    return Sampling(e.max_new_tokens, e.temperature, e.top_p, tuple(e.stop))
+
+
+def extract(text: str, how: str, pattern: str = "") -> str:
+    """What of a generation is compared with the reference."""
+    if how == "first_line":
+        return text.strip().split("\n", 1)[0]
+    if how == "regex":
+        found = re.search(pattern, text)
+        if not found:
+            return ""
+        return found.group(1) if found.groups() else found.group(0)
+    return text
+
+
+def normalize(text: str) -> str:
+    """Case, surrounding space and punctuation, and runs of whitespace do not count."""
+    return " ".join(text.strip().strip(".!?\"'`").casefold().split())
+
+
+class GenerateBatch:
+    """Ray Data callable class: per row, the reference answer's summed loss and token count, and
+    (where `generate` is set) the model's reply to the prompt."""
+
+    def __init__(self, model_dir: str, sampling: Sampling, batch_size: int):
+        from raylane.generate import Generator
+
+        self.generator = Generator(model_dir, device=None)  # a GPU where the actor has one
+        self.sampling, self.batch_size = sampling, batch_size
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        import torch
+
+        from raylane.tasks.collate import AnswerCollate
+        from raylane.tasks.generation import Generation
+
+        target, model = Generation(), self.generator.model
+        collate = AnswerCollate(self.generator.tokenizer.pad_token_id or 0)
+        losses, tokens = [], []
+        with torch.inference_mode():
+            for start in range(0, len(batch), self.batch_size):
+                part = batch.iloc[start : start + self.batch_size]
+                inputs = collate(
+                    {"input_ids": list(part["input_ids"]), "prompt_length": part["prompt_length"].to_numpy()}
+                )
+                inputs = {k: v.to(self.generator.device) for k, v in inputs.items()}
+                logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+                for i in range(len(part)):  # per row: its loss is a sum over its own answer tokens
+                    labels = inputs["labels"][i : i + 1]
+                    losses.append(float(target.loss(logits[i : i + 1], labels, {})))
+                    tokens.append(target.weight(labels))
+        prompts = [list(ids[:n]) for ids, n in zip(batch["input_ids"], batch["prompt_length"])]
+        wanted = [i for i, g in enumerate(batch["generate"]) if g]
+        replies: list[Any] = [None] * len(batch)
+        started = time.perf_counter()
+        for start in range(0, len(wanted), self.batch_size):
+            rows = wanted[start : start + self.batch_size]
+            generated = self.generator.generate([prompts[i] for i in rows], [self.sampling] * len(rows))
+            for i, reply in zip(rows, generated):
+                replies[i] = reply
+        seconds = (time.perf_counter() - started) / max(1, len(wanted))
+        return pd.DataFrame(
+            {
+                "text": batch["text"],
+                "label": batch["label"],
+                "loss_sum": losses,
+                "tokens": tokens,
+                "generation": [r.text if r else None for r in replies],
+                "completion_tokens": [r.completion_tokens if r else 0 for r in replies],
+                "seconds": [seconds if r else 0.0 for r in replies],
+            }
+        )
+
+
+def score_generations(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, split: str) -> pd.DataFrame:
+    """One row per example of the split: its loss, and its generation when it is among those
+    generated (evaluate.generations: the same rows for every model scored on the split)."""
+    import ray.data
+
+    from raylane.ingest.transforms import stable_fraction
+    from raylane.runtime import on_this_node
+
+    ds = dataset.read_split(split).select_columns(["text", "label", "input_ids", "prompt_length"])
+    share = 1.0
+    if cfg.evaluate.generations:
+        share = min(1.0, cfg.evaluate.generations / max(1, dataset.manifest.splits.get(split, 1)))
+
+    def flag(batch: pd.DataFrame) -> pd.DataFrame:
+        batch["generate"] = [stable_fraction(t) < share for t in batch["text"]]
+        return batch
+
+    scored = ds.map_batches(flag, batch_format="pandas").map_batches(
+        GenerateBatch,
+        batch_format="pandas",
+        batch_size=max(64, cfg.evaluate.batch_size),
+        compute=ray.data.ActorPoolStrategy(size=cfg.resources.predict_actors),
+        fn_constructor_kwargs={
+            "model_dir": model_dir,
+            "sampling": sampling_of(cfg),
+            "batch_size": min(cfg.evaluate.batch_size, 16),
+        },
+        **on_this_node(),
+    )
+    return scored.to_pandas()
+
+
+def evaluate_generations(cfg: PipelineConfig, scored: pd.DataFrame, split: str, model_dir: str) -> Evaluation:
+    """The numbers, from the scored rows."""
+    e = cfg.evaluate
+    tokens = int(scored["tokens"].sum())
+    mean_loss = float(scored["loss_sum"].sum() / max(1, tokens))
+    generated = scored[scored["generation"].notna()]
+    answers = [normalize(extract(g, e.extract, e.regex)) for g in generated["generation"]]
+    references = [normalize(r) for r in generated["label"]]
+    matches = [a == r for a, r in zip(answers, references)]
+    metrics = {
+        "loss": mean_loss,
+        "perplexity": perplexity(mean_loss),
+        "exact_match": float(np.mean(matches)) if matches else 0.0,
+        "generated_rows": float(len(generated)),
+        "completion_tokens_mean": float(generated["completion_tokens"].mean()) if len(generated) else 0.0,
+        "seconds_per_generation": float(generated["seconds"].mean()) if len(generated) else 0.0,
+    }
+    labels = sorted(set(references))
+    per_class: dict[str, ClassScores] = {}
+    if matches and len(labels) <= MAX_LABELS:
+        from sklearn.metrics import precision_recall_fscore_support
+
+        for average in ("macro", "weighted"):
+            _, _, f1, _ = precision_recall_fscore_support(
+                references, answers, labels=labels, average=average, zero_division=0
+            )
+            metrics[f"{average}_f1"] = float(f1)
+        p, r, f, s = precision_recall_fscore_support(references, answers, labels=labels, zero_division=0)
+        per_class = {
+            name: ClassScores(precision=float(p[i]), recall=float(r[i]), f1=float(f[i]), support=int(s[i]))
+            for i, name in enumerate(labels)
+        }
+    return Evaluation(
+        split=split, model_dir=model_dir, rows=len(scored), labels=[], metrics=metrics, per_class=per_class
+    )
+
+
+def sample_table(cfg: PipelineConfig, scored: pd.DataFrame) -> pd.DataFrame:
+    """The first `evaluate.table_rows` generated rows: the prompt (its last user message), the
+    reference, the generation, and whether they matched."""
+    e = cfg.evaluate
+    generated = scored[scored["generation"].notna()].head(e.table_rows)
+    prompts = [
+        next((m["content"] for m in reversed(json.loads(t)) if m["role"] == "user"), "") for t in generated["text"]
+    ]
+    return pd.DataFrame(
+        {
+            "prompt": prompts,
+            "reference": list(generated["label"]),
+            "generation": list(generated["generation"]),
+            "match": [
+                normalize(extract(g, e.extract, e.regex)) == normalize(r)
+                for g, r in zip(generated["generation"], generated["label"])
+            ],
+        }
+    )
+
+
+def run_generation_evaluation(
+    cfg: PipelineConfig,
+    model_dir: str,
+    dataset: DatasetInfo,
+    out_dir: Path,
+    mlflow_run: RunRef | None = None,
+    split: str = "test",
+) -> Evaluation:
+    """Score `split`, write `evaluation.json` and `generations.csv` to `out_dir`, log them."""
+    scored = score_generations(cfg, model_dir, dataset, split)
+    evaluation = evaluate_generations(cfg, scored, split, model_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = sample_table(cfg, scored)
+    table.to_csv(out_dir / "generations.csv", index=False)
+    evaluation = evaluation.write(out_dir / "evaluation.json")
+    if mlflow_run:
+        from raylane.evaluate.stage import flat_metrics
+
+        mlflow_run.log_metrics(flat_metrics(evaluation))
+        mlflow_run.log_artifact(evaluation.report_path)
+        mlflow_run.log_table(table, "generations.json")
+        if evaluation.per_class:
+            mlflow_run.log_table(
+                pd.DataFrame([{"label": n, **row.model_dump()} for n, row in evaluation.per_class.items()]),
+                "per_class.json",
+            )
+    return evaluation

@@ -1,0 +1,209 @@
+"""The generation engine of chat models (causal_lm): a causal LM and its tokenizer loaded from a
+model directory, the prompt built with the tokenizer's chat template, and `transformers`
+`generate` over a left-padded batch, each row stopped by its own max_tokens and stop strings.
+Serving replicas, evaluation and the pyfunc all answer through it, so a model says the same
+wherever it runs.
+
+Blocking calls, no Ray, no HTTP: the caller decides what runs where."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+TASK = "causal_lm"
+DEFAULT_SAMPLING = {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0, "stop": []}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one request is generated. Frozen and hashable: a batch is grouped by `shared()`."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+
+    def shared(self) -> tuple[float, float]:
+        """What one `generate` call must apply to every row: its logits processors are per call.
+        Max tokens and stop strings are per row (`_RowStops`), so they never split a batch."""
+        return (self.temperature, self.top_p if self.temperature > 0 else 1.0)
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    finish_reason: str  # "stop" (end of sequence or a stop string) or "length" (max_new_tokens)
+    prompt_tokens: int
+    completion_tokens: int  # generated, the end-of-sequence token included; not the text re-tokenized
+
+
+class Generator:
+    """A causal LM from `model_dir` (a PEFT adapter directory is merged onto its base), on `device`."""
+
+    def __init__(self, model_dir: str, threads: int = 0, device: str | None = "cpu"):
+        from transformers import AutoModelForCausalLM
+
+        from raylane.models import load_pretrained, load_tokenizer
+        from raylane.tasks.saved import read_saved_task
+
+        saved = read_saved_task(model_dir)
+        if saved.task != TASK:
+            raise ValueError(f"{model_dir} is a {saved.task} model; this deployment serves {TASK}")
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = load_tokenizer(model_dir)
+        if self.tokenizer.eos_token_id is None or not self.tokenizer.chat_template:
+            raise ValueError(f"{model_dir}: the tokenizer needs an eos token and a chat template to serve chat")
+        self.tokenizer.padding_side = "left"  # generation continues every row from its last column
+        dtype = "auto" if self.device.type == "cuda" else torch.float32
+        self.model = load_pretrained(AutoModelForCausalLM, model_dir, dtype=dtype).to(self.device).eval()
+        self.defaults = defaults_from(saved.extras)
+
+    def chat_prompt(self, messages: Sequence[dict]) -> list[int]:
+        encoded = self.tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        return list(encoded["input_ids"])
+
+    def text_prompt(self, prompt: str) -> list[int]:
+        # The tokenizer's own special tokens (a Llama's BOS), as OpenAI-compatible servers do.
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def generate(
+        self, prompts: list[list[int]], samplings: list[Sampling], on_step: Callable[[torch.Tensor], None] | None = None
+    ) -> list[Generation]:
+        """One `generate` call over `prompts`, which must share `Sampling.shared()`; each row stops
+        at its own eos, max_new_tokens or stop string, and the call ends when every row has."""
+        assert len({s.shared() for s in samplings}) == 1, "one generate call applies one temperature and top_p"
+        batch = self.tokenizer.pad({"input_ids": prompts}, return_tensors="pt").to(self.device)
+        width = batch["input_ids"].shape[1]
+        stops = _RowStops(self.tokenizer, width, samplings)
+        out = self._generate(batch, samplings, stops, _Steps(on_step) if on_step else None)
+        return [
+            self._finish(row[width:].tolist(), sampling, stops.ended[i], len(prompt))
+            for i, (row, sampling, prompt) in enumerate(zip(out, samplings, prompts))
+        ]
+
+    def stream(
+        self, prompt: list[int], sampling: Sampling, on_step: Callable[[torch.Tensor], None], cancelled: threading.Event
+    ) -> Generation:
+        """One prompt, `on_step(token_ids)` called with each new token as it is generated; stops
+        early once `cancelled` is set (the client went away)."""
+        batch = self.tokenizer.pad({"input_ids": [prompt]}, return_tensors="pt").to(self.device)
+        width = batch["input_ids"].shape[1]
+        stops = _RowStops(self.tokenizer, width, [sampling], cancelled)
+        out = self._generate(batch, [sampling], stops, _Steps(on_step))
+        return self._finish(out[0][width:].tolist(), sampling, stops.ended[0], len(prompt))
+
+    def _generate(self, batch, samplings: list[Sampling], stops: _RowStops, streamer) -> torch.Tensor:
+        temperature, top_p = samplings[0].shared()
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature else {}
+        with torch.inference_mode():
+            return self.model.generate(
+                **batch,
+                max_new_tokens=max(s.max_new_tokens for s in samplings),
+                do_sample=bool(temperature),
+                stopping_criteria=StoppingCriteriaList([stops]),
+                streamer=streamer,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                **sampling,
+            )
+
+    def _finish(self, tokens: list[int], sampling: Sampling, ended: int | None, prompt_tokens: int) -> Generation:
+        """The row's answer: its tokens up to the first of eos (kept in the count, not the text),
+        its own max_new_tokens, or where a stop string was seen; the text cut before the stop."""
+        text, reason, count = self.text_of(tokens, sampling)
+        if ended is not None and ended < count:  # stopped by _RowStops before any eos
+            count = ended
+        return Generation(text, reason, prompt_tokens, count)
+
+    def text_of(self, tokens: list[int], sampling: Sampling) -> tuple[str, str, int]:
+        """(text, finish_reason, tokens counted) of generated `tokens` so far, as the final answer
+        would say it: the streamed chunks are cut from this same text, so they add up to it."""
+        eos = self.tokenizer.eos_token_id
+        count = min(tokens.index(eos) + 1 if eos in tokens else len(tokens), sampling.max_new_tokens)
+        ended = eos in tokens[:count]
+        text = self.tokenizer.decode(tokens[: count - ended], skip_special_tokens=True)
+        reason = "stop" if ended else "length"
+        cut = first_stop(text, sampling.stop)
+        if cut is not None:
+            return text[:cut], "stop", count
+        return text, reason, count
+
+    def canary(self) -> Generation:
+        """A real two-token generation: a replica whose model is broken must not look healthy."""
+        return self.generate([self.chat_prompt([{"role": "user", "content": "ping"}])], [Sampling(2)])[0]
+
+
+def defaults_from(extras: dict) -> Sampling:
+    """The model's generation defaults (raylane_task.json extras.generation), field by field."""
+    given = {**DEFAULT_SAMPLING, **extras.get("generation", {})}
+    return Sampling(
+        int(given["max_new_tokens"]), float(given["temperature"]), float(given["top_p"]), tuple(given["stop"])
+    )
+
+
+def first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the earliest stop string starts in `text`, or None."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def held_back(text: str, stops: Sequence[str]) -> int:
+    """How many characters at the end of `text` a stream must hold back: the longest tail that
+    could still grow into a stop string, or an incomplete UTF-8 character (decoded as U+FFFD)."""
+    if text.endswith("\ufffd"):
+        return len(text) - len(text.rstrip("\ufffd"))
+    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+
+class _RowStops(StoppingCriteria):
+    """Per row: done at its own max_new_tokens, or once its generated text holds one of its stop
+    strings; `ended[i]` is how many tokens row i had then. `generate` pads a finished row and goes
+    on with the others, so requests with different limits share one batch."""
+
+    def __init__(self, tokenizer, width: int, samplings: list[Sampling], cancelled: threading.Event | None = None):
+        self.tokenizer, self.width, self.samplings, self.cancelled = tokenizer, width, samplings, cancelled
+        self.ended: list[int | None] = [None] * len(samplings)
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        steps = input_ids.shape[1] - self.width
+        for i, sampling in enumerate(self.samplings):
+            if self.ended[i] is None and (steps >= sampling.max_new_tokens or self._stopped(input_ids[i], sampling)):
+                self.ended[i] = steps
+        cancelled = self.cancelled is not None and self.cancelled.is_set()
+        done = [cancelled or ended is not None for ended in self.ended]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def _stopped(self, row: torch.Tensor, sampling: Sampling) -> bool:
+        if not sampling.stop:
+            return False
+        # The whole generated text, decoded again each step: a stop string may span tokens, and
+        # at a few hundred tokens this costs far less than the step itself.
+        text = self.tokenizer.decode(row[self.width :], skip_special_tokens=True)
+        return first_stop(text, sampling.stop) is not None
+
+
+class _Steps(BaseStreamer):
+    """`generate`'s streamer hook: the first `put` is the prompt, each later one the batch's new
+    tokens (one per row), passed on to `on_step`."""
+
+    def __init__(self, on_step: Callable[[torch.Tensor], None]):
+        self.on_step, self.prompt_seen = on_step, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.on_step(value.reshape(-1).cpu())
+
+    def end(self) -> None:
+        pass

@@ -1,0 +1,216 @@
+"""Conversations as inputs (the causal_lm task): what a model is asked, as chat messages.
+
+A row is either prompt field(s) and a response field, or one field of chat `messages` (a JSON
+list of {role, content}) ending with the assistant's answer; `data.label_field` then names the
+same column. The inputs are the conversation up to that answer (the target, `Generation`, reads
+the answer). Texts keep their lines (code and lists need them); only control characters go.
+
+At ingest each conversation is rendered with the model's own chat template and tokenized
+(`raylane.tokenize.ChatTokenizeBatch`): `prompt_length` marks where the answer starts, so training
+puts the loss on the answer's tokens alone. A conversation over `data.max_length` tokens once
+rendered is quarantined, not cut: a truncated answer would teach the model to stop mid-sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from raylane.pii import mask_pii
+from raylane.tasks.base import Inputs
+from raylane.tasks.text import EMPTY_TEXT, MISSING_FIELD, TOO_LONG, stable_hash
+
+ROLES = ("system", "user", "assistant")
+UNKNOWN_ROLE = "unknown_role"
+MALFORMED_MESSAGES = "malformed_messages"
+TOO_MANY_TOKENS = "too_many_tokens"
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean_message(value: Any) -> str:
+    """A message's text: control characters dropped, line ends made \\n, ends stripped; lines and
+    inner spacing kept."""
+    if value is None:
+        return ""
+    return _CONTROL.sub("", str(value).replace("\r\n", "\n").replace("\r", "\n")).strip()
+
+
+def parse_messages(raw: str) -> list[dict] | None:
+    """A JSON list of messages, or None when `raw` is not one (then it is plain text)."""
+    text = raw.lstrip()
+    if not text.startswith("["):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
+        return value
+    return None
+
+
+def message_problem(messages: list[dict]) -> tuple[str, str]:
+    """("", "") when every message has a known role and text content, else (reason, detail)."""
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role not in ROLES:
+            return UNKNOWN_ROLE, f"message {i} has role {str(role)[:40]!r}; known: {', '.join(ROLES)}"
+        if not isinstance(message.get("content"), str):
+            return MALFORMED_MESSAGES, f"message {i} has no text content"
+    return "", ""
+
+
+class ChatInputs(Inputs):
+    kind = "chat"
+    modality = "text"
+    column = "text"  # the conversation before the answer, as JSON messages
+    drift_feature = "input_tokens"
+
+    def example(self) -> dict[str, list]:
+        return {"text": [json.dumps([{"role": "user", "content": "Say hello."}])]}
+
+    def fields(self, data) -> list[str]:
+        return list(data.text_fields)
+
+    def prepare(
+        self, columns: list, spec, errors: list[str], sources: list[str], blobs: list | None = None
+    ) -> dict[str, Any]:
+        values = [column.to_pylist() for column in columns]
+        out: dict[str, Any] = {
+            "text": [],
+            "hash": [],
+            "n_chars": [],
+            "reason": [],
+            "detail": [],
+            "pii": {kind: [] for kind in spec.pii_kinds},
+        }
+        for error, raw in zip(errors, zip(*values)):
+            messages, reason, detail = ([], "", "") if error else self.conversation(raw, spec)
+            counts: dict[str, int] = {}
+            if spec.pii_kinds and not reason:
+                for message in messages:
+                    message["content"], found = mask_pii(message["content"], spec.pii_kinds)
+                    for kind, n in found.items():
+                        counts[kind] = counts.get(kind, 0) + n
+            text = json.dumps(messages, ensure_ascii=False) if messages else ""
+            n_chars = sum(len(m["content"]) for m in messages)
+            if not reason and n_chars > spec.max_chars:
+                reason, detail = TOO_LONG, f"{n_chars} characters > data.max_chars={spec.max_chars}"
+            out["text"].append(text)
+            out["hash"].append(stable_hash(text))
+            out["n_chars"].append(n_chars)
+            out["reason"].append(reason)
+            out["detail"].append(detail)
+            for kind in spec.pii_kinds:
+                out["pii"][kind].append(counts.get(kind, 0))
+        return out
+
+    @staticmethod
+    def conversation(raw: tuple, spec) -> tuple[list[dict], str, str]:
+        """(the messages before the answer, problem reason, detail) of one row's raw fields;
+        prompt fields fill `spec.prompt_template` by name, or are joined by blank lines."""
+        if all(v is None for v in raw):
+            return [], MISSING_FIELD, "every prompt field is missing"
+        messages = parse_messages(raw[0]) if len(raw) == 1 and raw[0] is not None else None
+        if messages is not None:
+            reason, detail = message_problem(messages)
+            if reason:
+                return [], reason, detail
+            messages = [{"role": m["role"], "content": clean_message(m["content"])} for m in messages]
+            if messages[-1]["role"] == "assistant":
+                messages = messages[:-1]  # the answer: the target's
+        else:
+            parts = [clean_message(v) for v in raw]
+            if spec.prompt_template:
+                prompt = spec.prompt_template.format(**dict(zip(spec.field_names, parts))).strip()
+            else:
+                prompt = "\n\n".join(p for p in parts if p)
+            messages = [{"role": "user", "content": prompt}] if any(parts) else []
+        if not any(m["content"] for m in messages if m["role"] == "user"):
+            return [], EMPTY_TEXT, "no user message with text"
+        return messages, "", ""
+
+    # --- the tokenized dataset ----------------------------------------------------------------
+    def encoder(self, name_or_path: str, max_length: int):
+        from raylane.tokenize import ChatTokenizeBatch, chat_tokenize_batch, definition_digest, tokenizer_definition
+
+        definition = tokenizer_definition(name_or_path)
+        template = chat_template_of(name_or_path)
+        kwargs = {"definition": definition, "template": template, "max_length": max_length}
+        return chat_tokenize_batch, kwargs, ChatTokenizeBatch, definition_digest(definition + json.dumps(template))
+
+    def shard_columns(self, batch) -> dict[str, Any]:
+        return {
+            "input_ids": batch.column("input_ids"),
+            "length": batch.column("length"),
+            "prompt_length": batch.column("prompt_length"),
+        }
+
+    columns = {
+        "text": "string (JSON chat messages before the answer)",
+        "label": "string (the answer)",
+        "input_ids": "list<int32> (the rendered conversation with its answer)",
+        "length": "int32",
+        "prompt_length": "int32 (tokens before the answer: no loss on them)",
+    }
+
+    def split_stats(self, scan, max_length: int):
+        from raylane.tasks.text import token_length_stats
+
+        return "token_lengths", token_length_stats(scan, max_length)
+
+    # --- model --------------------------------------------------------------------------------
+    def load_model(self, name_or_path: str, labels: list[str], target, init: str = "pretrained"):
+        from transformers import AutoModelForCausalLM
+
+        from raylane.models import load_head_model
+
+        return load_head_model(AutoModelForCausalLM, name_or_path, init)
+
+    def load_processor(self, name_or_path: str):
+        from raylane.models import load_tokenizer
+
+        return load_tokenizer(name_or_path)
+
+    def collate(self, processor, target, n_labels: int, extras: dict[str, Any]):
+        from raylane.tasks.collate import AnswerCollate
+
+        return AnswerCollate(processor.pad_token_id or 0)
+
+
+def chat_template_of(name_or_path: str) -> dict[str, str]:
+    """What rendering a conversation needs from the model's tokenizer: its chat template and the
+    special tokens templates refer to. A tokenizer without a template fails, naming the key."""
+    from raylane.config import ConfigError
+    from raylane.models import load_tokenizer
+
+    tokenizer = load_tokenizer(name_or_path)
+    template = tokenizer.chat_template
+    if isinstance(template, dict):  # several named templates: the default one
+        template = template.get("default")
+    if not template:
+        raise ConfigError(
+            "model.name_or_path",
+            f"{name_or_path}: the tokenizer has no chat template; causal_lm needs an instruct/chat model's tokenizer",
+        )
+    return {
+        "chat_template": template,
+        "bos_token": tokenizer.bos_token or "",
+        "eos_token": tokenizer.eos_token or "",
+    }
+
+
+def render(messages: list[dict], template: dict[str, str], add_generation_prompt: bool) -> str:
+    """The conversation as the model's chat template writes it (what `apply_chat_template` renders)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template(
+        conversations=[messages],
+        chat_template=template["chat_template"],
+        add_generation_prompt=add_generation_prompt,
+        bos_token=template["bos_token"],
+        eos_token=template["eos_token"],
+    )
+    return rendered[0]

@@ -1,0 +1,157 @@
+"""The causal_lm task's parts without Ray: rows made into conversations (and the bad ones
+refused with their reason), the chat template's tokens and the prompt boundary, and the loss
+that only the answer's tokens carry."""
+
+import json
+
+import pyarrow as pa
+import pytest
+import torch
+
+from raylane.ingest.transforms import RowSpec
+from raylane.models import load_tokenizer
+from raylane.tasks.chat import chat_template_of
+from raylane.tasks.collate import AnswerCollate
+from raylane.tasks.generation import IGNORE, Generation
+from raylane.tokenize import ChatTokenizeBatch, tokenizer_definition
+from tests.chat_rows import BAD_CHAT_LINES, BAD_PROMPT_LINES
+from tests.rows import prepare_row
+
+PROMPT_SPEC = RowSpec(n_input_fields=1, task="causal_lm", pii_kinds=("email",), max_chars=500, field_names=("prompt",))
+CHAT_SPEC = RowSpec(n_input_fields=1, task="causal_lm", max_chars=500, field_names=("messages",))
+
+
+def chat_row(line: str, spec: RowSpec = CHAT_SPEC) -> dict:
+    """One JSONL line as the reader hands it on: each field as text (a list as its JSON)."""
+    record = json.loads(line)
+    fields = [record.get(name) for name in (*spec.field_names, "messages")][:2]
+    as_text = [json.dumps(v) if isinstance(v, list) else v for v in fields]
+    return prepare_row("", as_text[:1], as_text[1], None, spec)
+
+
+def test_prompt_and_response_make_a_user_message_and_its_answer_with_lines_kept_and_pii_masked():
+    row = prepare_row("", ["Write two lines\nfor bob@example.com"], "line one\nline two", None, PROMPT_SPEC)
+    assert row["reason"] == ""
+    assert json.loads(row["text"]) == [{"role": "user", "content": "Write two lines\nfor [EMAIL]"}]
+    assert row["label"] == "line one\nline two"
+    assert row["pii"] == {"email": 1}
+
+
+def test_the_prompt_template_names_the_columns():
+    spec = RowSpec(
+        n_input_fields=2,
+        task="causal_lm",
+        prompt_template="Title: {title}\nAbout: {description}",
+        field_names=("title", "description"),
+    )
+    row = prepare_row("", ["Cats", "A study of cats."], "vision", None, spec)
+    assert json.loads(row["text"])[0]["content"] == "Title: Cats\nAbout: A study of cats."
+
+
+def test_a_conversation_keeps_every_turn_before_the_last_assistant_answer():
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Colour of the sky?"},
+        {"role": "assistant", "content": "Blue."},
+    ]
+    row = chat_row(json.dumps({"messages": messages}))
+    assert row["reason"] == ""
+    assert json.loads(row["text"]) == messages[:-1]
+    assert row["label"] == "Blue."
+
+
+@pytest.mark.parametrize("reason, line", sorted(BAD_CHAT_LINES.items()))
+def test_bad_conversations_are_refused_with_their_reason(reason, line):
+    row = chat_row(line)
+    assert (row["reason"], bool(row["detail"])) == (reason, True)
+
+
+def test_bad_prompt_rows_are_refused_with_their_reason():
+    assert prepare_row("", ["Say nothing"], "   ", None, PROMPT_SPEC)["reason"] == "empty_response"
+    assert prepare_row("", [None], "an answer", None, PROMPT_SPEC)["reason"] == "missing_field"
+    assert prepare_row("", [""], "an answer", None, PROMPT_SPEC)["reason"] == "empty_text"
+    assert set(BAD_PROMPT_LINES) >= {"empty_response", "too_many_tokens", "malformed_row", "missing_field"}
+
+
+def encoded(tiny_causal_lm, rows: list[tuple[list[dict], str]], max_length: int = 64) -> list[dict]:
+    table = pa.table(
+        {
+            "text": [json.dumps(m) for m, _ in rows],
+            "label": [a for _, a in rows],
+            "reason": [""] * len(rows),
+            "detail": [""] * len(rows),
+        }
+    )
+    encode = ChatTokenizeBatch(
+        tokenizer_definition(str(tiny_causal_lm)), chat_template_of(str(tiny_causal_lm)), max_length
+    )
+    return encode(table).to_pylist()
+
+
+def test_ingest_renders_the_models_chat_template_and_marks_where_the_answer_starts(tiny_causal_lm):
+    tokenizer = load_tokenizer(str(tiny_causal_lm))
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sky colour?"}]
+    row = encoded(tiny_causal_lm, [(conversation, "Blue.")])[0]
+    whole = tokenizer.apply_chat_template([*conversation, {"role": "assistant", "content": "Blue."}], return_dict=True)
+    prompt = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_dict=True)
+    assert row["input_ids"] == list(whole["input_ids"])
+    assert row["prompt_length"] == len(prompt["input_ids"])
+    answer = tokenizer.decode(row["input_ids"][row["prompt_length"] :])
+    assert answer.startswith("blue") and answer.endswith("[SEP]")  # the answer and its end of turn
+
+
+def test_a_conversation_over_max_length_is_quarantined_not_cut(tiny_causal_lm):
+    rows = encoded(
+        tiny_causal_lm,
+        [([{"role": "user", "content": "word " * 40}], "fine"), ([{"role": "user", "content": "hi"}], "ok")],
+        20,
+    )
+    assert rows[0]["reason"] == "too_many_tokens" and "data.max_length=20" in rows[0]["detail"]
+    assert rows[0]["input_ids"] == [] and rows[1]["reason"] == "" and rows[1]["length"] <= 20
+
+
+def test_only_answer_tokens_carry_the_loss(tiny_causal_lm):
+    batch = AnswerCollate(pad_id=0, trim=False)({"input_ids": [[5, 6, 7, 8, 9], [5, 6, 7]], "prompt_length": [3, 1]})
+    assert batch["labels"].tolist() == [[IGNORE, IGNORE, IGNORE, 8, 9], [IGNORE, 6, 7, IGNORE, IGNORE]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    target = Generation()
+    assert target.weight(batch["labels"]) == 4  # 2 answer tokens per row
+
+    logits = torch.randn(2, 5, 11, requires_grad=True)
+    loss = target.loss(logits, batch["labels"], {})
+    loss.backward()
+    # Position t predicts token t + 1: only positions before an answer token get a gradient.
+    touched = (logits.grad.abs().sum(dim=-1) > 0).tolist()
+    assert touched == [[False, False, True, True, False], [True, True, False, False, False]]
+    # Changing what the model says at prompt positions changes nothing.
+    changed = logits.detach().clone()
+    changed[0, :2] += 5.0
+    changed[1, 2:] -= 3.0
+    assert torch.allclose(target.loss(changed, batch["labels"], {}), loss.detach())
+    manual = torch.nn.functional.cross_entropy(logits[0, 2:4].detach(), torch.tensor([8, 9]), reduction="sum")
+    manual += torch.nn.functional.cross_entropy(logits[1, 0:2].detach(), torch.tensor([6, 7]), reduction="sum")
+    assert torch.allclose(loss.detach(), manual)
+
+
+def test_trimmed_logits_give_the_same_loss_and_gradients(tiny_causal_lm):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    rows = {"input_ids": [list(range(1000, 1012)), list(range(2000, 2009))], "prompt_length": [9, 6]}
+    target, results = Generation(), []
+    for trim in (False, True):
+        batch = AnswerCollate(pad_id=0, trim=trim)(rows)
+        model.zero_grad()
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        loss = target.loss(logits, batch["labels"], {})
+        loss.backward()
+        results.append(
+            (logits.shape[1], float(loss.detach()), target.weight(batch["labels"]), model.lm_head.weight.grad.clone())
+        )
+    (full_width, full_loss, full_tokens, full_grad), (kept, trimmed_loss, tokens, grad) = results
+    assert (full_width, kept) == (12, 12 - 5)  # from the position before the earliest answer token
+    assert tokens == full_tokens == 3 + 3
+    assert trimmed_loss == pytest.approx(full_loss, rel=1e-5)
+    assert torch.allclose(grad, full_grad, atol=1e-6)
