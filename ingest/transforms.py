@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from raylane.ingest.reader import MALFORMED, UNDECODABLE, field_columns
+from raylane.pii import mask_pii
 from raylane.tasks import get_task
 from raylane.tasks.text import EMPTY_TEXT, MISSING_FIELD, TOO_LONG, stable_hash
 from raylane.text import clean_text
@@ -98,7 +99,13 @@ def prepare_batch(batch: pa.Table, *, spec: RowSpec) -> pa.Table:
             reason, detail = UNKNOWN_LABEL, f"label '{check.value}' is not in data.labels"
         else:
             reason, detail = ACCEPTED, ""
-        labels.append(check.value if check else "")
+        value = check.value if check else ""
+        if reason == ACCEPTED and spec.pii_kinds and task.target.free_text:
+            # An answer the model learns to write must not teach it anyone's address.
+            value, found = mask_pii(value, spec.pii_kinds)
+            for kind, n in found.items():
+                inputs["pii"][kind][i] += n
+        labels.append(value)
         reasons.append(reason)
         details.append(detail)
         key = normalize(keys[i]) if keys[i] is not None else ""

@@ -56,6 +56,7 @@ class Target:
     # False: metrics come from the loss alone (a language model's logits are far too big to gather).
     keeps_outputs: ClassVar[bool] = True
     unit: ClassVar[str] = "rows"  # what losses are averaged over: rows, or answer tokens
+    free_text: ClassVar[bool] = False  # the label is free text (an answer): PII is masked in it too
 
     # --- ingest -------------------------------------------------------------------------------
     def check_label(self, raw: str | None, separator: str = "") -> LabelCheck:

@@ -37,6 +37,7 @@ class Generation(Target):
     has_label_set = False
     keeps_outputs = False
     unit = "tokens"
+    free_text = True
 
     def check_label(self, raw: str | None, separator: str = "") -> LabelCheck:
         if raw is None:

@@ -30,11 +30,12 @@ def chat_row(line: str, spec: RowSpec = CHAT_SPEC) -> dict:
 
 
 def test_prompt_and_response_make_a_user_message_and_its_answer_with_lines_kept_and_pii_masked():
-    row = prepare_row("", ["Write two lines\nfor bob@example.com"], "line one\nline two", None, PROMPT_SPEC)
+    answer = "line one\nline two, from ann@example.org"
+    row = prepare_row("", ["Write two lines\nfor bob@example.com"], answer, None, PROMPT_SPEC)
     assert row["reason"] == ""
     assert json.loads(row["text"]) == [{"role": "user", "content": "Write two lines\nfor [EMAIL]"}]
-    assert row["label"] == "line one\nline two"
-    assert row["pii"] == {"email": 1}
+    assert row["label"] == "line one\nline two, from [EMAIL]"
+    assert row["pii"] == {"email": 2}  # one in the prompt, one in the answer
 
 
 def test_the_prompt_template_names_the_columns():
