@@ -397,7 +397,7 @@ def format_summary(result: IngestResult) -> str:
     ]
     rows += [("rows read", c.input), ("accepted", c.accepted), ("quarantined", c.quarantined)]
     rows += [(f"  {reason}", n) for reason, n in sorted(c.quarantine_reasons.items(), key=lambda kv: -kv[1])]
-    rows += [(f"split {s}", f"{n}  {_split_summary(m, s)}") for s, n in m.splits.items()]
+    rows += [(f"split {s}", f"{n}  {_split_summary(m, s)}".rstrip()) for s, n in m.splits.items()]
     if literal:
         rows += [("stray quotes", f"{literal} line(s) read with the quote as an ordinary character")]
     rows += [("PII masked", ", ".join(f"{k} {n}" for k, n in m.pii.counts.items() if n) or "none")]
@@ -419,10 +419,11 @@ def format_summary(result: IngestResult) -> str:
 
 
 def _split_summary(m: Manifest, split: str) -> str:
-    """Rows per class, or a numeric target's range."""
+    """Rows per class, or a numeric target's range (nothing for free-text answers)."""
     stats = m.target_stats.get(split)
     if stats is not None:
         return (
             f"target mean {stats['mean']:.3g}, std {stats['std']:.3g}, range [{stats['min']:.3g}, {stats['max']:.3g}]"
         )
-    return str(dict(m.class_counts[split]))
+    counts = dict(m.class_counts[split])
+    return str(counts) if counts else ""
