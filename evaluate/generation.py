@@ -139,15 +139,22 @@ def score_generations(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo,
     return scored.to_pandas()
 
 
-def evaluate_generations(cfg: PipelineConfig, scored: pd.DataFrame, split: str, model_dir: str) -> Evaluation:
-    """The numbers, from the scored rows."""
+def judged(cfg: PipelineConfig, scored: pd.DataFrame) -> pd.DataFrame:
+    """The generated rows, with what was compared (`answer`, `reference`, normalised) and `match`."""
     e = cfg.evaluate
+    generated = scored[scored["generation"].notna()].copy()
+    generated["answer"] = [normalize(extract(g, e.extract, e.regex)) for g in generated["generation"]]
+    generated["reference"] = [normalize(r) for r in generated["label"]]
+    generated["match"] = generated["answer"] == generated["reference"]
+    return generated
+
+
+def evaluate_generations(scored: pd.DataFrame, generated: pd.DataFrame, split: str, model_dir: str) -> Evaluation:
+    """The numbers, from the scored rows and the judged generations (`judged`)."""
     tokens = int(scored["tokens"].sum())
     mean_loss = float(scored["loss_sum"].sum() / max(1, tokens))
-    generated = scored[scored["generation"].notna()]
-    answers = [normalize(extract(g, e.extract, e.regex)) for g in generated["generation"]]
-    references = [normalize(r) for r in generated["label"]]
-    matches = [a == r for a, r in zip(answers, references)]
+    answers, references = list(generated["answer"]), list(generated["reference"])
+    matches = list(generated["match"])
     metrics = {
         "loss": mean_loss,
         "perplexity": perplexity(mean_loss),
@@ -176,11 +183,10 @@ def evaluate_generations(cfg: PipelineConfig, scored: pd.DataFrame, split: str, 
     )
 
 
-def sample_table(cfg: PipelineConfig, scored: pd.DataFrame) -> pd.DataFrame:
-    """The first `evaluate.table_rows` generated rows: the prompt (its last user message), the
+def sample_table(cfg: PipelineConfig, generated: pd.DataFrame) -> pd.DataFrame:
+    """The first `evaluate.table_rows` judged generations: the prompt (its last user message), the
     reference, the generation, and whether they matched."""
-    e = cfg.evaluate
-    generated = scored[scored["generation"].notna()].head(e.table_rows)
+    generated = generated.head(cfg.evaluate.table_rows)
     prompts = [
         next((m["content"] for m in reversed(json.loads(t)) if m["role"] == "user"), "") for t in generated["text"]
     ]
@@ -189,10 +195,7 @@ def sample_table(cfg: PipelineConfig, scored: pd.DataFrame) -> pd.DataFrame:
             "prompt": prompts,
             "reference": list(generated["label"]),
             "generation": list(generated["generation"]),
-            "match": [
-                normalize(extract(g, e.extract, e.regex)) == normalize(r)
-                for g, r in zip(generated["generation"], generated["label"])
-            ],
+            "match": list(generated["match"]),
         }
     )
 
@@ -207,9 +210,10 @@ def run_generation_evaluation(
 ) -> Evaluation:
     """Score `split`, write `evaluation.json` and `generations.csv` to `out_dir`, log them."""
     scored = score_generations(cfg, model_dir, dataset, split)
-    evaluation = evaluate_generations(cfg, scored, split, model_dir)
+    generated = judged(cfg, scored)
+    evaluation = evaluate_generations(scored, generated, split, model_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = sample_table(cfg, scored)
+    table = sample_table(cfg, generated)
     table.to_csv(out_dir / "generations.csv", index=False)
     evaluation = evaluation.write(out_dir / "evaluation.json")
     if mlflow_run:
