@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,44 +130,3 @@ def render_table(results: dict[str, Any]) -> str:
     if notes:
         lines += ["", "Also recorded:", "", *notes]
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from bench import suites  # noqa: F401  (registers the benchmarks)
-
-    parser = argparse.ArgumentParser(prog="python -m bench", description="Run raylane's benchmarks.")
-    parser.add_argument("names", nargs="*", help="benchmarks to run (default: every one of the suite)")
-    parser.add_argument(
-        "--suite", choices=("cpu", "gpu"), default="cpu", help="cpu (default) or gpu: the benchmarks that need a GPU"
-    )
-    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
-    parser.add_argument("--quick", action="store_true", help="smaller runs, for checking the harness")
-    args = parser.parse_args(argv)
-    if args.list:
-        for b in REGISTRY.values():
-            print(f"{b.name:<22} [{b.suite}] {b.description}" + (f"  (goal: {b.goal})" if b.goal else ""))
-        return 0
-    unknown = [n for n in args.names if n not in REGISTRY]
-    if unknown:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; see --list", file=sys.stderr)
-        return 2
-    names = args.names or [n for n, b in REGISTRY.items() if b.suite == args.suite]
-    if any(REGISTRY[n].suite == "gpu" for n in names):
-        import torch
-
-        if not torch.cuda.is_available():
-            print("the gpu suite needs a CUDA GPU (torch.cuda.is_available() is False)", file=sys.stderr)
-            return 2
-    for name in names:
-        print(f"== {name}", flush=True)
-        entry = record(name, args.quick, REGISTRY[name].fn(args.quick))
-        print(
-            json.dumps(
-                {k: entry[k] for k in ("ours", "baseline", "ratio", "unit")}
-                | {k: v for k, v in entry.items() if k.startswith("holdout_")}
-            ),
-            flush=True,
-        )
-    return 0

@@ -58,7 +58,8 @@ def baseline_ingest(source: Path, out: Path, fast_tokenizer: bool = False) -> in
     import pyarrow.parquet as pq
 
     from raylane.config import DEFAULT_MODEL
-    from raylane.ingest.transforms import normalize, stable_fraction
+    from raylane.hashing import stable_fraction
+    from raylane.ingest.transforms import normalize
     from raylane.models import load_tokenizer
     from raylane.pii import PII_KINDS, mask_pii
 

@@ -24,12 +24,6 @@ def model_card(
         if (dataset.label_names)
         else f"predicting `{cfg.data.label_field}`"
     )
-    inputs = (
-        f"fields {cfg.data.text_fields}, at most {cfg.data.max_length} tokens; personal data masked: "
-        f"{', '.join(cfg.data.mask_pii) or 'no'}"
-        if task.inputs.kind in ("text", "chat")
-        else f"`{cfg.data.image_field}`"
-    )
     lines = [
         f"# {cfg.model.registered_name}",
         "",
@@ -41,7 +35,7 @@ def model_card(
         "## Data",
         f"- dataset: `{dataset.uri}` (digest `{dataset.digest}`)",
         f"- rows per split: {json.dumps(m.splits)}; quarantined at ingest: {m.counts.quarantined}",
-        f"- {task.inputs.kind}: {inputs}",
+        f"- {task.inputs.kind}: {task.inputs.describe(cfg.data)}",
         "",
         f"## Test metrics ({evaluation.rows} rows)",
         "| metric | value |",

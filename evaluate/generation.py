@@ -22,8 +22,9 @@ import pandas as pd
 
 from raylane.config import PipelineConfig
 from raylane.dataset import DatasetInfo
-from raylane.evaluate.report import ClassScores, Evaluation
+from raylane.evaluate.report import ClassScores, Evaluation, flat_metrics
 from raylane.generate import Sampling
+from raylane.hashing import stable_fraction
 from raylane.tasks.generation import perplexity
 from raylane.tracking import RunRef
 
@@ -112,7 +113,6 @@ def score_generations(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo,
     generated (evaluate.generations: the same rows for every model scored on the split)."""
     import ray.data
 
-    from raylane.ingest.transforms import stable_fraction
     from raylane.runtime import on_this_node
 
     ds = dataset.read_split(split).select_columns(["text", "label", "input_ids", "prompt_length"])
@@ -217,8 +217,6 @@ def run_generation_evaluation(
     table.to_csv(out_dir / "generations.csv", index=False)
     evaluation = evaluation.write(out_dir / "evaluation.json")
     if mlflow_run:
-        from raylane.evaluate.stage import flat_metrics
-
         mlflow_run.log_metrics(flat_metrics(evaluation))
         mlflow_run.log_artifact(evaluation.report_path)
         mlflow_run.log_table(table, "generations.json")

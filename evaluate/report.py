@@ -1,6 +1,6 @@
 """The evaluation report, as `run_evaluation` writes it (`evaluation.json`) and the gate, the
 promotion, the model card and the pipeline's summary read it: a typed record, not a dict indexed
-by string keys in each of them."""
+by string keys in each of them; and the report as MLflow and the console show it."""
 
 from __future__ import annotations
 
@@ -58,3 +58,37 @@ class Evaluation(Record):
     @classmethod
     def read(cls, path: Path) -> Evaluation:
         return cls.model_validate_json(Path(path).read_text())
+
+
+def flat_metrics(evaluation: Evaluation) -> dict[str, float]:
+    """Every number of the report as `<split>_<name>`, the way MLflow shows them side by side."""
+    split = evaluation.split
+    flat = {f"{split}_{k}": v for k, v in evaluation.metrics.items()}
+    flat.update({f"{split}_f1_{name}": row.f1 for name, row in evaluation.per_class.items()})
+    flat.update({f"{split}_slice_{name}_rows": row.rows for name, row in evaluation.slices.items()})
+    flat.update(
+        {f"{split}_slice_{name}_{k}": v for name, row in evaluation.slices.items() for k, v in row.metrics.items()}
+    )
+    variant = evaluation.serving_variant
+    if variant:
+        flat.update({f"{split}_serving_{k}": v for k, v in variant.metrics.items()})
+        flat.update({f"{split}_serving_{k}_delta_points": v for k, v in variant.delta_points.items()})
+    return flat
+
+
+def format_table(evaluation: Evaluation) -> str:
+    """The per-class table, the metrics and the slices as text, for the console."""
+    lines = []
+    if evaluation.per_class:
+        lines.append(f"{'class':<32}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
+        for name, row in evaluation.per_class.items():
+            lines.append(f"{name:<32}{row.precision:>10.3f}{row.recall:>10.3f}{row.f1:>10.3f}{row.support:>9d}")
+    lines += [f"{name:<32}{value:>10.4f}" for name, value in evaluation.metrics.items()]
+    for name, row in evaluation.slices.items():
+        scores = "  ".join(f"{k} {v:.3f}" for k, v in row.metrics.items()) if row.rows else "no rows"
+        lines.append(f"slice {name:<26}{row.rows:>6d} rows  {scores}")
+    variant = evaluation.serving_variant
+    if variant:
+        changes = ", ".join(f"{k} {v:.3f} ({variant.delta_points[k]:+.2f} points)" for k, v in variant.metrics.items())
+        lines.append(f"served as {variant.variant}: {changes}")
+    return "\n".join(lines)

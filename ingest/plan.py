@@ -143,13 +143,12 @@ def build_plan(
     kept = ~np.isin(a["pos"], drop_pos)
     data_rows = kept & ~a["test"]
 
-    label_set: tuple[str, ...] = ()
-    if target.has_label_set:
-        seen = {name for c in np.unique(a["label"][data_rows]) for name in target.names(names[c])}
-        label_set = tuple(labels) or tuple(sorted(seen))
-        if len(label_set) < 2:
-            raise IngestError(f"{source}: need at least 2 labels to classify, found {list(label_set)}")
-    known = np.asarray([not target.has_label_set or target.known(n, frozenset(label_set)) for n in names] or [False])
+    seen = {name for c in np.unique(a["label"][data_rows]) for name in target.names(names[c])}
+    try:
+        label_set = target.label_set(seen, labels)
+    except ValueError as err:
+        raise IngestError(f"{source}: {err}") from None
+    known = np.asarray([target.known(n, frozenset(label_set)) for n in names] or [False])
     label_ok = known[a["label"]] if len(a["label"]) else np.zeros(0, bool)
 
     test_cut: dict[str, float] = {}
@@ -185,8 +184,9 @@ def build_plan(
         split = plan.split(label, frac, "test" if test else "data")
         rows_per_split[split] += 1
         class_counts[split].update(target.names(label))
-        if target.kind == "numeric":
-            values[split].append(float(label))
+        value = target.value_of(label)
+        if value is not None:
+            values[split].append(value)
     accepted_files, accepted_rows, _ = _sums_by(a["pos"][accepted] >> POSITION_BITS, np.zeros(int(accepted.sum())))
     counts = {
         "input": index.rows,
@@ -196,7 +196,7 @@ def build_plan(
         "quarantine_reasons": {r: n for r, n in sorted(reasons.items()) if n},
         "splits": {s: rows_per_split[s] for s in ("train", "val", "test")},
         "class_counts": {s: dict(sorted(c.items())) for s, c in class_counts.items()},
-        "target_stats": {s: _stats(v) for s, v in values.items()} if target.kind == "numeric" else {},
+        "target_stats": {s: _stats(v) for s, v in values.items()} if any(values.values()) else {},
         "pii": {k: index.pii.get(k, 0) for k in index.pii_kinds},
     }
     return Verdicts(plan, counts)

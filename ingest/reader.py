@@ -258,15 +258,24 @@ def _jsonl(task: FileTask, fields: list[str], options: ReadOptions, stats: ReadS
             except UnicodeDecodeError:
                 yield line, 1, data.decode("utf-8", "backslashreplace").rstrip("\r\n"), none, UNDECODABLE
                 continue
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                record = None
-            if isinstance(record, dict):
-                yield line, 1, raw, [_as_field(record.get(name)) for name in fields], ""
-            else:
-                yield line, 1, raw, none, f"{MALFORMED}: not a JSON object"
+            values, error = _jsonl_record(raw, fields)
+            yield line, 1, raw, values or none, error
         stats.lines = stats.lines or 0
+
+
+def _jsonl_record(raw: str, fields: list[str]) -> tuple[list[str | None] | None, str]:
+    """One JSON line's requested fields, or the reason it has none. Nesting deeper than Python's
+    recursion limit (a line of 1,000 "[") makes `json` raise RecursionError, not ValueError: that
+    too is one malformed row, not a failed ingest."""
+    try:
+        record = json.loads(raw)
+        if not isinstance(record, dict):
+            return None, f"{MALFORMED}: not a JSON object"
+        return [_as_field(record.get(name)) for name in fields], ""  # a nested field is dumped again
+    except RecursionError:
+        return None, f"{MALFORMED}: not JSON: nested too deep to parse"
+    except ValueError as err:
+        return None, f"{MALFORMED}: not JSON ({err})"
 
 
 def _parquet(task: FileTask, fields: list[str], options: ReadOptions, stats: ReadStats) -> Iterator[Record]:
@@ -386,7 +395,7 @@ def _jsonl_columns(file: SourceFile, options: ReadOptions, sample: int = 100) ->
                 break
             try:
                 record = json.loads(data.decode(options.text_encoding, "replace"))
-            except ValueError:
+            except (ValueError, RecursionError):  # a bad line is quarantined later, not a bad file
                 continue
             if isinstance(record, dict):
                 keys.update(record)

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from raylane.hashing import fraction_of, stable_fraction
 from raylane.ingest.reader import MALFORMED, UNDECODABLE, field_columns
-from raylane.pii import mask_pii
 from raylane.tasks import get_task
-from raylane.tasks.text import EMPTY_TEXT, MISSING_FIELD, TOO_LONG, stable_hash
+from raylane.tasks.text import EMPTY_TEXT, MISSING_FIELD, TOO_LONG
 from raylane.text import clean_text
 
 ACCEPTED = ""
@@ -30,20 +30,12 @@ DUPLICATE = "duplicate"
 CONFLICTING_LABEL = "conflicting_label"
 REASONS = (MALFORMED, UNDECODABLE, MISSING_FIELD, EMPTY_TEXT, TOO_LONG, UNKNOWN_LABEL, CONFLICTING_LABEL, DUPLICATE)
 
-_HASH_SPAN = float(2**64)
-
 
 def normalize(text: Any, lowercase: bool = False) -> str:
     """Clean one value the way ingest and prediction both see text (NFKC, no control characters,
     single spaces), optionally lower-cased."""
     text = clean_text(text)
     return text.lower() if lowercase else text
-
-
-def stable_fraction(key: str) -> float:
-    """A number in [0, 1) fixed by `key`: the same row lands in the same split whatever the shard
-    order, the worker or the size of the rest of the data."""
-    return (stable_hash(key) + 2**63) / _HASH_SPAN
 
 
 @dataclass(frozen=True)
@@ -100,9 +92,8 @@ def prepare_batch(batch: pa.Table, *, spec: RowSpec) -> pa.Table:
         else:
             reason, detail = ACCEPTED, ""
         value = check.value if check else ""
-        if reason == ACCEPTED and spec.pii_kinds and task.target.free_text:
-            # An answer the model learns to write must not teach it anyone's address.
-            value, found = mask_pii(value, spec.pii_kinds)
+        if reason == ACCEPTED:
+            value, found = task.target.mask_label(value, spec.pii_kinds)
             for kind, n in found.items():
                 inputs["pii"][kind][i] += n
         labels.append(value)
@@ -110,7 +101,7 @@ def prepare_batch(batch: pa.Table, *, spec: RowSpec) -> pa.Table:
         details.append(detail)
         key = normalize(keys[i]) if keys[i] is not None else ""
         # The split key is the id when there is one, else the content (whose hash is at hand).
-        fractions.append(stable_fraction(key) if key else (inputs["hash"][i] + 2**63) / _HASH_SPAN)
+        fractions.append(stable_fraction(key) if key else fraction_of(inputs["hash"][i]))
     texts = [t if r in (ACCEPTED, UNKNOWN_LABEL) else t[:1000] for t, r in zip(inputs["text"], reasons)]
     out = {name: batch.column(name) for name in ("source", "line", "lines", "pos", "role", "raw")}
     out.update(
@@ -161,8 +152,7 @@ class Plan:
 
     def known(self, label: str) -> bool:
         """Whether every label name in `label` is in the label set (always, for a number)."""
-        target = get_task(self.task).target
-        return not target.has_label_set or target.known(label, frozenset(self.labels))
+        return get_task(self.task).target.known(label, frozenset(self.labels))
 
     def split(self, label: str, key_frac: float, role: str) -> str:
         if role == "test":

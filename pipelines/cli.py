@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "predict":
             p.add_argument("--input", required=True, help="path, glob or URI of the data to score")
             p.add_argument("--output", help="output directory (default: <output_dir>/predictions)")
+            p.add_argument(
+                "--overwrite",
+                action="store_true",
+                help="replace --output even if raylane did not write it (default: only its own predictions)",
+            )
     return parser
 
 
@@ -68,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             from raylane.train.lora import check_config
 
             check_config(cfg)  # the adapters' target layers exist, checked on a weightless copy
-        if args.command in ("run", "ingest") and cfg.task == "causal_lm":
-            from raylane.tasks.chat import chat_template_of
+        if args.command in ("run", "ingest"):
+            from raylane.tasks import get_task
 
-            chat_template_of(cfg.model.name_or_path)  # a tokenizer without a chat template fails now
+            get_task(cfg.task).inputs.check_model(cfg.model.name_or_path)  # e.g. a chat template, for chats
     except ConfigError as err:
         print(f"raylane: error: {redact(str(err))}", file=sys.stderr)
         return 2

@@ -97,7 +97,8 @@ def tune_stage(cfg: PipelineConfig, dataset: DatasetInfo, parent: RunRef):
 
 
 def evaluate_stage(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, parent: RunRef):
-    from raylane.evaluate.stage import format_table, run_evaluation
+    from raylane.evaluate.report import format_table
+    from raylane.evaluate.stage import run_evaluation
 
     with start_run(cfg, "evaluate", parent, tags={"model_dir": model_dir}) as stage_run:
         dataset.log_inputs(stage_run, ("test",))
@@ -193,30 +194,22 @@ def serve_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     client_headers(cfg)  # a missing or empty API-key source fails now, not in every replica
     init_ray()
     url = deploy(cfg, args.model)
-    routes = "POST /predict" if get_task(cfg.task).target.keeps_outputs else "POST /v1/chat/completions"
-    print(
-        f"serving {args.model or cfg.serve_model_uri} at {url}  ({routes}, GET /healthz, /model, /docs); Ctrl-C stops"
-    )
+    route = get_task(cfg.task).engine.route
+    print(f"serving {args.model or cfg.serve_model_uri} at {url}  ({route}, GET /healthz, /model, /docs); Ctrl-C stops")
     _block()
     return 0
 
 
 def predict_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     from raylane.registry import resolve_model
-    from raylane.serve.batch import predict_files
+    from raylane.serve.batch import check_output_dir, predict_files
 
-    if not get_task(cfg.task).target.keeps_outputs:
-        from raylane.config import ConfigError
-
-        raise ConfigError(
-            "task",
-            f"predict scores files with classifiers and regressors; a {cfg.task} model answers conversations "
-            "through `raylane serve` (POST /v1/chat/completions)",
-        )
+    get_task(cfg.task).engine.check_batch_prediction(cfg.task)
+    out = Path(args.output or cfg.output_path / "predictions")
+    check_output_dir(out, args.overwrite)  # before the model is fetched and Ray starts
     resolved = resolve_model(args.model or cfg.serve_model_uri, tracking_uri(cfg))
     init_ray()
-    out = Path(args.output or cfg.output_path / "predictions")
-    rows = predict_files(cfg, resolved.model_dir, args.input, out)
+    rows = predict_files(cfg, resolved.model_dir, args.input, out, args.overwrite)
     print(f"predict: {rows} rows scored -> {out}")
     return 0
 
@@ -303,15 +296,25 @@ def _headline_on_parent(parent: RunRef, promotion, evaluation, elapsed: float, t
 
 def _first_request(cfg: PipelineConfig, row: dict[str, Any], url: str, headers: dict[str, str]):
     """The freshly served model's first request: (the request in words, the answer, the answer in
-    words). A chat model is asked the first test conversation (`row`), through the chat API."""
-    from raylane.serve.deploy import chat_http, predict_http
+    words), by the engine that answers it."""
+    return FIRST_REQUESTS[get_task(cfg.task).engine.name](cfg, row, url, headers)
 
-    if not get_task(cfg.task).target.keeps_outputs:
-        messages = json.loads(row["text"])
-        answer = chat_http(url, messages, headers=headers)
-        shown = json.dumps({"messages": messages}, ensure_ascii=False)
-        reply = answer["choices"][0]["message"]["content"]
-        return f"POST /v1/chat/completions {shown[:300]}", answer, f"{reply!r} ({answer['model']})"
+
+def _first_chat(cfg: PipelineConfig, row: dict[str, Any], url: str, headers: dict[str, str]):
+    """A chat model is asked the first test conversation (`row`), through the chat API."""
+    from raylane.serve.deploy import chat_http
+
+    messages = json.loads(row["text"])
+    answer = chat_http(url, messages, headers=headers)
+    shown = json.dumps({"messages": messages}, ensure_ascii=False)
+    reply = answer["choices"][0]["message"]["content"]
+    return f"POST /v1/chat/completions {shown[:300]}", answer, f"{reply!r} ({answer['model']})"
+
+
+def _first_prediction(cfg: PipelineConfig, row: dict[str, Any], url: str, headers: dict[str, str]):
+    """A scoring model is asked the configured sample text, else the first test row's input."""
+    from raylane.serve.deploy import predict_http
+
     field, sample, shown = _sample_request(cfg, row)
     answer = predict_http(url, [sample], headers=headers, field=field)
     first = {k: v for k, v in answer["predictions"][0].items() if k != "prediction_id"}
@@ -326,12 +329,15 @@ def _sample_request(cfg: PipelineConfig, row: dict[str, Any]) -> tuple[str, Any,
 
     inputs = get_task(cfg.task).inputs
     field = next(iter(inputs.request_model().model_fields))
-    if inputs.column == "text" and cfg.serve.sample_text:
-        return field, cfg.serve.sample_text, json.dumps(cfg.serve.sample_text)
     item = row[inputs.column]
+    if isinstance(item, str) and cfg.serve.sample_text:
+        return field, cfg.serve.sample_text, json.dumps(cfg.serve.sample_text)
     if isinstance(item, bytes):
         return field, base64.b64encode(item).decode(), f"<{row['text'] or 'the first test image'}, base64>"
     return field, item, json.dumps(item)
+
+
+FIRST_REQUESTS = {"scoring": _first_prediction, "generating": _first_chat}
 
 
 def _block() -> None:

@@ -54,7 +54,7 @@ class DatasetInfo:
 
 
 def open_dataset(uri: str) -> DatasetInfo:
-    from raylane.config import REMOTE_SCHEMES
+    from raylane.locations import REMOTE_SCHEMES
     from raylane.sources import filesystem
 
     manifest = read_manifest(uri)

@@ -12,11 +12,11 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import pandas as pd
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-TASK = "causal_lm"
 DEFAULT_SAMPLING = {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0, "stop": []}
 
 
@@ -53,8 +53,6 @@ class Generator:
         from raylane.tasks.saved import read_saved_task
 
         saved = read_saved_task(model_dir)
-        if saved.task != TASK:
-            raise ValueError(f"{model_dir} is a {saved.task} model; this deployment serves {TASK}")
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -137,6 +135,14 @@ class Generator:
         if cut is not None:
             return text[:cut], "stop", count
         return text, reason, count
+
+    def answer_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The MLflow pyfunc's answer: `text` (JSON chat messages, or a plain prompt) in, `reply` out."""
+        from raylane.tasks.chat import parse_messages
+
+        conversations = [parse_messages(str(v)) or [{"role": "user", "content": str(v)}] for v in frame["text"]]
+        replies = self.generate([self.chat_prompt(m) for m in conversations], [self.defaults] * len(conversations))
+        return pd.DataFrame({"reply": [r.text for r in replies]})
 
     def canary(self) -> Generation:
         """A real two-token generation: a replica whose model is broken must not look healthy."""

@@ -64,3 +64,12 @@ def from_base64(text: str) -> bytes | None:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         return None
+
+
+def decode_all(blobs: list[bytes], max_pixels: int = 2**28) -> tuple[list, list[float]]:
+    """Images already checked (at ingest, or by the server's limits) -> RGB images and brightness."""
+    decoded = [decode(blob, max_pixels) for blob in blobs]
+    bad = [d.detail for d in decoded if d.image is None]
+    if bad:
+        raise ValueError(f"{len(bad)} image(s) could not be decoded: {bad[0]}")
+    return [d.image for d in decoded], [d.brightness for d in decoded]

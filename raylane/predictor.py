@@ -61,7 +61,7 @@ class Predictor:
 
         if raw:
             items = [self.prepare(item) for item in items]
-        width = 1 if self.task.target.kind == "numeric" else len(self.labels)
+        width = self.task.target.num_outputs(self.labels)
         if not items:
             return np.zeros((0, width), dtype=np.float32), np.zeros(0)
         # Similar items side by side (texts by length): each chunk pads to its longest.
@@ -90,6 +90,12 @@ class Predictor:
 
     def ranked(self, probs: np.ndarray, top_k: int = 1) -> list[dict[str, Any]]:
         return self.answer(probs, top_k)
+
+    def answer_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The MLflow pyfunc's answer: the task's input column in, its answer columns out."""
+        column = self.task.inputs.column
+        items = [v if isinstance(v, bytes) else str(v) for v in frame[column]]  # bytes: an image
+        return pd.DataFrame(self.task.target.answer_columns(self.predict(items, raw=True)))
 
 
 class ScoreBatch:

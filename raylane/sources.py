@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raylane.config import REMOTE_SCHEMES, DataConfig, resolve_input
+from raylane.locations import REMOTE_SCHEMES, resolve_input
 
 _EXTENSIONS = {
     ".csv": "csv",
@@ -128,10 +128,11 @@ def _format(path: str, fmt: str) -> str:
     return _EXTENSIONS[suffix]
 
 
-def read_source(source: str, data: DataConfig, required: list[str] | None = None):
-    """Open the source lazily as a Ray Dataset; CSV columns in `required` (default: text fields
-    and label) are read as strings. For data to score: ingest reads rows itself, row by row, so
-    it can quarantine what these readers would choke on."""
+def read_source(source: str, data: Any, required: list[str] | None = None):
+    """Open the source lazily as a Ray Dataset, read as `data` (the config's data section)
+    says; CSV columns in `required` (default: text fields and label) are read as strings. For
+    data to score: ingest reads rows itself, row by row, so it can quarantine what these
+    readers would choke on."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import ray.data

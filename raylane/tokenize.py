@@ -20,12 +20,15 @@ import hashlib
 
 import pyarrow as pa
 
+# A conversation over data.max_length tokens once rendered is quarantined, not cut.
+TOO_MANY_TOKENS = "too_many_tokens"
+
 
 def tokenizer_definition(name_or_path: str) -> str:
     """The fast tokenizer behind a model, serialised; fails for models without one."""
-    from raylane.models import load_tokenizer
+    from raylane.models import read_only_tokenizer
 
-    tokenizer = load_tokenizer(name_or_path)
+    tokenizer = read_only_tokenizer(name_or_path)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise ValueError(f"{name_or_path}: ingest needs a fast (Rust) tokenizer; this model only has a Python one")
@@ -91,7 +94,7 @@ class ChatTokenizeBatch(TokenizeBatch):
     def __call__(self, batch: pa.Table) -> pa.Table:
         import json
 
-        from raylane.tasks.chat import TOO_MANY_TOKENS, render
+        from raylane.chat_template import render
 
         reasons = batch.column("reason").to_pylist()
         details = batch.column("detail").to_pylist()

@@ -20,12 +20,12 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from raylane.config import PipelineConfig
-from raylane.redact import redact
+from raylane.redact import redact, remember, remembered
 
 # MLflow caps a param value at 6000 characters; longer values are cut, not rejected.
 _PARAM_LIMIT = 6000
@@ -63,6 +63,14 @@ class RunRef:
     experiment_id: str
     run_id: str
     source: str = "raylane"  # the command that started the pipeline run: every nested run shows it
+    # The values `redact` masks by value (from `${VAR}`s), taken where the config was loaded. A
+    # worker gets the config as an object and never expands it: unpickling its RunRef is how its
+    # own `redact` learns them. It holds nothing the worker's config does not already hold.
+    masked: tuple[str, ...] = field(default_factory=remembered, repr=False, compare=False)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)  # what unpickling does without this method; frozen or not
+        remember(state.get("masked", ()))
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -201,7 +209,8 @@ def start_run(
     if parent:
         all_tags["mlflow.parentRunId"] = parent.run_id
     client = _client(uri)
-    run = client.create_run(experiment_id, run_name=name, tags={k: redact(str(v)) for k, v in all_tags.items()})
+    # The name too: tracking.run_name may hold a ${VAR}.
+    run = client.create_run(experiment_id, run_name=redact(name), tags={k: redact(str(v)) for k, v in all_tags.items()})
     ref = RunRef(uri, experiment_id, run.info.run_id, source)
     try:
         yield ref

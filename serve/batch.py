@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import ray.data
 
-from raylane.config import PipelineConfig
+from raylane.config import ConfigError, PipelineConfig
 from raylane.predictor import ScoreBatch
 from raylane.runtime import on_this_node
 from raylane.sources import list_files, read_source
@@ -52,9 +52,15 @@ def _as_image(batch: pd.DataFrame) -> pd.DataFrame:
 
 def _inputs(cfg: PipelineConfig, source: str):
     """The rows to score, with the column the task's model reads (`text` or `image`)."""
-    if get_task(cfg.task).inputs.column == "text":
-        ds = read_source(source, cfg.data, required=cfg.data.text_fields)
-        return ds.map_batches(_to_text, batch_format="pandas", fn_kwargs={"text_fields": cfg.data.text_fields})
+    return READERS[get_task(cfg.task).inputs.modality](cfg, source)
+
+
+def _texts(cfg: PipelineConfig, source: str):
+    ds = read_source(source, cfg.data, required=cfg.data.text_fields)
+    return ds.map_batches(_to_text, batch_format="pandas", fn_kwargs={"text_fields": cfg.data.text_fields})
+
+
+def _images(cfg: PipelineConfig, source: str):
     files = list_files(source, cfg.data.format)
     if files[0].format == "image":  # an image folder: each file is a row, its path kept
         ds = ray.data.read_binary_files([f.path for f in files], filesystem=files[0].fs, include_paths=True)
@@ -65,9 +71,35 @@ def _inputs(cfg: PipelineConfig, source: str):
     )
 
 
-def predict_files(cfg: PipelineConfig, model_dir: str, source: str, out_dir: Path) -> int:
-    """Score `source` into Parquet under `out_dir`, replacing what an earlier run left there: the
-    predictions are written beside it first and swapped in once complete."""
+READERS = {"text": _texts, "image": _images}  # by the inputs' modality
+
+
+# Written into every predictions directory: `predict --output` replaces a directory that carries
+# it and no other, so that a mistyped `--output ~/work` does not delete a home folder. A dot name:
+# pyarrow, pandas and Ray Data skip it when they read the Parquet files beside it.
+MARKER = ".raylane-predictions"
+
+
+def check_output_dir(out_dir: Path, overwrite: bool = False) -> None:
+    """Fail, naming `out_dir`, unless predictions may be written there: it is absent, empty, or a
+    directory raylane wrote (it carries MARKER); `overwrite` replaces any directory."""
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise ConfigError("", f"--output {out_dir}: is a link or a file, not a directory; choose another --output")
+    if not out_dir.exists() or overwrite or (out_dir / MARKER).is_file() or not any(out_dir.iterdir()):
+        return
+    raise ConfigError(
+        "",
+        f"--output {out_dir}: the directory holds files that raylane predict did not write (no {MARKER} "
+        "in it), and writing predictions there would delete them; choose another --output, or pass "
+        "--overwrite to replace it",
+    )
+
+
+def predict_files(cfg: PipelineConfig, model_dir: str, source: str, out_dir: Path, overwrite: bool = False) -> int:
+    """Score `source` into Parquet under `out_dir`, replacing what an earlier run left there (only
+    a directory raylane wrote, unless `overwrite`): the predictions are written beside it first and
+    swapped in once complete."""
+    check_output_dir(out_dir, overwrite)
     scored = _inputs(cfg, source).map_batches(
         ScoreBatch,
         batch_format="pandas",
@@ -79,6 +111,8 @@ def predict_files(cfg: PipelineConfig, model_dir: str, source: str, out_dir: Pat
     staging = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     scored.write_parquet(str(staging))
     rows = ray.data.read_parquet(str(staging)).count()
+    (staging / MARKER).write_text("written by `raylane predict`, which may replace this directory\n")
+    check_output_dir(out_dir, overwrite)  # again: scoring took a while, and the directory may be new
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)

@@ -1,8 +1,8 @@
-"""The chat app, for `task: causal_lm`: OpenAI-style POST /v1/chat/completions and POST
-/v1/completions over an instruction-tuned causal LM, with the classifier app's door (Bearer keys,
-body size, request counts: `raylane.serve.app.guarded_api`), its hot swap (`raylane.serve.swap`),
-its deployment options, and a /healthz that generates. `raylane.serve.app.build_app` builds it
-when `args.task == "causal_lm"`.
+"""The chat app, for a generating task (causal_lm): OpenAI-style POST /v1/chat/completions and POST
+/v1/completions over an instruction-tuned causal LM, behind the same door as the scoring app
+(Bearer keys, body size, request counts: `raylane.serve.guard.guarded_api`), with the same replica
+life cycle (`raylane.serve.replica`: load, hot swap, health) and deployment options, and a
+/healthz that generates.
 
 A request is refused (4xx) before any generation: its schema (`raylane.serve.chat_schema`), then
 its prompt's length in tokens after the chat template (serve.max_prompt_tokens) and the model's
@@ -11,10 +11,9 @@ one runs alone, its tokens sent as server-sent events as they are generated.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real request types on the
-# ingress methods (see raylane.serve.app).
+# ingress methods (see raylane.serve.scoring).
 import asyncio
 import logging
-import os
 import threading
 import time
 import uuid
@@ -25,8 +24,10 @@ from fastapi import HTTPException
 from fastapi.responses import StreamingResponse
 from ray import serve
 
-from raylane.serve.app import ServeArgs, deployment_options, guarded_api
+from raylane.serve.args import ServeArgs, deployment_options
 from raylane.serve.chat_schema import ChatCompletion, TextCompletion, request_models
+from raylane.serve.guard import guarded_api
+from raylane.serve.replica import Replica
 
 logger = logging.getLogger("ray.serve")
 DEPLOYMENT = "Chat"
@@ -37,62 +38,31 @@ SSE = "text/event-stream"
 class Job:
     """One request, checked and tokenized: what its generation needs."""
 
-    loaded: object  # raylane.serve.swap.Loaded whose predictor is a raylane.generate.Generator
+    loaded: object  # raylane.serve.swap.Loaded whose model is a raylane.generate.Generator
     prompt: list[int]
     sampling: object  # raylane.generate.Sampling
     arrived: float  # time.perf_counter() when the replica took the request
 
 
-class ChatReplica:
+class ChatReplica(Replica):
     def __init__(self, args):
-        from ray.serve.context import _get_internal_replica_context
+        from raylane.serve.metrics import generation_metrics
 
-        from raylane.serve.auth import key_digests
-        from raylane.serve.metrics import generation_metrics, replica_metrics
-        from raylane.serve.swap import follow
-
-        self.args = args
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in replica logs
-        key_digests(args.api_keys_env, args.api_keys_file)  # a named key source that holds none fails now
-        self.tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-        self.metrics, self.version_gauge = generation_metrics(), replica_metrics()
-        self.in_replica = _get_internal_replica_context() is not None
-        if self.in_replica:
-            self._generate_batch.set_max_batch_size(args.max_batch_size)
-            self._generate_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
+        self.generation = generation_metrics()
         # Streams run one at a time: two generate loops side by side on the same cores only
         # make both slower, and a stream's wait shows in its time to first token.
         self.stream_lock = asyncio.Lock()
-        self.loaded = self._load(args.model_uri)
-        self.version_gauge.serving(self.loaded.version)
-        self.follower = follow(
-            args.model_uri, self.tracking_uri, self.loaded.version, args.poll_interval_s, self._swap_to
-        )
+        super().__init__(args)
 
-    def _load(self, model_uri: str):
-        import torch
-
-        from raylane.generate import Generator
-        from raylane.registry import resolve_model
-        from raylane.serve.swap import Loaded
-
-        resolved = resolve_model(model_uri, self.tracking_uri)
-        device = "cuda" if self.args.replica_gpus and torch.cuda.is_available() else "cpu"
-        generator = Generator(resolved.model_dir, threads=max(1, round(self.args.replica_cpus)), device=device)
-        return Loaded(generator, resolved.name, resolved.version, time.time())
-
-    def _swap_to(self, model_uri: str) -> None:
-        new = self._load(model_uri)
-        new.predictor.canary()  # only a model that generates replaces the one serving
-        self.loaded = new  # one reference: a request uses the model current when it was checked
-        self.version_gauge.serving(new.version)
+    def _canary(self, model) -> None:
+        model.canary()
 
     def job(self, request, chat: bool) -> Job:
         """The request tokenized and within the limits, or a 4xx before any generation."""
         from raylane.generate import Sampling
 
         loaded = self.loaded
-        generator = loaded.predictor
+        generator = loaded.model
         if chat:
             prompt = generator.chat_prompt([m.model_dump() for m in request.messages])
         else:
@@ -123,7 +93,7 @@ class ChatReplica:
         job = self.job(request, chat)
         if request.stream:
             return StreamingResponse(self._events(job, request.model, chat), media_type=SSE)
-        generation = await self._generate(job)
+        generation = await self._batched(job)
         head = self._head(job, request.model, chat, chunk=False)
         choice = {"index": 0, "finish_reason": generation.finish_reason}
         if chat:
@@ -137,23 +107,17 @@ class ChatReplica:
         }
         return {**head, "choices": [choice], "usage": usage}
 
-    async def _generate(self, job: Job):
-        if self.in_replica:
-            return await self._generate_batch(job)
-        # Serve's local testing mode has no replica context, which @serve.batch needs (Ray 2.60).
-        return self._generate_many([job])[0]
-
     # Concurrent requests queue here and are generated together; size and wait are reset from the
-    # config in __init__. On the event loop, blocking it, on purpose, as the classifier's forward
-    # pass: requests arriving meanwhile wait in Ray's queue and the next batch takes them all. In a
+    # config in Replica.__init__. On the event loop, blocking it, on purpose, as the scoring
+    # replica's forward pass: requests arriving meanwhile wait in Ray's queue and the next batch takes them all. In a
     # worker thread, generate (Python between kernels, holding the GIL) starved the loop: at
     # concurrency 8 on the tiny model, 1.8 requests per generate call and ~1,200 tokens/s, against
     # 4.5 and ~2,100 on the loop (2 CPUs). The price: a stream's chunks wait while a batch runs.
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _generate_batch(self, jobs: list[Job]) -> list:
-        return self._generate_many(jobs)
+    async def _batch(self, jobs: list[Job]) -> list:
+        return await self._many(jobs)
 
-    def _generate_many(self, jobs: list[Job]) -> list:
+    async def _many(self, jobs: list[Job]) -> list:
         """The jobs' generations, one `generate` call per group of jobs that share a model and a
         temperature/top_p (what one call can only apply to all its rows).
 
@@ -175,16 +139,16 @@ class ChatReplica:
     def _generate_group(self, jobs: list[Job]) -> list:
         first: list[float] = []
         started = time.perf_counter()
-        generations = jobs[0].loaded.predictor.generate(
+        generations = jobs[0].loaded.model.generate(
             [job.prompt for job in jobs],
             [job.sampling for job in jobs],
             on_step=lambda _: first or first.append(time.perf_counter()),
         )
         seconds = time.perf_counter() - started
         tokens = sum(g.completion_tokens for g in generations)
-        self.metrics.observe_generate(len(jobs), tokens, seconds, [g.finish_reason for g in generations])
+        self.generation.observe_generate(len(jobs), tokens, seconds, [g.finish_reason for g in generations])
         for job in jobs:
-            self.metrics.observe_waits(started - job.arrived, (first[0] if first else started) - job.arrived, False)
+            self.generation.observe_waits(started - job.arrived, (first[0] if first else started) - job.arrived, False)
         return generations
 
     async def _events(self, job: Job, model: str | None, chat: bool):
@@ -197,7 +161,7 @@ class ChatReplica:
         loop = asyncio.get_running_loop()
         steps: asyncio.Queue = asyncio.Queue()
         cancelled = threading.Event()
-        generator, sampling = job.loaded.predictor, job.sampling
+        generator, sampling = job.loaded.model, job.sampling
         head = self._head(job, model, chat, chunk=True)
 
         def event(piece: str = "", finish_reason: str | None = None, role: bool = False, **extra) -> str:
@@ -228,7 +192,7 @@ class ChatReplica:
                 sent = ""
                 while (ids := await steps.get()) is not None:
                     if not tokens:
-                        self.metrics.observe_waits(started - job.arrived, time.perf_counter() - job.arrived, True)
+                        self.generation.observe_waits(started - job.arrived, time.perf_counter() - job.arrived, True)
                     tokens += ids.tolist()
                     text, reason, _ = generator.text_of(tokens, sampling)
                     done = reason == "stop" or len(tokens) >= sampling.max_new_tokens
@@ -237,7 +201,7 @@ class ChatReplica:
                         yield event(text[len(sent) : upto])
                         sent = text[:upto]
                 generation = await running
-                self.metrics.observe_generate(
+                self.generation.observe_generate(
                     1, generation.completion_tokens, time.perf_counter() - started, [generation.finish_reason]
                 )
             if generation.text.startswith(sent) and len(generation.text) > len(sent):
@@ -266,21 +230,14 @@ class ChatReplica:
             "system_fingerprint": f"models:/{loaded.name}/{loaded.version}" if loaded.version else None,
         }
 
-    def healthz(self) -> dict:
-        # A real generation: a replica whose model is broken must not look healthy. Open to
-        # load balancers and probes, which carry no key.
-        loaded = self.loaded
-        loaded.predictor.canary()
-        return {"status": "ok", "model_version": loaded.version}
-
     def model(self) -> dict:
         loaded = self.loaded
-        defaults = loaded.predictor.defaults
+        defaults = loaded.model.defaults
         return {
             "name": loaded.name,
             "version": loaded.version,
             "uri": self.args.model_uri,
-            "task": "causal_lm",
+            "task": self.args.task,
             "loaded_at": loaded.loaded_at,
             "follows": self.args.model_uri if self.follower else None,
             "generation": {
@@ -304,16 +261,9 @@ class ChatReplica:
             "data": [{"id": name, "object": "model", "created": int(loaded.loaded_at), "owned_by": "raylane"}],
         }
 
-    def check_health(self) -> None:
-        self.loaded.predictor.canary()
-
-    def __del__(self):
-        if getattr(self, "follower", None):
-            self.follower.stop()
-
 
 def _chat_deployment(args: ServeArgs):
-    """The HTTP-bound deployment class, made fresh per build (see raylane.serve.app._deployment)."""
+    """The HTTP-bound deployment class, made fresh per build (see raylane.serve.scoring._scoring_deployment)."""
     api = guarded_api(args, "causal_lm (OpenAI-style chat and text completions) served by raylane on Ray Serve.")
     ChatBody, CompletionBody = request_models(args.max_new_tokens_ceiling)  # noqa: N806 (classes, named as ones)
     streamed = {200: {"content": {SSE: {"schema": {"type": "string"}}}, "description": "JSON, or SSE with stream"}}

@@ -14,12 +14,16 @@ paths cannot create new Prometheus series.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
 from typing import Any
 
-from raylane.serve.auth import bearer_matches
+from fastapi import FastAPI
+
+from raylane.serve.auth import bearer_matches, key_digests
+from raylane.serve.metrics import replica_metrics
 
 # Probes and load balancers carry no key.
 OPEN_PATHS = frozenset({"/healthz"})
@@ -131,3 +135,22 @@ async def _respond(send, status: int, detail: str, headers: dict[str, str] | Non
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+def _observe(route: str, status: int, seconds: float) -> None:
+    replica_metrics().observe_request(route, status, seconds)
+
+
+def guarded_api(args, description: str) -> FastAPI:
+    """A FastAPI app behind the request guard: keys and body size are checked before anything
+    of a request is parsed, and every answer is counted. `args`: the app's `ServeArgs`."""
+    api = FastAPI(title="raylane", description=description)
+    api.add_middleware(
+        RequestGuard,
+        digests=functools.partial(key_digests, args.api_keys_env, args.api_keys_file),
+        max_request_bytes=args.max_request_bytes,
+        routes=api.router.routes,
+        public_docs=args.public_docs,
+        observe=_observe,
+    )
+    return api

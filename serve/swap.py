@@ -9,13 +9,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from raylane.generate import Generator
+    from raylane.predictor import Predictor
 
 logger = logging.getLogger("ray.serve")
 
 
 @dataclass(frozen=True)
 class Loaded:
-    predictor: object  # raylane.predictor.Predictor
+    """A model being served and where it came from."""
+
+    model: Predictor | Generator
     name: str | None
     version: str | None
     loaded_at: float

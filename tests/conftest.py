@@ -89,6 +89,35 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
+def ray_address(ray_session) -> str:
+    """The session's Ray, for `python -m raylane` subprocesses to join through $RAY_ADDRESS
+    (raylane.runtime.init_ray connects there): a private local Ray costs each CLI run ~10 s to
+    start and more to stop, and on 2 cores it competes with the session's own."""
+    return ray_session.get_runtime_context().gcs_address
+
+
+@pytest.fixture
+def serve_cleanup(ray_session):
+    """Serve off in the session's Ray after the test. Its controller is detached, so an app that
+    a `run` deployed outlives the run (and the CLI process), holding CPUs and the HTTP proxy on its
+    port; that port is fixed once Serve has started in a cluster, so the next test's would never
+    answer."""
+    yield
+    from ray import serve
+
+    serve.shutdown()  # a no-op where Serve never started
+
+
+@pytest.fixture
+def cli_env(ray_address, serve_cleanup):
+    """The environment of a `python -m raylane` subprocess that joins the session's Ray (and
+    whose Serve app, if any, serve_cleanup removes afterwards)."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["RAY_ADDRESS"] = ray_address
+    return env
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real tracking server process on loopback (SQLite store, proxied artifacts)."""
     root = tmp_path_factory.mktemp("mlflow-server")

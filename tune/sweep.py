@@ -14,7 +14,7 @@ from raylane.console import verbose
 from raylane.dataset import DatasetInfo
 from raylane.manifest import Record
 from raylane.tracking import RunRef, close_open_children, start_run
-from raylane.train.driver import TrainResult, export_best, fit, storage_path
+from raylane.train.driver import TrainResult, _keeping_sigint, export_best, fit, storage_path
 from raylane.tune.search import concurrent_trials, num_samples, scheduler, search_algorithm
 from raylane.tune.space import to_param_space
 
@@ -109,23 +109,32 @@ def trial_lines(cfg: PipelineConfig):
 
     from raylane.console import say
 
-    metric, epochs = cfg.train.metric, cfg.train.epochs
+    metric, epochs, patience = cfg.train.metric, cfg.train.epochs, cfg.train.early_stopping_patience
 
     class TrialLines(Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
             say(f"sweep: trial {trial.trial_id} started  {describe_params(trial.config)}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            result = trial.last_result or {}
-            done = int(result.get("epoch", 0))
-            how = "finished" if done >= epochs else f"stopped early by the scheduler after {done} epoch(s)"
-            value = f", {metric} {result[metric]:.4f}" if metric in result else ""
-            say(f"sweep: trial {trial.trial_id} {how}{value}")
+            say(f"sweep: trial {trial.trial_id} {trial_outcome(trial.last_result or {}, epochs, metric, patience)}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             say(f"sweep: trial {trial.trial_id} FAILED; see {trial.path}")
 
     return TrialLines()
+
+
+def trial_outcome(result: dict, epochs: int, metric: str, patience: int) -> str:
+    """How a trial ended, from its last reported metrics: all its epochs, its own early stopping
+    (train.early_stopping_patience), or the scheduler's (ASHA)."""
+    done = int(result.get("epoch", 0))
+    if done >= epochs:
+        how = "finished"
+    elif result.get("early_stopped"):
+        how = f"stopped early after {done} epoch(s): no better {metric} for {patience} epoch(s)"
+    else:
+        how = f"stopped early by the scheduler after {done} epoch(s)"
+    return how + (f", {metric} {result[metric]:.4f}" if metric in result else "")
 
 
 def run_sweep(
@@ -137,7 +146,10 @@ def run_sweep(
     name = name or cfg.sweep.name or time.strftime("sweep-%Y%m%d-%H%M%S")
     metric, mode = cfg.train.metric, cfg.train.metric_mode
     started = time.time()
-    grid = _tuner(cfg, dataset, sweep_run, name).fit()
+    # Tune's fit installs a SIGINT handler that it never removes: after a sweep, `run` with
+    # serve.keep_running swallowed the first Ctrl-C ("Stop signal received ... ending Ray Tune run")
+    # and kept serving.
+    grid = _keeping_sigint(_tuner(cfg, dataset, sweep_run, name).fit)
     if sweep_run:
         close_open_children(sweep_run, status="KILLED")  # trials ASHA stopped never closed their runs
 

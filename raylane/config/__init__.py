@@ -9,12 +9,10 @@
 
 from raylane.config.env import expand_env
 from raylane.config.help import describe
-from raylane.config.inputs import check_data_inputs, check_model_input, resolve_input
+from raylane.config.inputs import check_data_inputs, check_model_input
 from raylane.config.loading import apply_override, from_dict, load_config
 from raylane.config.schema import (
     DEFAULT_MODEL,
-    REMOTE_SCHEMES,
-    ConfigError,
     DataConfig,
     EvaluateConfig,
     GateConfig,
@@ -28,6 +26,8 @@ from raylane.config.schema import (
     TrackingConfig,
     TrainConfig,
 )
+from raylane.errors import ConfigError
+from raylane.locations import REMOTE_SCHEMES, resolve_input
 
 __all__ = [
     "DEFAULT_MODEL",

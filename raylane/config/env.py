@@ -4,6 +4,7 @@ takes its bucket or server address without writing it down.
 Each value is expanded once. A default may hold references of its own
 (`${RAYLANE_DATA:-${RAYLANE_STORAGE}/raw/*.csv}`), but what a variable holds is used as it is and
 never scanned again: a value that happens to contain `${...}` cannot pull in other variables.
+What a variable holds is remembered by `raylane.redact`, which masks it wherever it is recorded.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import os
 import re
 from typing import Any
 
-from raylane.config.schema import ConfigError
+from raylane.errors import ConfigError
+from raylane.redact import remember
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -72,6 +74,7 @@ class _Template:
         if not wanted:
             return ""
         if name in os.environ:
+            remember([os.environ[name]])  # masked by value in whatever raylane records (a secret, maybe)
             return os.environ[name]
         if default is None:
             raise ConfigError(

@@ -6,23 +6,9 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from raylane.config.schema import REMOTE_SCHEMES, ConfigError, PipelineConfig
-from raylane.resources import packaged
-
-
-def resolve_input(path: str) -> str:
-    """A relative input path resolves against the working directory, then against what raylane
-    ships (`data/...`: the embedded datasets), so the embedded defaults run from any directory,
-    with raylane installed or from a checkout. URIs pass through."""
-    if not path or path.startswith(REMOTE_SCHEMES):
-        return path
-    p = Path(path).expanduser()
-    if p.is_absolute() or glob.glob(str(Path.cwd() / p)):
-        return str(Path.cwd() / p)
-    shipped = packaged(path)
-    if shipped is not None and glob.glob(str(shipped)):
-        return str(shipped)
-    return str(Path.cwd() / p)
+from raylane.config.schema import PipelineConfig
+from raylane.errors import ConfigError
+from raylane.locations import REMOTE_SCHEMES, resolve_input
 
 
 def check_data_inputs(cfg: PipelineConfig) -> None:

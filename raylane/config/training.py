@@ -3,7 +3,7 @@ make no sense together fail at load, naming the key, before Ray starts."""
 
 from __future__ import annotations
 
-from raylane.config.schema import ConfigError
+from raylane.errors import ConfigError
 
 
 def check_training_settings(cfg) -> None:

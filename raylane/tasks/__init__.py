@@ -1,14 +1,16 @@
 """The registry of tasks: `task:` in a config names one of these.
 
-Each is an inputs half and a target half (`raylane.tasks.base`); every stage reaches the
-task-specific behaviour through `get_task(cfg.task)`. Adding a kind of model means adding its
-`Inputs` or `Target` and a line here.
+Each is an inputs half and a target half (`raylane.tasks.base`) and, through its target, an
+engine (`raylane.tasks.engine`: scoring or generating); every stage reaches the task-specific
+behaviour through `get_task(cfg.task)`. Adding a kind of
+model means adding its `Inputs` or `Target` and a line here.
 """
 
 from __future__ import annotations
 
 from raylane.tasks.base import Inputs, Target, Task
 from raylane.tasks.chat import ChatInputs
+from raylane.tasks.engine import ENGINES, GENERATING, SCORING, Engine
 from raylane.tasks.generation import Generation
 from raylane.tasks.image import ImageInputs
 from raylane.tasks.multi_label import MultiLabel
@@ -38,4 +40,16 @@ def get_task(name: str) -> Task:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}") from None
 
 
-__all__ = ["LOWER_IS_BETTER", "TASKS", "TASK_NAMES", "Inputs", "Target", "Task", "get_task"]
+__all__ = [
+    "ENGINES",
+    "GENERATING",
+    "LOWER_IS_BETTER",
+    "SCORING",
+    "TASKS",
+    "TASK_NAMES",
+    "Engine",
+    "Inputs",
+    "Target",
+    "Task",
+    "get_task",
+]

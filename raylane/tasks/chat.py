@@ -17,14 +17,15 @@ import json
 import re
 from typing import Any
 
+from raylane.chat_template import chat_template_of
+from raylane.hashing import stable_hash
 from raylane.pii import mask_pii
 from raylane.tasks.base import Inputs
-from raylane.tasks.text import EMPTY_TEXT, MISSING_FIELD, TOO_LONG, stable_hash
+from raylane.tasks.text import EMPTY_TEXT, MISSING_FIELD, TOO_LONG
 
 ROLES = ("system", "user", "assistant")
 UNKNOWN_ROLE = "unknown_role"
 MALFORMED_MESSAGES = "malformed_messages"
-TOO_MANY_TOKENS = "too_many_tokens"
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -44,7 +45,7 @@ def parse_messages(raw: str) -> list[dict] | None:
         return None
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse: plain text
         return None
     if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
         return value
@@ -67,12 +68,16 @@ class ChatInputs(Inputs):
     modality = "text"
     column = "text"  # the conversation before the answer, as JSON messages
     drift_feature = "input_tokens"
+    config_keys = frozenset({"data.prompt_template"})
 
     def example(self) -> dict[str, list]:
         return {"text": [json.dumps([{"role": "user", "content": "Say hello."}])]}
 
     def fields(self, data) -> list[str]:
         return list(data.text_fields)
+
+    def check_model(self, name_or_path: str) -> None:
+        chat_template_of(name_or_path)  # a tokenizer without a chat template fails now
 
     def prepare(
         self, columns: list, spec, errors: list[str], sources: list[str], blobs: list | None = None
@@ -178,39 +183,3 @@ class ChatInputs(Inputs):
         from raylane.tasks.collate import AnswerCollate
 
         return AnswerCollate(processor.pad_token_id or 0)
-
-
-def chat_template_of(name_or_path: str) -> dict[str, str]:
-    """What rendering a conversation needs from the model's tokenizer: its chat template and the
-    special tokens templates refer to. A tokenizer without a template fails, naming the key."""
-    from raylane.config import ConfigError
-    from raylane.models import load_tokenizer
-
-    tokenizer = load_tokenizer(name_or_path)
-    template = tokenizer.chat_template
-    if isinstance(template, dict):  # several named templates: the default one
-        template = template.get("default")
-    if not template:
-        raise ConfigError(
-            "model.name_or_path",
-            f"{name_or_path}: the tokenizer has no chat template; causal_lm needs an instruct/chat model's tokenizer",
-        )
-    return {
-        "chat_template": template,
-        "bos_token": tokenizer.bos_token or "",
-        "eos_token": tokenizer.eos_token or "",
-    }
-
-
-def render(messages: list[dict], template: dict[str, str], add_generation_prompt: bool) -> str:
-    """The conversation as the model's chat template writes it (what `apply_chat_template` renders)."""
-    from transformers.utils.chat_template_utils import render_jinja_template
-
-    rendered, _ = render_jinja_template(
-        conversations=[messages],
-        chat_template=template["chat_template"],
-        add_generation_prompt=add_generation_prompt,
-        bos_token=template["bos_token"],
-        eos_token=template["eos_token"],
-    )
-    return rendered[0]

@@ -10,6 +10,9 @@ from typing import Any
 import numpy as np
 from ray.data.collate_fn import NumpyBatchCollateFn
 
+from raylane.images import decode_all
+from raylane.tasks.base import IGNORE
+
 
 class PadCollate(NumpyBatchCollateFn):
     """Ray Data collate function: pad each batch to its own longest row (dynamic padding: on short
@@ -42,8 +45,6 @@ class ImageCollate(NumpyBatchCollateFn):
         self.processor, self.target, self.n_labels, self.extras = processor, target, n_labels, extras
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        from raylane.tasks.image import decode_all
-
         images, _ = decode_all(list(batch["image"]))
         return {
             "pixel_values": self.processor(images, return_tensors="pt")["pixel_values"],
@@ -66,8 +67,6 @@ class AnswerCollate(NumpyBatchCollateFn):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         import torch
-
-        from raylane.tasks.generation import IGNORE
 
         rows = batch["input_ids"]
         width = max(len(r) for r in rows)

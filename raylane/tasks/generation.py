@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from raylane.tasks.base import LabelCheck, Target
+from raylane.pii import mask_pii
+from raylane.tasks.base import IGNORE, LabelCheck, Target
 from raylane.tasks.chat import ROLES, UNKNOWN_ROLE, clean_message, parse_messages
+from raylane.tasks.engine import GENERATING
 from raylane.tasks.text import MISSING_FIELD
 
 EMPTY_RESPONSE = "empty_response"
 NO_FINAL_ANSWER = "no_final_answer"
-IGNORE = -100  # the label of a position that carries no loss (torch's cross_entropy ignore_index)
 
 
 def perplexity(mean_loss: float) -> float:
@@ -29,15 +30,13 @@ def perplexity(mean_loss: float) -> float:
 
 
 class Generation(Target):
-    kind = "generation"
     metrics = ("perplexity",)
     default_metric = "perplexity"
     lower_is_better = ("perplexity",)
     headline = "exact_match"
-    has_label_set = False
-    keeps_outputs = False
-    unit = "tokens"
-    free_text = True
+    config_keys = frozenset({"gate.min_exact_match", "gate.max_perplexity"})
+
+    engine = GENERATING
 
     def check_label(self, raw: str | None, separator: str = "") -> LabelCheck:
         if raw is None:
@@ -57,8 +56,9 @@ class Generation(Target):
             return LabelCheck("", EMPTY_RESPONSE, "the response is empty")
         return LabelCheck(answer)
 
-    def names(self, label: str) -> list[str]:
-        return []
+    def mask_label(self, label: str, pii_kinds: tuple[str, ...]) -> tuple[str, dict[str, int]]:
+        """An answer the model learns to write must not teach it anyone's address."""
+        return mask_pii(label, pii_kinds) if pii_kinds else (label, {})
 
     def encode(self, labels, label_set: list[str]):
         return labels  # the answer text, the reference generations are compared with
@@ -79,7 +79,12 @@ class Generation(Target):
             predicted.reshape(-1, predicted.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum"
         )
 
+    def rates(self, units: float, seconds: float) -> dict[str, float]:
+        return {"answer_tokens_per_s": units / seconds}
+
     def loss_metrics(self, mean_loss: float) -> dict[str, float]:
+        """The metrics that follow from the mean loss: what training can measure of a language
+        model (its logits are far too big to gather; generations are scored at evaluation)."""
         return {"perplexity": perplexity(mean_loss)}
 
     def settings(self, cfg) -> dict[str, Any]:

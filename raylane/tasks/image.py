@@ -11,8 +11,10 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import Field
 
-from raylane.tasks.base import Inputs, RequestProblem
-from raylane.tasks.text import StrictBody, stable_hash
+from raylane.hashing import stable_hash
+from raylane.images import decode_all
+from raylane.tasks.base import RequestProblem, ScoredInputs
+from raylane.tasks.text import StrictBody
 
 # Base64 of the largest image a request may carry, whatever the settings (serve.max_image_bytes
 # is checked on the way in, with a message that names it).
@@ -44,7 +46,7 @@ def read_image_bytes(value: str, source: str) -> tuple[bytes | None, str]:
         return None, f"cannot read {value} ({type(err).__name__})"
 
 
-class ImageInputs(Inputs):
+class ImageInputs(ScoredInputs):
     kind = "image"
     modality = "image"
     column = "image"
@@ -61,6 +63,9 @@ class ImageInputs(Inputs):
 
     def fields(self, data) -> list[str]:
         return [data.image_field]
+
+    def describe(self, data) -> str:
+        return f"`{data.image_field}`"
 
     def prepare(
         self, columns: list, spec, errors: list[str], sources: list[str], blobs: list[bytes | None] | None = None
@@ -211,14 +216,3 @@ class ImageInputs(Inputs):
 
     def sort_key(self, item) -> int:
         return 0
-
-
-def decode_all(blobs: list[bytes], max_pixels: int = 2**28) -> tuple[list, list[float]]:
-    """Images already checked (at ingest, or by the server's limits) -> RGB images and brightness."""
-    from raylane.images import decode
-
-    decoded = [decode(blob, max_pixels) for blob in blobs]
-    bad = [d.detail for d in decoded if d.image is None]
-    if bad:
-        raise ValueError(f"{len(bad)} image(s) could not be decoded: {bad[0]}")
-    return [d.image for d in decoded], [d.brightness for d in decoded]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from raylane.tasks.base import LABEL_JOIN, LabelCheck, Target
+from raylane.tasks.base import LABEL_JOIN, LabelCheck, Labelled
 from raylane.tasks.single_label import LabelScore
 from raylane.text import clean_text
 
@@ -66,13 +66,12 @@ def multi_hot(values, n_labels: int) -> np.ndarray:
     return out
 
 
-class MultiLabel(Target):
-    kind = "multi_label"
+class MultiLabel(Labelled):
     metrics = ("micro_f1", "macro_f1", "samples_f1", "hamming_loss", "subset_accuracy")
     default_metric = "micro_f1"
     lower_is_better = ("hamming_loss",)
     headline = "micro_f1"
-    calibrated_on_val = True
+    config_keys = Labelled.config_keys | {"data.label_separator", "gate.min_micro_f1"}
 
     def check_label(self, raw: str | None, separator: str = "") -> LabelCheck:
         if raw is None or not raw.strip():
@@ -117,9 +116,9 @@ class MultiLabel(Target):
     def outputs(self, logits: np.ndarray, extras: dict[str, Any]) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-logits))
 
-    def calibrate(self, truth: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
+    def calibrate(self, scored_val) -> dict[str, Any]:
         """A threshold per label, tuned for F1 on the validation split."""
-        return {"thresholds": tune_thresholds(truth, outputs)}
+        return {"thresholds": tune_thresholds(*scored_val())}
 
     def thresholds(self, extras: dict[str, Any], n: int) -> np.ndarray:
         return np.asarray(extras.get("thresholds") or [0.5] * n, dtype=np.float64)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from raylane.tasks.base import LabelCheck, Target
+from raylane.tasks.base import LabelCheck, ScoredTarget
 
 INVALID_TARGET = "invalid_target"
 
@@ -22,13 +22,12 @@ class ValueAnswer(BaseModel):
     value: float
 
 
-class Numeric(Target):
-    kind = "numeric"
+class Numeric(ScoredTarget):
     metrics = ("rmse", "mae", "r2", "spearman")
     default_metric = "rmse"
     lower_is_better = ("rmse", "mae")
     headline = "rmse"
-    has_label_set = False
+    config_keys = frozenset({"gate.max_rmse", "train.loss"})
 
     def check_label(self, raw: str | None, separator: str = "") -> LabelCheck:
         if raw is None or not raw.strip():
@@ -41,8 +40,8 @@ class Numeric(Target):
             return LabelCheck("", INVALID_TARGET, f"target {value} is not finite")
         return LabelCheck(repr(value))
 
-    def names(self, label: str) -> list[str]:
-        return []
+    def value_of(self, label: str) -> float | None:
+        return float(label)
 
     def encode(self, labels, label_set: list[str]):
         import pyarrow as pa

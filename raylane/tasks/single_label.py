@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from raylane.tasks.base import LabelCheck, Target
+from raylane.tasks.base import LabelCheck, Labelled
 from raylane.text import clean_text
 
 MISSING_LABEL = "missing_field"
@@ -26,12 +26,11 @@ class ClassAnswer(LabelScore):
     top_k: list[LabelScore]
 
 
-class SingleLabel(Target):
-    kind = "single_label"
+class SingleLabel(Labelled):
     metrics = ("accuracy", "macro_f1", "weighted_f1")
     default_metric = "macro_f1"
     headline = "weighted_f1"
-    stratifiable = True
+    config_keys = Labelled.config_keys | {"data.stratify", "gate.min_weighted_f1"}
 
     def check_label(self, raw: str | None, separator: str = "") -> LabelCheck:
         label = clean_text(raw) if raw is not None else ""

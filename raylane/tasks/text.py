@@ -10,8 +10,9 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from raylane.hashing import stable_hash
 from raylane.pii import mask_pii
-from raylane.tasks.base import Inputs, RequestProblem
+from raylane.tasks.base import RequestProblem, ScoredInputs
 
 MISSING_FIELD = "missing_field"
 EMPTY_TEXT = "empty_text"
@@ -36,19 +37,12 @@ class TextsRequest(StrictBody):
     top_k: int = Field(1, ge=1, le=100, description="Labels returned per text, best first (classification)")
 
 
-def stable_hash(key: str | bytes) -> int:
-    """A signed 64-bit hash fixed by `key` alone (not by Python's per-process hash seed)."""
-    import hashlib
-
-    data = key.encode("utf-8") if isinstance(key, str) else key
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
-
-
-class TextInputs(Inputs):
+class TextInputs(ScoredInputs):
     kind = "text"
     modality = "text"
     column = "text"
     drift_feature = "input_tokens"
+    config_keys = frozenset({"evaluate.slices", "serve.feedback"})
 
     def example(self) -> dict[str, list]:
         return {"text": ["Fine-tuning transformers for text classification."]}

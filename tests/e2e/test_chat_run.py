@@ -4,7 +4,6 @@ evaluation by generation, the gate, the registry, Serve, and chat completions ov
 streamed and not."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -36,7 +35,7 @@ def _sse_content(response) -> str:
     return "".join(pieces)
 
 
-def test_a_chat_model_is_tuned_registered_and_served(tmp_path, tiny_causal_lm, mlflow_server):
+def test_a_chat_model_is_tuned_registered_and_served(tmp_path, tiny_causal_lm, mlflow_server, cli_env):
     source, _ = write_chat_corpus(tmp_path / "data", 90)
     port, out, log_path = free_port(), tmp_path / "out", tmp_path / "run.log"
     command = [
@@ -66,9 +65,9 @@ def test_a_chat_model_is_tuned_registered_and_served(tmp_path, tiny_causal_lm, m
         f"tracking.uri={mlflow_server}",
         "tracking.experiment=e2e-chat",
     ]
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # On the session's Ray, which cli_env rids of the run's Serve app afterwards.
+        proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=cli_env)
         try:
             path, deadline = out / "run_summary.json", time.time() + 600
             while not path.exists():

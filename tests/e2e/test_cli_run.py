@@ -2,7 +2,6 @@
 tracked on a real MLflow server; then a metric read back from MLflow and a prediction over HTTP."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,11 +15,10 @@ from raylane.http import free_port
 from tests.paths import REPO_ROOT
 
 
-def test_run_end_to_end(tmp_path, tiny_model, mlflow_server):
+def test_run_end_to_end(tmp_path, tiny_model, mlflow_server, cli_env):
     port = free_port()
     out = tmp_path / "out"
     log = open(tmp_path / "run.log", "w")
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -41,7 +39,7 @@ def test_run_end_to_end(tmp_path, tiny_model, mlflow_server):
         cwd=REPO_ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=env,
+        env=cli_env,  # on the session's Ray, which cli_env rids of the run's Serve app afterwards
     )
     summary_path = out / "run_summary.json"
     try:
@@ -79,12 +77,16 @@ def test_run_end_to_end(tmp_path, tiny_model, mlflow_server):
         # The tiny random model, 3 epochs: it must still beat always answering the majority class.
         assert summary["test_accuracy"] > 78 / 191
         _assert_a_quiet_console((tmp_path / "run.log").read_text())
+        # Ctrl-C stops a run that keeps serving, at once (the sweep's Tune once swallowed it).
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130, (tmp_path / "run.log").read_text()[-3000:]
     finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: the CLI exits cleanly and its local Ray shuts down
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def _assert_what_the_ui_shows(client: MlflowClient, parent, champion, summary) -> None:

@@ -1,21 +1,25 @@
-"""Every task through the real CLI, end to end, on its shipped config with a tiny model: ingest,
+"""Every task through the CLI, end to end, on its shipped config with a tiny model: ingest,
 train, evaluate, gate, register, serve, and a prediction over real HTTP (the run's own, of a test
-row; for images also an upload and an image over the limits)."""
+row; for images also an upload and an image over the limits).
+
+In-process: `raylane.pipelines.cli.main(["run", ...])`, the CLI's own entry point (parsing, config
+checks, preflight, every stage), on the session's Ray and MLflow server. A subprocess per task
+cost a private Ray, the imports and a Ray Train start-up each (about 2.5 minutes a task); what
+only a real process shows (the console, Ctrl-C, `serve.keep_running`) the one subprocess run per
+engine checks: tests/e2e/test_cli_run.py and tests/e2e/test_chat_run.py. Training runs the real
+loop in local mode (resources.num_workers=0): what is under test here is each task's path through
+the stages; real workers are tests/integration/train's and the two runs above."""
 
 import base64
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import requests
 from mlflow import MlflowClient
 
 from raylane.http import free_port
+from raylane.pipelines.cli import main
 from tests.paths import REPO_ROOT
 
 CASES = {
@@ -25,61 +29,54 @@ CASES = {
 }
 
 
-def _start(config: str, overrides: list[str], out, log, keep_running: bool) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    command = [
-        sys.executable,
-        "-m",
-        "raylane",
+@pytest.fixture
+def mlflow_process_state(monkeypatch):
+    """What `run` leaves in this process put back: the registry calls mlflow.set_tracking_uri,
+    which also exports $MLFLOW_TRACKING_URI for subprocesses, and a later test's CLI would log to
+    this test's server instead of its own store."""
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # monkeypatch restores it as it was
+    yield
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.parametrize("task", list(CASES))
+def test_each_task_runs_end_to_end(
+    task,
+    tmp_path,
+    tiny_model,
+    tiny_image_model,
+    mlflow_server,
+    serve_cleanup,
+    mlflow_process_state,
+    monkeypatch,
+    capsys,
+):
+    config, overrides = CASES[task]
+    model = tiny_image_model if task == "image_classification" else tiny_model
+    port, out = free_port(), tmp_path / "out"
+    monkeypatch.chdir(REPO_ROOT)  # the shipped configs name their data relative to the checkout
+    argv = [
         "run",
         "--config",
         config,
         f"output_dir={out}",
         "train.epochs=2",
-        *overrides,
-        f"serve.keep_running={str(keep_running).lower()}",
-    ]
-    return subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
-def _summary(proc, out, log_path) -> dict:
-    path, deadline = out / "run_summary.json", time.time() + 600
-    while not path.exists():
-        assert proc.poll() is None, f"run exited {proc.returncode}:\n{log_path.read_text()[-5000:]}"
-        assert time.time() < deadline, "run did not finish in 10 minutes"
-        time.sleep(2)
-    return json.loads(path.read_text())
-
-
-@pytest.mark.parametrize("task", list(CASES))
-def test_each_task_runs_end_to_end(task, tmp_path, tiny_model, tiny_image_model, mlflow_server):
-    config, overrides = CASES[task]
-    model = tiny_image_model if task == "image_classification" else tiny_model
-    port, out, log_path = free_port(), tmp_path / "out", tmp_path / "run.log"
-    overrides = [
+        "resources.num_workers=0",
         *overrides,
         f"model.name_or_path={model}",
         f"serve.port={port}",
         f"tracking.uri={mlflow_server}",
         f"tracking.experiment=e2e-{task}",
         f"model.registered_name=e2e-{task.replace('_', '-')}",
+        "serve.keep_running=false",
     ]
-    keep_running = task == "image_classification"
-    with open(log_path, "w") as log:
-        proc = _start(config, overrides, out, log, keep_running)
-        try:
-            summary = _summary(proc, out, log_path)
-            _check(task, summary, mlflow_server, port)
-        finally:
-            # A run that keeps serving is stopped with Ctrl-C; one that does not must end by
-            # itself (a Ctrl-C sent while it exits would test the exit, not the run).
-            if keep_running or proc.poll() is None and not (out / "run_summary.json").exists():
-                proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    assert keep_running or proc.returncode == 0, log_path.read_text()[-3000:]
+    code = main(argv)
+    printed = capsys.readouterr()
+    assert code == 0, printed.out[-3000:] + printed.err[-3000:]
+    summary = json.loads((out / "run_summary.json").read_text())
+    _check(task, summary, mlflow_server, port)
 
 
 def _check(task: str, summary: dict, mlflow_server: str, port: int) -> None:

@@ -24,3 +24,14 @@ def smoke_dataset(ray_session, smoke_cfg_factory):
 
     cfg = smoke_cfg_factory()
     return run_ingest(cfg).dataset
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(smoke_dataset, smoke_cfg_factory):
+    """A tiny classifier trained once on the embedded data (the real loop in local mode, 2 epochs:
+    enough to clearly beat a random head), for every test that needs *a* trained model rather
+    than a training run of its own. Nothing may write into its model_dir."""
+    from raylane.train.driver import fit
+
+    cfg = smoke_cfg_factory("resources.num_workers=0", "train.epochs=2")
+    return fit(cfg, smoke_dataset, name="shared-classifier")

@@ -304,12 +304,12 @@ def test_a_truncated_or_stale_manifest_is_no_cache_and_no_crash(ray_session, smo
     assert not again.cached and again.dataset.manifest.counts == first.manifest.counts
 
 
-def test_an_interrupted_force_leaves_nothing_a_rerun_would_trust(ray_session, tiny_model, tmp_path):
+def test_an_interrupted_force_leaves_nothing_a_rerun_would_trust(tiny_model, tmp_path, cli_env):
     import signal
 
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "raylane", "ingest", f"model.name_or_path={tiny_model}", f"output_dir={out}"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = cli_env  # each run joins the session's Ray: the kill below is of the driver, which clears
     first = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     manifest = out / "dataset" / "manifest.json"

@@ -1,4 +1,7 @@
-"""Two replicas of a tiny model deployed on the session's Ray, for the resilience tests."""
+"""Two replicas of a tiny model deployed on the session's Ray, for the resilience tests.
+
+Deployed once for this package (about 17 s): the replica-kill test ends only once both replicas
+run again, and the sustained-load test after it loads the same two."""
 
 import pytest
 from ray import serve
@@ -7,7 +10,7 @@ from raylane.http import free_port
 from raylane.serve.deploy import deploy
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def two_replicas(ray_session, smoke_cfg_factory, tmp_path_factory, tiny_model):
     from raylane.models import load_classifier, load_tokenizer
 

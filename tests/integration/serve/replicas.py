@@ -3,8 +3,7 @@
 from ray import serve
 
 from raylane.serve.deploy import APP_NAME
-
-DEPLOYMENT = "Classifier"
+from raylane.serve.scoring import DEPLOYMENT
 
 
 def running_replicas() -> int:

@@ -9,7 +9,6 @@ import pyarrow.parquet as pq
 from raylane.serve.batch import predict_files
 from raylane.tasks import get_task
 from raylane.tasks.saved import SavedTask
-from raylane.train.driver import fit
 from tests.paths import REPO_ROOT
 
 
@@ -31,9 +30,11 @@ def _image_model(tiny_image_model, directory):
     return str(directory)
 
 
-def test_text_files_are_scored_row_for_row_and_a_rerun_replaces(smoke_dataset, smoke_cfg_factory, tmp_path):
-    cfg = smoke_cfg_factory("resources.num_workers=0", "train.epochs=1")
-    model_dir = fit(cfg, smoke_dataset, None, name="predict").model_dir
+def test_text_files_are_scored_row_for_row_and_a_rerun_replaces(
+    smoke_dataset, smoke_cfg_factory, trained_classifier, tmp_path
+):
+    cfg = smoke_cfg_factory()
+    model_dir = trained_classifier.model_dir
     holdout = REPO_ROOT / "data" / "made-with-ml" / "holdout.csv"
     out = tmp_path / "predictions"
     out.mkdir()

@@ -18,7 +18,6 @@ from raylane.registry import resolve_model
 from raylane.serve.deploy import APP_NAME, deploy
 from raylane.serve.loadtest import run_load
 from raylane.tracking import start_run
-from raylane.train.driver import fit
 from tests.prometheus import metrics_port, scrape, total, wait_for
 
 
@@ -36,8 +35,8 @@ def registry_cfg(smoke_cfg_factory, mlflow_server):
 
 
 @pytest.fixture(scope="module")
-def trained(registry_cfg, smoke_dataset):
-    return fit(registry_cfg, smoke_dataset, name="for-registry")
+def trained(trained_classifier):
+    return trained_classifier  # the session's tiny classifier (2 epochs in local mode)
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,9 @@ def chat_config(tiny_causal_lm, source: Path, out: Path, *overrides: str):
             "train.metric=val_loss",
             "evaluate.max_new_tokens=4",
             "evaluate.extract=none",
+            # The loop in local mode (no Ray Train start-up): what is tested is what SFT learns and
+            # how it is scored; a real worker trains a chat model in tests/e2e/test_chat_run.py.
+            "resources.num_workers=0",
             f"output_dir={out}",
             *overrides,
         ],

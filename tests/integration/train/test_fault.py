@@ -47,7 +47,7 @@ def _wait_for_checkpoint(out, timeout: float = 60) -> None:
     ],
     ids=["ddp", "fsdp", "lora"],
 )
-def test_killed_worker_resumes_from_its_checkpoint(smoke_dataset, tiny_model, tmp_path, setup):
+def test_killed_worker_resumes_from_its_checkpoint(smoke_dataset, tiny_model, tmp_path, setup, cli_env):
     out = tmp_path / "out"
     cmd = [
         sys.executable,
@@ -66,9 +66,11 @@ def test_killed_worker_resumes_from_its_checkpoint(smoke_dataset, tiny_model, tm
         "train.checkpoints_to_keep=3",
         *setup,
     ]
-    # Its own local Ray and its own MLflow store under `out`, whatever other tests exported.
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # On the session's Ray (the workers it kills are real processes there), with its own MLflow
+    # store under `out`, whatever other tests exported.
+    proc = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines: list[str] = []
     killed: list[int] = []
 

@@ -19,7 +19,9 @@ TEXTS = ["a transformer for machine translation", "object detection in drone ima
 
 
 def test_lora_trains_adapters_and_both_exports_score_the_same(smoke_dataset, smoke_cfg_factory, tiny_model, tmp_path):
-    cfg = smoke_cfg_factory("resources.num_workers=1", "train.epochs=1", "train.peft=lora", "train.peft_export=adapter")
+    # The loop in local mode (no Ray Train start-up): what is tested is LoRA and its exports. A
+    # real worker trains LoRA in tests/integration/train/test_fault.py and tests/e2e/test_chat_run.py.
+    cfg = smoke_cfg_factory("resources.num_workers=0", "train.epochs=1", "train.peft=lora", "train.peft_export=adapter")
     with start_run(cfg, "train-lora") as run:
         result = fit(cfg, smoke_dataset, run, name="lora")
     adapter = Path(result.model_dir)

@@ -82,7 +82,7 @@ def _terminated_trials(sweep_dir) -> int:
 
 
 def _kill_session(pid: int) -> None:
-    """SIGKILL the driver and everything it started in its session (its local Ray included)."""
+    """SIGKILL the driver and everything it started in its session."""
     for proc in psutil.process_iter():
         try:
             if os.getsid(proc.pid) == pid:
@@ -91,7 +91,9 @@ def _kill_session(pid: int) -> None:
             continue
 
 
-def test_killed_sweep_resumes_without_rerunning_finished_trials(smoke_dataset, tiny_model, mlflow_server, tmp_path):
+def test_killed_sweep_resumes_without_rerunning_finished_trials(
+    smoke_dataset, tiny_model, mlflow_server, tmp_path, cli_env
+):
     out = tmp_path / "out"
     cmd = [
         sys.executable,
@@ -112,7 +114,9 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(smoke_dataset, t
         "sweep.scheduler=fifo",
         "train.epochs=2",
     ]
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    # Both drivers join the session's Ray: killing the first kills its job (trials, Train
+    # workers), which Ray then cleans up as it does any dead driver's.
+    env = cli_env
     sweep_dir = out / "checkpoints" / "resume-it"
 
     first_log = open(tmp_path / "first.log", "w")

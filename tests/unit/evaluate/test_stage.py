@@ -11,8 +11,9 @@ from sklearn.metrics import (
 )
 
 from raylane.config import SliceConfig
+from raylane.evaluate.report import format_table
+from raylane.evaluate.scoring import aligned, evaluate_outputs
 from raylane.evaluate.slices import in_slice, membership
-from raylane.evaluate.stage import aligned, evaluate_outputs, format_table
 
 
 def _fixed_outputs(seed: int, n_classes: int, n: int = 400):

@@ -5,6 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from raylane.hashing import stable_hash
 from raylane.ingest.plan import RowIndex, build_plan, find_duplicates
 from raylane.ingest.reader import FileTask, field_columns, read_file
 from raylane.ingest.transforms import (
@@ -25,7 +26,6 @@ from raylane.ingest.transforms import (
 )
 from raylane.pii import mask_pii
 from raylane.sources import list_files
-from raylane.tasks.text import stable_hash
 from raylane.text import join_text
 from raylane.tokenize import TokenizeBatch, tokenize_batch, tokenizer_definition
 from tests import ingest_corpus

@@ -7,7 +7,8 @@ from fastapi import HTTPException
 from ray import serve
 
 from raylane.predictor import Predictor
-from raylane.serve.app import PredictRequest, ServeArgs, build_app
+from raylane.serve.app import ServeArgs, build_app
+from raylane.serve.scoring import PredictRequest
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +70,10 @@ def test_app_limits_text_length_by_rejecting_or_truncating(classifier_dir):
     assert len({p["prediction_id"] for p in response["predictions"]}) == 2  # one id per prediction
 
 
-def test_feedback_takes_only_signed_ids_masks_pii_and_lands_in_a_partition(classifier_dir, tmp_path):
+def test_feedback_takes_only_signed_ids_once_masks_pii_and_lands_in_a_partition(classifier_dir, tmp_path):
     import json
 
-    from raylane.serve.app import FeedbackRequest
+    from raylane.serve.scoring import FeedbackRequest
 
     sink, secret = tmp_path / "feedback", tmp_path / "secret"
     secret.write_text("a-signing-secret\n")
@@ -84,24 +85,37 @@ def test_feedback_takes_only_signed_ids_masks_pii_and_lands_in_a_partition(class
         feedback_flush_s=0.2,
     )
     handle = serve.run(build_app(ServeArgs(**args)), _local_testing_mode=True)
-    issued = handle.predict.remote(PredictRequest(texts=["a text"])).result()["predictions"][0]["prediction_id"]
-    stored = handle.feedback.remote(
-        FeedbackRequest(text="mail me at jo@example.com", label="beta", prediction_id=issued)
-    ).result()
-    assert stored == {"accepted": True, "prediction_id": issued}  # and no server path
-    for forged in ("p1", issued[:-1] + ("0" if issued[-1] != "0" else "1"), "0" * 24 + "." + "0" * 32):
-        with pytest.raises(HTTPException) as err:
-            handle.feedback.remote(FeedbackRequest(text="x", label="beta", prediction_id=forged)).result()
-        assert err.value.status_code == 422 and "prediction_id" in err.value.detail
-    with pytest.raises(HTTPException) as err:
-        handle.feedback.remote(FeedbackRequest(text="a text", label="delta", prediction_id=issued)).result()
+    text = "mail me at jo@example.com"
+    predictions = handle.predict.remote(PredictRequest(texts=[text, "a text"])).result()["predictions"]
+    issued, for_another_text = (p["prediction_id"] for p in predictions)
+    with pytest.raises(HTTPException) as err:  # an id for one text does not carry another
+        handle.feedback.remote(FeedbackRequest(text=text, label="beta", prediction_id=for_another_text)).result()
+    assert err.value.status_code == 422 and "for this text" in err.value.detail
+    with pytest.raises(HTTPException) as err:  # checked before the id is used up
+        handle.feedback.remote(FeedbackRequest(text=text, label="delta", prediction_id=issued)).result()
     assert err.value.status_code == 422 and "delta" in err.value.detail
+    stored = handle.feedback.remote(FeedbackRequest(text=text, label="beta", prediction_id=issued)).result()
+    assert stored == {"accepted": True, "prediction_id": issued}  # and no server path
+    with pytest.raises(HTTPException) as err:  # replayed
+        handle.feedback.remote(FeedbackRequest(text=text, label="gamma", prediction_id=issued)).result()
+    assert err.value.status_code == 409 and "once" in err.value.detail
+    nonce, expiry, signature = issued.split(".")
+    for forged in (
+        "p1",
+        issued[:-1] + ("0" if issued[-1] != "0" else "1"),
+        "0" * 24 + "." + "0" * 32,
+        f"{nonce}.{signature}",
+        f"{nonce}.{int(expiry) + 1}.{signature}",
+    ):
+        with pytest.raises(HTTPException) as err:
+            handle.feedback.remote(FeedbackRequest(text=text, label="beta", prediction_id=forged)).result()
+        assert err.value.status_code == 422 and "prediction_id" in err.value.detail
 
     deadline = time.time() + 10
     while not list(sink.rglob("feedback-*.jsonl")):  # buffered, then written by the periodic flush
         assert time.time() < deadline, "feedback was not flushed within 10 s"
         time.sleep(0.1)
-    (written,) = sink.rglob("feedback-*.jsonl")
+    (written,) = sink.rglob("feedback-*.jsonl")  # the replay left nothing
     assert written.parent.name.startswith("replica=") and written.parent.parent.name.startswith("date=")
     record = json.loads(written.read_text())
     assert (record["text"], record["label"], record["prediction_id"]) == ("mail me at [EMAIL]", "beta", issued)
@@ -109,7 +123,7 @@ def test_feedback_takes_only_signed_ids_masks_pii_and_lands_in_a_partition(class
 
     off = serve.run(build_app(ServeArgs(model_uri=str(classifier_dir))), _local_testing_mode=True)
     with pytest.raises(HTTPException) as err:
-        off.feedback.remote(FeedbackRequest(text="a text", label="beta", prediction_id=issued)).result()
+        off.feedback.remote(FeedbackRequest(text="a text", label="beta", prediction_id=for_another_text)).result()
     assert err.value.status_code == 404
 
 
@@ -117,9 +131,10 @@ def test_feedback_quota_and_signed_ids(tmp_path):
     from raylane.serve.feedback import FeedbackSink, PredictionIds, QuotaExceeded
 
     ids, other = PredictionIds(b"one secret"), PredictionIds(b"another secret")
-    issued = ids.issue()
-    assert ids.valid(issued) and not other.valid(issued) and not PredictionIds(None).valid(issued)
-    assert not ids.valid(issued + "x") and not ids.valid("") and not ids.valid("x" * 200)
+    issued = ids.issue("a text")
+    assert ids.valid(issued, "a text") and not other.valid(issued, "a text")
+    assert not PredictionIds(None).valid(issued, "a text")
+    assert not ids.valid(issued + "x", "a text") and not ids.valid("", "a text") and not ids.valid("x" * 200, "a text")
     sink = FeedbackSink(str(tmp_path), max_bytes=300, flush_s=60)
     sink.add({"text": "x" * 100})
     sink.add({"text": "y" * 100})
@@ -130,7 +145,7 @@ def test_feedback_quota_and_signed_ids(tmp_path):
 
 
 def test_deployment_options_fixed_or_autoscaled():
-    from raylane.serve.app import deployment_options
+    from raylane.serve.args import deployment_options
 
     fixed = deployment_options(
         ServeArgs(model_uri="m", num_replicas=2, max_batch_size=32, max_ongoing_requests=8, replica_cpus=0.5)

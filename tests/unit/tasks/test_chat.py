@@ -156,3 +156,11 @@ def test_trimmed_logits_give_the_same_loss_and_gradients(tiny_causal_lm):
     assert tokens == full_tokens == 3 + 3
     assert trimmed_loss == pytest.approx(full_loss, rel=1e-5)
     assert torch.allclose(grad, full_grad, atol=1e-6)
+
+
+def test_messages_nested_too_deep_to_parse_are_plain_text_not_a_crash():
+    from raylane.tasks.chat import parse_messages
+
+    deep = "[" * 1000 + "]" * 1000  # json.loads raises RecursionError on it
+    assert parse_messages(deep) is None
+    assert parse_messages('[{"role": "user", "content": "hi"}]') == [{"role": "user", "content": "hi"}]

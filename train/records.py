@@ -1,0 +1,98 @@
+"""What a worker records of an epoch (or a validation pass), by the task's engine, and the
+metrics of the whole split once every worker's record is combined.
+
+Both engines sum the loss and what it is a sum over (`Target.weight`: rows, or a language model's
+answer tokens), so means are exact over any split of rows between workers. A scoring model's
+record also keeps the logits and true labels of its rows, for the task's metrics of the whole
+split once gathered; a generating model's keeps none (its logits are far too big to gather):
+its metrics follow from the loss, and its generations are judged at evaluation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from raylane.tasks import Task
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce(array: np.ndarray, op=dist.ReduceOp.SUM) -> np.ndarray:
+    if not _distributed():
+        return array
+    tensor = torch.as_tensor(array, dtype=torch.float64)
+    dist.all_reduce(tensor, op=op)
+    return tensor.numpy()
+
+
+def gather(array: np.ndarray) -> np.ndarray:
+    """Every worker's rows of `array`, concatenated (rank order), on every worker."""
+    if not _distributed():
+        return array
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, array)
+    return np.concatenate(parts)
+
+
+class EpochRecord:
+    """The summed loss of one worker's rows and what it is a sum over; the loss's metrics."""
+
+    def __init__(self, task: Task):
+        self.task = task
+        self.loss_sum, self.rows, self.units = 0.0, 0, 0
+
+    def add(self, loss_sum: float, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss_sum += loss_sum
+        self.rows += len(labels)
+        self.units += self.task.target.weight(labels)
+
+    def mean_loss(self) -> float:
+        """Over every worker's rows."""
+        loss_sum, units = all_reduce(np.array([self.loss_sum, self.units], dtype=np.float64))
+        return float(loss_sum / max(units, 1))
+
+    def metrics(self, labels: list[str], extras: dict[str, Any], prefix: str) -> dict[str, float]:
+        mean_loss = self.mean_loss()
+        return {
+            f"{prefix}loss": mean_loss,
+            **{f"{prefix}{k}": v for k, v in self.task.target.loss_metrics(mean_loss).items()},
+        }
+
+
+class OutputsRecord(EpochRecord):
+    """A scoring model's record: the loss, and the logits and true labels of its rows."""
+
+    def __init__(self, task: Task):
+        super().__init__(task)
+        self.logits: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+
+    def add(self, loss_sum: float, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        super().add(loss_sum, logits, labels)
+        self.logits.append(logits.detach().float().cpu().numpy())
+        self.labels.append(labels.detach().cpu().numpy())
+
+    def metrics(self, labels: list[str], extras: dict[str, Any], prefix: str) -> dict[str, float]:
+        """Loss and the task's metrics over every worker's rows."""
+        mean_loss = self.mean_loss()
+        logits = gather(np.concatenate(self.logits) if self.logits else np.zeros((0, max(1, len(labels)))))
+        truth = gather(np.concatenate(self.labels) if self.labels else np.zeros((0,)))
+        target = self.task.target
+        scored = target.score(target.truth(truth, extras), target.outputs(logits, extras), labels, extras)
+        metrics = {f"{prefix}loss": mean_loss}
+        metrics.update({f"{prefix}{k}": v for k, v in scored["metrics"].items()})
+        if prefix == "val_":
+            metrics.update({f"val_f1_{name}": row["f1"] for name, row in scored["per_class"].items()})
+        return metrics
+
+
+RECORDS = {"scoring": OutputsRecord, "generating": EpochRecord}
+
+
+def epoch_record(task: Task) -> EpochRecord:
+    return RECORDS[task.engine.name](task)
