@@ -6,7 +6,7 @@ import io
 import pandas as pd
 import pyarrow.parquet as pq
 
-from raylane.serve.batch import predict_files
+from raylane.serve.batch import MARKER, predict_files
 from raylane.tasks import get_task
 from raylane.tasks.saved import SavedTask
 from tests.paths import REPO_ROOT
@@ -38,6 +38,7 @@ def test_text_files_are_scored_row_for_row_and_a_rerun_replaces(
     holdout = REPO_ROOT / "data" / "made-with-ml" / "holdout.csv"
     out = tmp_path / "predictions"
     out.mkdir()
+    (out / MARKER).write_text("")  # what an earlier `raylane predict` left: it may be replaced
     (out / "stale.parquet").write_bytes(b"left by an earlier run")
     rows = predict_files(cfg, model_dir, str(holdout), out)
     scored = pq.read_table(out).to_pandas()

@@ -296,8 +296,11 @@ def test_feedback_over_http_is_read_back_by_ingest(served, smoke_dataset, smoke_
         body["prediction_id"] = prediction["predictions"][0]["prediction_id"]
         answer = requests.post(f"{url}/feedback", json=body, headers=AUTH, timeout=30)
         assert answer.status_code == 200 and cfg.serve.feedback_uri not in answer.text  # no server path
-    bad = {"text": "x", "label": labels[0], "prediction_id": posted[0]["prediction_id"]}
+    # The text its id was issued for, so that each case fails on its own fault.
+    bad = {"text": posted[0]["text"], "label": labels[0], "prediction_id": posted[0]["prediction_id"]}
     for changes, status in (
+        ({}, 409),  # a replay: each id is taken once
+        ({"text": "another text"}, 422),  # the id was issued for another text
         ({"label": "no-such-tag"}, 422),
         ({"prediction_id": "made-up"}, 422),  # not one this deployment signed
         ({"prediction_id": posted[0]["prediction_id"][:-4] + "0000"}, 422),  # forged signature
