@@ -115,6 +115,8 @@ def test_object_storage_in_and_out(tmp_path, tiny_model):
                 f.write(cases[name].content)
         env = {**os.environ, **s3.env()}
         env.pop("RAY_ADDRESS", None)
+        # Its own store (asserted below): an earlier test's mlflow.set_tracking_uri also sets this.
+        env.pop("MLFLOW_TRACKING_URI", None)
         # Credentials inside the URIs (pyarrow takes them from there): they must not be recorded.
         secret = "TopSecret0123"
         cmd = [
