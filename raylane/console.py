@@ -57,6 +57,52 @@ def quiet_libraries() -> None:
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(packaged(f"configs/{RAY_DATA_LOGGING}")))
 
 
+# Lines Ray forwards to the driver's console that a user cannot act on, each with why it is safe
+# to hide. `--verbose` shows them.
+RAY_NOISE = (
+    # Ray Train's controller starts its PreemptionWatcher with restarts and its arguments in the
+    # object store; Ray's core worker warns about its own actor (ray-project/ray#57733).
+    "has constructor arguments in the object store and max_restarts > 0",
+    # The raylet counts a Train worker group, Tune trials and Ray Data actors starting together
+    # on a 2-CPU node as "4x the maximum expected startup concurrency": they start as asked.
+    "PYTHON worker processes have been started on node",
+    # The GCS kills an actor whose node or owner is already gone (a finished trial's workers).
+    "Failed to kill actor",
+    # Ray Train v2 removing a finished run's placement group, already gone with its job.
+    "PlacementGroupCleaner",
+)
+# Ray's note that a new local cluster uses token auth (its default): nothing to act on.
+RAY_TOKEN_NOTE = "Token authentication is enabled for this Ray cluster"
+
+
+def is_ray_noise(line: str) -> bool:
+    return any(noise in line for noise in RAY_NOISE)
+
+
+def hide_ray_noise() -> None:
+    """Drop RAY_NOISE from the worker and raylet lines Ray prints on the driver, and Ray's token
+    note from its log. Ray has no public filter for forwarded lines: this wraps the function its
+    log listener calls for each batch (`ray._private.worker.print_worker_logs`, which the
+    printing code looks up by name at each call); if a Ray release renames it, the lines show
+    again and nothing breaks."""
+    import ray._private.worker as ray_worker
+
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        lambda record: RAY_TOKEN_NOTE not in record.getMessage()
+    )
+    print_lines = getattr(ray_worker, "print_worker_logs", None)
+    if print_lines is None or getattr(print_lines, "hides_noise", False):
+        return
+
+    def print_worker_logs(data, print_file, ignore_prefix=False):
+        lines = [line for line in data.get("lines", []) if not is_ray_noise(line)]
+        if lines:
+            print_lines({**data, "lines": lines}, print_file, ignore_prefix)
+
+    print_worker_logs.hides_noise = True
+    ray_worker.print_worker_logs = print_worker_logs
+
+
 def quiet_worker() -> None:
     """Inside a Ray worker, unless --verbose: INFO records stop at the root logger (Ray Train's
     per-report lines are logged under a file path, outside the `ray` logger tree)."""

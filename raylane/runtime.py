@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from raylane.console import quiet_libraries, verbose
+from raylane.console import hide_ray_noise, quiet_libraries, verbose
 
 
 def init_ray() -> None:
@@ -18,6 +18,8 @@ def init_ray() -> None:
     # (and Ray Data's per-operator ones) only with --verbose.
     loud = verbose()
     quiet_libraries()
+    if not loud:
+        hide_ray_noise()
     for library in ("ray.data", "ray.serve"):
         logging.getLogger(library).setLevel(logging.INFO if loud else logging.WARNING)
     if not os.environ.get("RAY_ADDRESS"):
@@ -41,14 +43,20 @@ def init_ray() -> None:
 
 
 def on_this_node() -> dict:
-    """Ray Data arguments that keep tasks or actors on the driver's node: for work that reads a
+    """Ray Data arguments that keep an actor pool on the driver's node: for work that reads a
     model directory only the driver has (exported or downloaded there). Without it, a Ray Data
     actor placed on another node of a cluster would not find the files. A label selector on the
     label Ray gives every node (a scheduling strategy would go through `ray_remote_args`, which
-    Ray Data deprecates, with a warning on every call)."""
+    Ray Data deprecates, with a warning on every call).
+
+    No restarts: an actor pinned here can only come back here, and if this node goes the driver
+    goes with it. Ray Data's default (restart forever) buys only Ray's core-worker error line
+    "has constructor arguments in the object store and max_restarts > 0" on every pool
+    (ray-project/ray#57733), printed by the driver's C++ side where no filter reaches it. A
+    scoring actor that dies fails its stage, which is rerun on its own (`raylane evaluate`)."""
     import ray
 
-    return {"label_selector": {"ray.io/node-id": ray.get_runtime_context().get_node_id()}}
+    return {"label_selector": {"ray.io/node-id": ray.get_runtime_context().get_node_id()}, "max_restarts": 0}
 
 
 def stray_placement_groups(table: dict, job_id: str) -> list[str]:

@@ -9,14 +9,12 @@ tier the folders mirror the source tree (tests/unit/ingest/ tests raylane.ingest
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from raylane.config import load_config
-from raylane.http import free_port, wait_until_ok
+from tests.mlflow_server import running_mlflow_server
 from tests.paths import REPO_ROOT
 from tests.tiny_model import make_tiny_causal_lm, make_tiny_image_model, make_tiny_llama, make_tiny_model
 
@@ -120,41 +118,5 @@ def cli_env(ray_address, serve_cleanup):
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real tracking server process on loopback (SQLite store, proxied artifacts)."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ok(f"{uri}/health", timeout_s=90, alive=lambda: proc.poll() is None)
-    except (RuntimeError, TimeoutError) as e:
-        proc.kill()
-        raise RuntimeError(f"mlflow server did not start ({e}):\n{(root / 'server.log').read_text()[-3000:]}") from None
-    yield uri
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri

@@ -18,6 +18,7 @@ import yaml
 from mlflow import MlflowClient
 
 from raylane.http import free_port, free_ports
+from tests.mlflow_server import basic_auth_env, running_mlflow_server
 from tests.paths import REPO_ROOT
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -53,6 +54,22 @@ def _kill_session(sid: int) -> None:
             pass
 
 
+MLFLOW_USER, MLFLOW_PASSWORD = "admin", "cluster-test-mlflow-password"
+
+
+@pytest.fixture
+def mlflow_auth_server(tmp_path_factory, monkeypatch):
+    """The tracking server as cluster.yaml starts it: MLflow's basic-auth app. This test's own
+    client reads it with the credentials, as a user on the head would."""
+    root = tmp_path_factory.mktemp("mlflow-auth")
+    with running_mlflow_server(
+        root, "--app-name", "basic-auth", env=basic_auth_env(root, MLFLOW_USER, MLFLOW_PASSWORD)
+    ) as uri:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", MLFLOW_USER)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", MLFLOW_PASSWORD)
+        yield uri
+
+
 @pytest.fixture
 def two_node_cluster():
     temp_dir = tempfile.mkdtemp(prefix="rl-", dir="/tmp")  # short: Ray's socket paths are length-limited
@@ -78,6 +95,9 @@ def two_node_cluster():
     # `python` is this environment's, as on a cluster node set up by cluster.yaml.
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env.update(RAY_AUTH_MODE="token", PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
+    # MLflow's credentials in the environment of `ray start`, as cluster.yaml passes them: every
+    # job driver, Train worker and Serve replica inherits them.
+    env.update(MLFLOW_TRACKING_USERNAME=MLFLOW_USER, MLFLOW_TRACKING_PASSWORD=MLFLOW_PASSWORD)
     # One new session for both nodes: every process of this cluster (and nothing else) is in it.
     starter = subprocess.Popen(
         ["bash", "-c", f"{shlex.join(head)} && {shlex.join(worker)}"],
@@ -121,7 +141,11 @@ def _train_worker_nodes(address: str, env: dict) -> set[str]:
     return {actor["node_id"] for actor in json.loads(listed.stdout)}
 
 
-def test_pipeline_job_on_two_nodes(two_node_cluster, tiny_model, mlflow_server, tmp_path):
+def test_pipeline_job_on_two_nodes(two_node_cluster, tiny_model, mlflow_auth_server, tmp_path):
+    mlflow_server = mlflow_auth_server
+    search = f"{mlflow_server}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert requests.get(search, timeout=10).status_code == 401  # closed to anyone without credentials
+    assert requests.get(search, auth=(MLFLOW_USER, "guess"), timeout=10).status_code == 401
     started = time.time()
     address, env = two_node_cluster["dashboard"], two_node_cluster["env"]
     port = free_port()
@@ -175,6 +199,8 @@ def test_pipeline_job_on_two_nodes(two_node_cluster, tiny_model, mlflow_server, 
     assert submit.returncode == 0 and "succeeded" in log, log[-6000:]
     origin = next(line for line in log.splitlines() if line.startswith("raylane.ingest from"))
     assert "working_dir_files" in origin and str(REPO_ROOT) not in origin, origin  # the upload, as it is
+    for noise in ("max_restarts > 0", "PYTHON worker processes have been started", "Failed to kill actor"):
+        assert noise not in log, noise  # Ray's lines a user cannot act on, in the job's log as on a laptop
 
     nodes = _train_worker_nodes(address, env)
     assert len(nodes) == 2, f"training workers ran on {nodes}"  # one per node: data-parallel across the cluster
