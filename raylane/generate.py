@@ -102,7 +102,8 @@ class Generator:
 
     def _generate(self, batch, samplings: list[Sampling], stops: _RowStops, streamer) -> torch.Tensor:
         temperature, top_p = samplings[0].shared()
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature else {}
+        # do_sample is passed once, below (given twice, every sampled batch failed with a TypeError).
+        sampling = {"temperature": temperature, "top_p": top_p, "top_k": 0} if temperature else {}
         with torch.inference_mode():
             return self.model.generate(
                 **batch,

@@ -16,6 +16,9 @@ from raylane.tasks.chat import ROLES
 from raylane.tasks.text import TEXT_CEILING
 
 MAX_STOPS = 4
+# Below this, logits / temperature overflow to inf and softmax gives NaN: a request asking for
+# "almost greedy" gets 0 (greedy) or at least this, never a sampler that raises mid-batch.
+MIN_TEMPERATURE = 1e-2
 STOP_CEILING = 200  # characters in one stop string
 DEFAULT_CEILING = 512  # ServeConfig.max_new_tokens_ceiling's default
 
@@ -44,11 +47,22 @@ class GenerationOptions(_Strict):
 
     model: str | None = Field(None, max_length=200, description="Echoed in the answer; the deployment serves one model")
     max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate (serve.max_new_tokens_ceiling)")
-    temperature: float | None = Field(None, ge=0, le=2, description="0: greedy (deterministic)")
-    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass (with temperature > 0)")
+    temperature: float | None = Field(
+        None, ge=0, le=2, allow_inf_nan=False, description=f"0: greedy (deterministic); else {MIN_TEMPERATURE} to 2"
+    )
+    top_p: float | None = Field(
+        None, gt=0, le=1, allow_inf_nan=False, description="Nucleus sampling mass (with temperature > 0)"
+    )
     stop: str | list[str] | None = Field(None, description=f"Up to {MAX_STOPS} strings that end the answer")
     n: int = Field(1, description="Answers per request: only 1")
     stream: bool = Field(False, description="Server-sent events, a chunk per token, then data: [DONE]")
+
+    @field_validator("temperature")
+    @classmethod
+    def _greedy_or_sampled(cls, temperature: float | None) -> float | None:
+        if temperature is not None and 0 < temperature < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {temperature:g}")
+        return temperature
 
     @field_validator("max_tokens")
     @classmethod

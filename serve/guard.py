@@ -20,7 +20,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from raylane.serve.auth import bearer_matches, key_digests
 from raylane.serve.metrics import replica_metrics
@@ -153,4 +155,16 @@ def guarded_api(args, description: str) -> FastAPI:
         public_docs=args.public_docs,
         observe=_observe,
     )
+    api.add_exception_handler(RequestValidationError, answer_validation_error)
     return api
+
+
+def validation_faults(errors: list[dict]) -> list[dict]:
+    """FastAPI's 422 details without the values it echoes: a NaN or an infinity there made the
+    answer itself fail to serialise (a 500), and a long input was sent back whole. Where and
+    what is wrong is enough."""
+    return [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type", "")} for e in errors]
+
+
+async def answer_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"detail": validation_faults(list(error.errors()))}, status_code=422)

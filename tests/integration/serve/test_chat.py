@@ -148,6 +148,21 @@ def test_text_completions_continue_the_prompt_and_honour_stop_strings(url, token
         ("/v1/chat/completions", "not json", 422, "JSON"),
         ("/v1/completions", {"prompt": "word " * 60, "stream": True}, 413, "serve.max_prompt_tokens"),
         ("/v1/completions", {"prompt": ["a", "b"]}, 422, "valid string"),
+        # Non-finite and vanishing numbers: once a 500 (the 422 could not echo them; softmax NaN).
+        (
+            "/v1/chat/completions",
+            '{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+            422,
+            "finite",
+        ),
+        (
+            "/v1/chat/completions",
+            '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e400}',
+            422,
+            "finite",
+        ),
+        ("/v1/chat/completions", {"messages": HELLO, "temperature": 1e-300}, 422, "at least 0.01"),
+        ("/v1/completions", {"prompt": "x", "temperature": 1, "top_p": 1.5}, 422, "less than or equal to 1"),
     ],
 )
 def test_bad_requests_get_4xx_naming_the_fault_and_the_server_keeps_serving(url, path, body, status, names):
@@ -160,6 +175,31 @@ def test_bad_requests_get_4xx_naming_the_fault_and_the_server_keeps_serving(url,
     assert answer.status_code == status, answer.text[:300]
     assert names in json.dumps(answer.json()["detail"])
     assert post(url, "/v1/chat/completions", {"messages": HELLO, "max_tokens": 2}).status_code == 200
+
+
+def test_sampled_requests_are_answered_batched_beside_greedy_ones_and_streamed(url):
+    """temperature > 0 once answered 500 on every non-streamed request (do_sample given twice)."""
+    answers: list = [None] * 6
+
+    def ask(i: int) -> None:
+        sampled = {"temperature": 0.9, "top_p": 0.9} if i % 2 else {"temperature": 0}
+        answers[i] = post(url, "/v1/chat/completions", {"messages": HELLO, "max_tokens": 5, **sampled})
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [a.status_code for a in answers] == [200] * 6, [a.text[:200] for a in answers]
+    greedy = {a.json()["choices"][0]["message"]["content"] for a in answers[0::2]}
+    assert len(greedy) == 1  # greedy rows agree whatever they were batched with
+    streamed = post(
+        url,
+        "/v1/chat/completions",
+        {"messages": HELLO, "max_tokens": 5, "temperature": 1.2, "stream": True},
+        stream=True,
+    )
+    assert streamed.status_code == 200 and events(streamed)[-1] == "[DONE]"
 
 
 def test_keys_are_required_except_for_probes(url):

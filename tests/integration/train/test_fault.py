@@ -42,7 +42,7 @@ def _wait_for_checkpoint(out, timeout: float = 60) -> None:
         # LoRA: the frozen base comes back from model.name_or_path, the adapter from the checkpoint.
         # Its steps are quicker, so batches of 2 keep epoch 2 in flight when the kill comes: Ray
         # Train registers reported checkpoints a moment later, and a kill after a whole unregistered
-        # epoch resumes from the one before (seen once at batch 4: epochs 2 and 3 ran twice).
+        # epoch resumes from the one before (seen once at batch 4 with 3 epochs: 2 and 3 ran twice).
         ["resources.num_workers=1", "train.peft=lora", "train.batch_size=2"],
     ],
     ids=["ddp", "fsdp", "lora"],
@@ -60,7 +60,7 @@ def test_killed_worker_resumes_from_its_checkpoint(smoke_dataset, tiny_model, tm
         smoke_dataset.uri,
         f"model.name_or_path={tiny_model}",
         f"output_dir={out}",
-        "train.epochs=3",
+        "train.epochs=2",  # killed in epoch 2: resumed from epoch 1, finished once more
         "train.batch_size=4",
         "train.max_failures=1",
         "train.checkpoints_to_keep=3",
@@ -77,7 +77,7 @@ def test_killed_worker_resumes_from_its_checkpoint(smoke_dataset, tiny_model, tm
     def watch() -> None:
         for line in proc.stdout:
             lines.append(line)
-            if not killed and "epoch 1/3  train_loss" in line:
+            if not killed and "epoch 1/2  train_loss" in line:
                 # Epoch 1 is done (the loop prints its line, then reports the checkpoint); once
                 # the checkpoint is on storage, epoch 2 (about 10 s on the tiny model at batch 4)
                 # is under way when the worker dies.
@@ -103,7 +103,7 @@ def test_killed_worker_resumes_from_its_checkpoint(smoke_dataset, tiny_model, tm
     # Epoch metrics are logged at the global optimizer step, so they share an x axis with step_loss.
     steps = Counter(m.step for m in client.get_metric_history(train_run.info.run_id, "train_loss"))
     per_epoch = min(steps)
-    assert sorted(steps) == [per_epoch, 2 * per_epoch, 3 * per_epoch], steps  # every epoch finished
+    assert sorted(steps) == [per_epoch, 2 * per_epoch], steps  # every epoch finished
     assert steps[per_epoch] == 1, log[-6000:]  # resumed from epoch 1's checkpoint, not from scratch
-    assert sum(steps.values()) <= 4, log[-8000:]  # at most the epoch in flight was done twice
+    assert sum(steps.values()) <= 3, log[-8000:]  # at most the epoch in flight was done twice
     assert (out / "models").is_dir() and any((out / "models").iterdir())

@@ -5,15 +5,17 @@ import asyncio
 import json
 
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from raylane.serve.auth import _digest
-from raylane.serve.guard import RequestGuard
+from raylane.serve.guard import RequestGuard, answer_validation_error
 
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
     texts: list[str]
+    temperature: float = Field(0.0, ge=0, le=2)
 
 
 def _app(observed: list, limit: int = 100, public_docs: bool = True, keys=("k1",)):
@@ -36,6 +38,7 @@ def _app(observed: list, limit: int = 100, public_docs: bool = True, keys=("k1",
         public_docs=public_docs,
         observe=lambda route, status, s: observed.append((route, status)),
     )
+    api.add_exception_handler(RequestValidationError, answer_validation_error)  # as guarded_api does
     return api
 
 
@@ -124,3 +127,16 @@ def test_docs_can_need_the_key_too():
 def test_without_keys_auth_is_off():
     app = _app([], keys=())
     assert _call(app, "POST", "/predict", [b'{"texts": []}'])[0] == 200
+
+
+def test_a_422_names_the_fault_and_never_echoes_the_value():
+    # NaN, Infinity and 1e400 (an infinity to Python's json) once made FastAPI's own 422 fail to
+    # serialise the value it echoed: a 500. A long value came back whole.
+    app = _app([], limit=10_000)
+    for raw in (b"NaN", b"Infinity", b"-Infinity", b"1e400"):
+        status, body, _ = _call(app, "POST", "/predict", [b'{"texts": ["a"], "temperature": ' + raw + b"}"], KEY)
+        assert status == 422, (raw, body)
+        (fault,) = json.loads(body)["detail"]
+        assert fault["loc"] == ["body", "temperature"] and "input" not in fault
+    status, body, _ = _call(app, "POST", "/predict", [b'{"texts": "' + b"y" * 5000 + b'"}'], KEY)
+    assert status == 422 and b"yyyy" not in body and len(body) < 300
