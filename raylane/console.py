@@ -95,7 +95,8 @@ def hide_ray_noise() -> None:
         return
 
     def print_worker_logs(data, print_file, ignore_prefix=False):
-        lines = [line for line in data.get("lines", []) if not is_ray_noise(line)]
+        actor = data.get("actor_name") or ""  # the "(PlacementGroupCleaner pid=...)" prefix is not in the line
+        lines = [line for line in data.get("lines", []) if not is_ray_noise(f"{actor} {line}")]
         if lines:
             print_lines({**data, "lines": lines}, print_file, ignore_prefix)
 

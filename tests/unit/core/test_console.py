@@ -38,9 +38,20 @@ def test_ray_noise_is_dropped_and_every_other_line_kept(monkeypatch):
         },
         sink,
     )
+    ray_worker.print_worker_logs(
+        {
+            "pid": 456,
+            "ip": "10.0.0.1",
+            "localhost": "10.0.0.1",
+            "actor_name": "PlacementGroupCleaner",
+            "lines": ["Detected that the Ray Train controller actor (ab) is dead. Cleaning up placement group"],
+        },
+        sink,
+    )
     printed = sink.getvalue()
     assert "epoch 1/3  train_loss 1.2432" in printed and "Traceback" in printed
     assert "max_restarts > 0" not in printed and "PYTHON worker processes" not in printed
+    assert "Cleaning up placement group" not in printed
     assert printed.count("\n") == 2
 
 
