@@ -87,11 +87,13 @@ def hide_ray_noise() -> None:
     again and nothing breaks."""
     import ray._private.worker as ray_worker
 
+    print_lines = getattr(ray_worker, "print_worker_logs", None)
+    if getattr(print_lines, "hides_noise", False):
+        return  # once per process: init_ray runs again after each ray.shutdown
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
         lambda record: RAY_TOKEN_NOTE not in record.getMessage()
     )
-    print_lines = getattr(ray_worker, "print_worker_logs", None)
-    if print_lines is None or getattr(print_lines, "hides_noise", False):
+    if print_lines is None:
         return
 
     def print_worker_logs(data, print_file, ignore_prefix=False):
