@@ -104,7 +104,7 @@ def test_killed_optuna_sweep_resumes_without_rerunning_finished_trials(
         "sweep.num_samples=2",
         "sweep.max_concurrent=1",
         "sweep.scheduler=fifo",
-        "train.epochs=2",
+        "train.epochs=1",  # what is resumed is the sweep, not a trial: one epoch each is enough
     ]
     # Both drivers join the session's Ray: killing the first kills its job (trials, Train
     # workers), which Ray then cleans up as it does any dead driver's.
