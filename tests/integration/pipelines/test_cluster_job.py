@@ -168,6 +168,7 @@ def test_pipeline_job_on_two_nodes(two_node_cluster, tiny_model, mlflow_auth_ser
         "tracking.experiment=cluster",
         "model.registered_name=cluster-model",
         "sweep.enabled=false",
+        "train.epochs=1",  # what is under test is where the work runs; the e2e run checks learning
         "resources.num_workers=2",
         "resources.cpus_per_worker=1",
         f"serve.port={port}",
