@@ -6,12 +6,13 @@ add what their requests and answers are."""
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from raylane.serve.swap import Loaded
+from raylane.serve.swap import Loaded, LoadFailed
 
 if TYPE_CHECKING:
     from raylane.generate import Generator
@@ -71,6 +72,11 @@ class Replica(ABC):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         key_digests(args.api_keys_env, args.api_keys_file)  # a named key source that holds none fails now
         self.tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        # Registered versions are downloaded once per node, each into its own directory, and
+        # pruned after a swap (a fresh temporary copy per swap once filled the disk).
+        self.model_cache = os.environ.get("RAYLANE_MODEL_CACHE") or os.path.join(
+            tempfile.gettempdir(), "raylane-models"
+        )
         self.metrics = replica_metrics()
         self.in_replica = _get_internal_replica_context() is not None
         if self.in_replica:
@@ -85,12 +91,16 @@ class Replica(ABC):
         )
 
     def _load(self, model_uri: str) -> Loaded:
+        from raylane.registry import resolve_model
+
+        resolved = resolve_model(model_uri, self.tracking_uri, self.model_cache)
+        return self._load_resolved(resolved)
+
+    def _load_resolved(self, resolved) -> Loaded:
         import torch
 
         from raylane.loader import load_model
-        from raylane.registry import resolve_model
 
-        resolved = resolve_model(model_uri, self.tracking_uri)
         model = load_model(
             resolved.model_dir,
             serves=self.args.task,
@@ -109,10 +119,21 @@ class Replica(ABC):
         return None
 
     def _swap_to(self, model_uri: str) -> None:
-        new = self._load(model_uri)
-        self._canary(new.model)  # only a model that answers replaces the one serving
-        self.loaded = new  # one reference assignment: a request sees the old model or the new, whole
+        """Downloads `model_uri` (a failure there is the next poll's to retry), loads it and has it
+        answer its canary (a failure there is `LoadFailed`: the follower does not try it again
+        until the alias moves), swaps it in, and prunes cached versions but the new and the old."""
+        from raylane.registry import prune_cache, resolve_model
+
+        resolved = resolve_model(model_uri, self.tracking_uri, self.model_cache)
+        try:
+            new = self._load_resolved(resolved)
+            self._canary(new.model)  # only a model that answers replaces the one serving
+        except Exception as err:
+            raise LoadFailed(f"{model_uri}: {type(err).__name__}: {err}") from err
+        old, self.loaded = self.loaded, new  # one reference assignment: a request sees the old model or the new, whole
         self.metrics.serving(new.version)
+        if new.name:
+            prune_cache(self.model_cache, self.tracking_uri, new.name, {str(new.version), str(old.version)})
 
     @abstractmethod
     def _canary(self, model: Predictor | Generator) -> None:
