@@ -4,6 +4,10 @@ model directory, the prompt built with the tokenizer's chat template, and `trans
 Serving replicas, evaluation and the pyfunc all answer through it, so a model says the same
 wherever it runs.
 
+Sampling is done per row (`_RowSampler`), inside a greedy `generate` call: rows with different
+temperatures, top_p and seeds share one call, and a seeded row draws from its own random
+generator, so it answers the same whatever it is batched with.
+
 Blocking calls, no Ray, no HTTP: the caller decides what runs where."""
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 DEFAULT_SAMPLING = {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0, "stop": []}
@@ -22,17 +26,14 @@ DEFAULT_SAMPLING = {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0, "sto
 
 @dataclass(frozen=True)
 class Sampling:
-    """How one request is generated. Frozen and hashable: a batch is grouped by `shared()`."""
+    """How one request is generated. Every field is per row (`_RowSampler`, `_RowStops`), so
+    requests with different settings share one `generate` call."""
 
     max_new_tokens: int
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
-
-    def shared(self) -> tuple[float, float]:
-        """What one `generate` call must apply to every row: its logits processors are per call.
-        Max tokens and stop strings are per row (`_RowStops`), so they never split a batch."""
-        return (self.temperature, self.top_p if self.temperature > 0 else 1.0)
+    seed: int | None = None  # with temperature > 0: the same seed draws the same tokens
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,11 @@ class Generator:
         self.defaults = defaults_from(saved.extras)
 
     def chat_prompt(self, messages: Sequence[dict]) -> list[int]:
-        encoded = self.tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=True, tokenize=True, return_dict=True
-        )
-        return list(encoded["input_ids"])
+        """The chat template's prompt, the messages' text only ever text (special-token text in them
+        is not a control token); `raylane.chat_template.TemplateRefused` where the template refuses."""
+        from raylane.chat_template import chat_token_ids
+
+        return chat_token_ids(self.tokenizer, list(messages), add_generation_prompt=True)
 
     def text_prompt(self, prompt: str) -> list[int]:
         # The tokenizer's own special tokens (a Llama's BOS), as OpenAI-compatible servers do.
@@ -77,9 +79,8 @@ class Generator:
     def generate(
         self, prompts: list[list[int]], samplings: list[Sampling], on_step: Callable[[torch.Tensor], None] | None = None
     ) -> list[Generation]:
-        """One `generate` call over `prompts`, which must share `Sampling.shared()`; each row stops
-        at its own eos, max_new_tokens or stop string, and the call ends when every row has."""
-        assert len({s.shared() for s in samplings}) == 1, "one generate call applies one temperature and top_p"
+        """One `generate` call over `prompts`, each row sampled with its own settings and stopped at
+        its own eos, max_new_tokens or stop string; the call ends when every row has."""
         batch = self.tokenizer.pad({"input_ids": prompts}, return_tensors="pt").to(self.device)
         width = batch["input_ids"].shape[1]
         stops = _RowStops(self.tokenizer, width, samplings)
@@ -101,19 +102,19 @@ class Generator:
         return self._finish(out[0][width:].tolist(), sampling, stops.ended[0], len(prompt))
 
     def _generate(self, batch, samplings: list[Sampling], stops: _RowStops, streamer) -> torch.Tensor:
-        temperature, top_p = samplings[0].shared()
-        # do_sample is passed once, below (given twice, every sampled batch failed with a TypeError).
-        sampling = {"temperature": temperature, "top_p": top_p, "top_k": 0} if temperature else {}
+        # Greedy for `generate`: _RowSampler leaves a sampled row's drawn token as its only finite
+        # logit. (`generate`'s own sampling applies one temperature and one random stream to the
+        # whole batch; do_sample given twice once failed every sampled batch with a TypeError.)
         with torch.inference_mode():
             return self.model.generate(
                 **batch,
                 max_new_tokens=max(s.max_new_tokens for s in samplings),
-                do_sample=bool(temperature),
+                do_sample=False,
+                logits_processor=LogitsProcessorList([_RowSampler(samplings)]),
                 stopping_criteria=StoppingCriteriaList([stops]),
                 streamer=streamer,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
-                **sampling,
             )
 
     def _finish(self, tokens: list[int], sampling: Sampling, ended: int | None, prompt_tokens: int) -> Generation:
@@ -170,6 +171,41 @@ def held_back(text: str, stops: Sequence[str]) -> int:
     if text.endswith("\ufffd"):
         return len(text) - len(text.rstrip("\ufffd"))
     return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+
+class _RowSampler(LogitsProcessor):
+    """Per sampled row (temperature > 0): softmax at its temperature, its top_p nucleus, one token
+    drawn, with its own `torch.Generator` when it has a seed (else torch's global one), and left as
+    the row's only finite logit. Greedy rows pass through untouched."""
+
+    def __init__(self, samplings: list[Sampling]):
+        self.rows = [(i, s) for i, s in enumerate(samplings) if s.temperature > 0]
+        self.generators: dict[int, torch.Generator] = {}
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for i, sampling in self.rows:
+            probs = nucleus(torch.softmax(scores[i].float() / sampling.temperature, dim=-1), sampling.top_p)
+            token = torch.multinomial(probs, 1, generator=self._generator(i, sampling.seed, scores.device))
+            scores[i] = -float("inf")
+            scores[i, token] = 0.0
+        return scores
+
+    def _generator(self, row: int, seed: int | None, device: torch.device) -> torch.Generator | None:
+        if seed is None:
+            return None
+        if row not in self.generators:  # one per row per call: a row's draws follow each other
+            self.generators[row] = torch.Generator(device=device).manual_seed(seed)
+        return self.generators[row]
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """`probs` less the tail outside the smallest set of tokens whose mass reaches `top_p` (the
+    most likely token always stays); unnormalised, as `torch.multinomial` takes it."""
+    if top_p >= 1.0:
+        return probs
+    ranked, order = probs.sort(descending=True)
+    keep = ranked.cumsum(0) - ranked < top_p
+    return torch.zeros_like(probs).scatter(0, order, ranked * keep)
 
 
 class _RowStops(StoppingCriteria):

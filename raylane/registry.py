@@ -101,8 +101,11 @@ class ResolvedModel:
     version: str | None = None
 
 
-def resolve_model(uri: str, tracking_uri: str) -> ResolvedModel:
-    """A local export directory as is; a `models:/` or `runs:/` URI downloaded from MLflow."""
+def resolve_model(uri: str, tracking_uri: str, cache_dir: str = "") -> ResolvedModel:
+    """A local export directory as is; a `models:/` or `runs:/` URI downloaded from MLflow. An
+    alias is read once and that exact version downloaded (downloading by alias again could fetch
+    a version the alias moved to in between, served under the old one's number). With `cache_dir`,
+    a registered version goes to `<cache_dir>/<name>/<version>` and is downloaded once."""
     if not uri.startswith(("models:/", "runs:/")):
         path = Path(uri).expanduser()
         if not (path / "config.json").is_file():
@@ -120,8 +123,63 @@ def resolve_model(uri: str, tracking_uri: str) -> ResolvedModel:
                 raise LookupError(f"{uri}: model '{name}' has no alias '{ref}' in {tracking_uri}")
         else:
             name, _, version = name.partition("/")
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        uri = f"models:/{name}/{version}"
+    if cache_dir and name and version:
+        local = _cached_download(uri, version_dir(cache_dir, tracking_uri, name, version))
+    else:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     found = sorted(local.glob("artifacts/*/config.json"))
     if not found:
         raise FileNotFoundError(f"{uri}: no Hugging Face model inside (expected artifacts/hf_model)")
     return ResolvedModel(str(found[0].parent), name, version)
+
+
+_COMPLETE = ".raylane-complete"
+
+
+def version_dir(cache_dir: str, tracking_uri: str, name: str, version: str) -> Path:
+    """Where a registered version is cached: per registry (two servers' version 3 differ), name, version."""
+    import hashlib
+
+    registry = hashlib.sha256(tracking_uri.encode()).hexdigest()[:12]
+    return Path(cache_dir).expanduser() / registry / name.replace("/", "_") / str(version)
+
+
+def _cached_download(uri: str, target: Path) -> Path:
+    """`uri` downloaded into `target` once: into a scratch directory beside it first, renamed into
+    place when whole, so a download cut short (or a replica beside this one downloading the same
+    version) never leaves a half model where a whole one is expected."""
+    import shutil
+    import tempfile
+
+    import mlflow
+
+    if (target / _COMPLETE).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(scratch))
+        (scratch / _COMPLETE).touch()
+        if target.exists():  # an incomplete one left by a crash
+            shutil.rmtree(target, ignore_errors=True)
+        scratch.rename(target)
+    except OSError:
+        if not (target / _COMPLETE).is_file():  # not another replica's download that landed first
+            raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def prune_cache(cache_dir: str, tracking_uri: str, name: str, keep: set[str]) -> list[str]:
+    """Deletes the cached versions of `name` other than `keep`; the versions deleted."""
+    import shutil
+
+    versions = version_dir(cache_dir, tracking_uri, name, "0").parent
+    pruned = []
+    for entry in sorted(versions.iterdir()) if versions.is_dir() else []:
+        if entry.is_dir() and not entry.name.startswith(".") and entry.name not in keep:
+            shutil.rmtree(entry, ignore_errors=True)
+            pruned.append(entry.name)
+    return pruned

@@ -1,13 +1,15 @@
 """The chat app, for a generating task (causal_lm): OpenAI-style POST /v1/chat/completions and POST
 /v1/completions over an instruction-tuned causal LM, behind the same door as the scoring app
 (Bearer keys, body size, request counts: `raylane.serve.guard.guarded_api`), with the same replica
-life cycle (`raylane.serve.replica`: load, hot swap, health) and deployment options, and a
-/healthz that generates.
+life cycle (`raylane.serve.replica`: load, hot swap, health) and deployment options, and a cheap
+/healthz (it reads the replica's health; no generation).
 
 A request is refused (4xx) before any generation: its schema (`raylane.serve.chat_schema`), then
-its prompt's length in tokens after the chat template (serve.max_prompt_tokens) and the model's
-context. Concurrent non-streaming requests are generated together (`@serve.batch`); a streaming
-one runs alone, its tokens sent as server-sent events as they are generated.
+its chat template (one that refuses the conversation is a 422 naming why), its prompt's length in
+tokens after the template (serve.max_prompt_tokens) and the model's context. Concurrent
+non-streaming requests are generated together (`@serve.batch`); a streaming one runs alone, its
+tokens sent as server-sent events as they are generated, and ends with an error event and [DONE]
+if its generation fails.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real request types on the
@@ -20,14 +22,15 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
 from fastapi.responses import StreamingResponse
 from ray import serve
 
+from raylane.chat_template import TemplateRefused
 from raylane.serve.args import ServeArgs, deployment_options
 from raylane.serve.chat_schema import ChatCompletion, TextCompletion, request_models
-from raylane.serve.guard import guarded_api
-from raylane.serve.replica import Replica
+from raylane.serve.guard import failed_midway, guarded_api
+from raylane.serve.replica import Replica, public_uri
 
 logger = logging.getLogger("ray.serve")
 DEPLOYMENT = "Chat"
@@ -64,7 +67,10 @@ class ChatReplica(Replica):
         loaded = self.loaded
         generator = loaded.model
         if chat:
-            prompt = generator.chat_prompt([m.model_dump() for m in request.messages])
+            try:
+                prompt = generator.chat_prompt([m.model_dump() for m in request.messages])
+            except TemplateRefused as refused:
+                raise HTTPException(422, str(refused)) from None
         else:
             prompt = generator.text_prompt(request.prompt)
         if len(prompt) > self.args.max_prompt_tokens:
@@ -79,6 +85,7 @@ class ChatReplica(Replica):
             defaults.temperature if request.temperature is None else request.temperature,
             defaults.top_p if request.top_p is None else request.top_p,
             defaults.stop if request.stop is None else tuple(request.stop),
+            request.seed,
         )
         context = getattr(generator.model.config, "max_position_embeddings", None)
         if context and len(prompt) + sampling.max_new_tokens > context:
@@ -89,10 +96,10 @@ class ChatReplica(Replica):
             )
         return Job(loaded, prompt, sampling, time.perf_counter())
 
-    async def respond(self, request, chat: bool):
+    async def respond(self, request, chat: bool, scope: dict):
         job = self.job(request, chat)
         if request.stream:
-            return StreamingResponse(self._events(job, request.model, chat), media_type=SSE)
+            return StreamingResponse(self._events(job, request.model, chat, scope), media_type=SSE)
         generation = await self._batched(job)
         head = self._head(job, request.model, chat, chunk=False)
         choice = {"index": 0, "finish_reason": generation.finish_reason}
@@ -115,20 +122,20 @@ class ChatReplica(Replica):
     # 4.5 and ~2,100 on the loop (2 CPUs). The price: a stream's chunks wait while a batch runs.
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _batch(self, jobs: list[Job]) -> list:
-        return await self._many(jobs)
+        return await self._many_watched(jobs)
 
     async def _many(self, jobs: list[Job]) -> list:
-        """The jobs' generations, one `generate` call per group of jobs that share a model and a
-        temperature/top_p (what one call can only apply to all its rows).
+        """The jobs' generations, one `generate` call per model they were taken for (a hot swap
+        between two requests may leave a batch holding both).
 
-        Within a group, requests with different max_tokens or stop strings share the call: each row
-        is stopped on its own (`raylane.generate._RowStops`) and the call runs until the
-        longest is done. The alternative, a call per distinct setting, would split a batch of
-        clients that each pick their own max_tokens into batches of one; finished rows costing a
-        padded slot for the rest of the call is the cheaper price."""
-        groups: dict[tuple, list[int]] = {}
+        Within a call, every row has its own max_tokens, stop strings, temperature, top_p and seed
+        (`raylane.generate`): the call runs until the longest is done. The alternative, a call
+        per distinct setting, would split a batch of clients that each pick their own settings into
+        batches of one; finished rows costing a padded slot for the rest of the call is the
+        cheaper price."""
+        groups: dict[int, list[int]] = {}
         for i, job in enumerate(jobs):
-            groups.setdefault((id(job.loaded), job.sampling.shared()), []).append(i)
+            groups.setdefault(id(job.loaded), []).append(i)
         out: list = [None] * len(jobs)
         for members in groups.values():
             group = [jobs[i] for i in members]
@@ -151,7 +158,26 @@ class ChatReplica(Replica):
             self.generation.observe_waits(started - job.arrived, (first[0] if first else started) - job.arrived, False)
         return generations
 
-    async def _events(self, job: Job, model: str | None, chat: bool):
+    async def _events(self, job: Job, model: str | None, chat: bool, scope: dict):
+        """`_chunks`, and where the generation fails after the 200 went out, an error event and
+        [DONE] (a client's parser ends cleanly and says why), the request counted as failed (the
+        guard reads `scope`) and the failure kept for the health check."""
+        import json
+
+        try:
+            async for chunk in self._chunks(job, model, chat):
+                yield chunk
+        except Exception as err:
+            logger.exception("a stream's generation failed; the stream ends with an error event")
+            self.health.failed(err)
+            failed_midway(scope)
+            error = {"message": "generation failed; the answer is incomplete", "type": "server_error", "code": None}
+            yield f"data: {json.dumps({'error': error})}\n\n"
+            yield "data: [DONE]\n\n"
+        else:
+            self.health.succeeded()
+
+    async def _chunks(self, job: Job, model: str | None, chat: bool):
         """Server-sent events: a chunk per piece of text as tokens are generated (the first
         carrying the role, for chat), a last one with the finish reason and usage, then [DONE].
         Each piece is cut from the same text the non-streamed answer gives (`Generator.text_of`),
@@ -236,7 +262,7 @@ class ChatReplica(Replica):
         return {
             "name": loaded.name,
             "version": loaded.version,
-            "uri": self.args.model_uri,
+            "uri": public_uri(self.args.model_uri),
             "task": self.args.task,
             "loaded_at": loaded.loaded_at,
             "follows": self.args.model_uri if self.follower else None,
@@ -272,12 +298,12 @@ def _chat_deployment(args: ServeArgs):
     @serve.ingress(api)
     class Chat(ChatReplica):
         @api.post("/v1/chat/completions", response_model=ChatCompletion, responses=streamed)
-        async def chat_completions(self, request: ChatBody):
-            return await super().respond(request, chat=True)
+        async def chat_completions(self, request: ChatBody, raw: Request):
+            return await super().respond(request, chat=True, scope=raw.scope)
 
         @api.post("/v1/completions", response_model=TextCompletion, responses=streamed)
-        async def completions(self, request: CompletionBody):
-            return await super().respond(request, chat=False)
+        async def completions(self, request: CompletionBody, raw: Request):
+            return await super().respond(request, chat=False, scope=raw.scope)
 
         @api.get("/v1/models")
         def models(self) -> dict:

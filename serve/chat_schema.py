@@ -54,6 +54,12 @@ class GenerationOptions(_Strict):
         None, gt=0, le=1, allow_inf_nan=False, description="Nucleus sampling mass (with temperature > 0)"
     )
     stop: str | list[str] | None = Field(None, description=f"Up to {MAX_STOPS} strings that end the answer")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        lt=2**63,
+        description="With temperature > 0: the same seed (and request) samples the same answer, batched or streamed",
+    )
     n: int = Field(1, description="Answers per request: only 1")
     stream: bool = Field(False, description="Server-sent events, a chunk per token, then data: [DONE]")
 

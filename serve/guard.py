@@ -31,6 +31,8 @@ from raylane.serve.metrics import replica_metrics
 OPEN_PATHS = frozenset({"/healthz"})
 DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 UNMATCHED = "unmatched"
+# Set in the request's ASGI scope by a streamed answer that failed after its 200 went out.
+FAILED_MIDWAY = "raylane.failed_midway"
 
 
 class RequestGuard:
@@ -74,7 +76,8 @@ class RequestGuard:
                 return
             await self.app(scope, _replay(body, receive), recording_send)
         finally:
-            self.observe(self._route(scope), answered["status"], time.perf_counter() - started)
+            status = 500 if scope.get(FAILED_MIDWAY) else answered["status"]
+            self.observe(self._route(scope), status, time.perf_counter() - started)
 
     async def _read_body(self, receive) -> bytes | None:
         """The whole body, or None as soon as it passes the limit (the rest is never read)."""
@@ -118,6 +121,11 @@ class RequestGuard:
             if path and candidate.matches(scope)[0] == Match.FULL:
                 return path
         return UNMATCHED
+
+
+def failed_midway(scope: dict[str, Any]) -> None:
+    """Counts the request as a 500, though its status line said 200: a stream that failed part way."""
+    scope[FAILED_MIDWAY] = True
 
 
 def _replay(body: bytes, receive):

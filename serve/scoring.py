@@ -14,7 +14,7 @@ from ray import serve
 
 from raylane.serve.args import ServeArgs, deployment_options
 from raylane.serve.guard import guarded_api
-from raylane.serve.replica import Replica
+from raylane.serve.replica import Replica, public_uri
 from raylane.tasks import Task, get_task
 from raylane.tasks.base import RequestProblem
 from raylane.tasks.text import TEXT_CEILING, StrictBody, TextsRequest
@@ -121,7 +121,7 @@ class ScoringReplica(Replica):
     # config in Replica.__init__.
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def _batch(self, requests: list[list]) -> list[tuple]:
-        return await self._many(requests)
+        return await self._many_watched(requests)
 
     async def predict(self, request) -> dict[str, Any]:
         items = self.items(request)
@@ -182,7 +182,7 @@ class ScoringReplica(Replica):
         return {
             "name": loaded.name,
             "version": loaded.version,
-            "uri": self.args.model_uri,
+            "uri": public_uri(self.args.model_uri),
             "task": self.task.name,
             "labels": loaded.model.labels,
             "loaded_at": loaded.loaded_at,

@@ -1,6 +1,9 @@
 """Following a registry alias: a replica serving `models:/<name>@<alias>` polls where the alias
 points and, when it moves, loads the new version beside the old one and swaps it in, so requests
-keep succeeding throughout (each request uses whichever model was current when it started)."""
+keep succeeding throughout (each request uses whichever model was current when it started).
+
+A version that fails to load (or to answer its canary) is not tried again every poll: the follower
+remembers it until the alias moves again."""
 
 from __future__ import annotations
 
@@ -16,6 +19,11 @@ if TYPE_CHECKING:
     from raylane.predictor import Predictor
 
 logger = logging.getLogger("ray.serve")
+
+
+class LoadFailed(RuntimeError):
+    """A downloaded version that would not load or answer: trying again will not change that (a
+    download that failed, on the other hand, is tried again at the next poll)."""
 
 
 @dataclass(frozen=True)
@@ -51,31 +59,49 @@ class AliasFollower:
     ):
         self.tracking_uri, self.name, self.alias = tracking_uri, name, alias
         self.current, self.interval_s, self.on_change = current, interval_s, on_change
+        self.pointed: str | None = current  # where the alias pointed at the last look
+        self.refused: str | None = None  # a version that failed to load, while the alias stays on it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"follow-{name}@{alias}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.poll()
+
+    def poll(self) -> None:
+        """One look at the alias; `on_change` if it points somewhere new that has not failed."""
         from raylane.registry import alias_version
 
-        while not self._stop.wait(self.interval_s):
-            try:
-                version = alias_version(self.tracking_uri, self.name, self.alias)
-                if version and version != self.current:
-                    started = time.time()
-                    self.on_change(version)
-                    logger.info(
-                        "now serving %s version %s (was %s; loaded in %.1fs)",
-                        self.name,
-                        version,
-                        self.current,
-                        time.time() - started,
-                    )
-                    self.current = version
-            except Exception:  # a registry hiccup must not stop the replica serving what it has
-                logger.exception(
-                    "following %s@%s failed; still serving version %s", self.name, self.alias, self.current
-                )
+        try:
+            version = alias_version(self.tracking_uri, self.name, self.alias)
+            if version != self.pointed:  # the alias moved: a version that failed may be tried again
+                self.pointed, self.refused = version, None
+            if not version or version in (self.current, self.refused):
+                return
+            started = time.time()
+            self.on_change(version)
+            logger.info(
+                "now serving %s version %s (was %s; loaded in %.1fs)",
+                self.name,
+                version,
+                self.current,
+                time.time() - started,
+            )
+            self.current = version
+        except LoadFailed:
+            self.refused = version
+            logger.exception(
+                "%s version %s failed to load; still serving version %s, and not trying %s again until %s@%s moves",
+                self.name,
+                version,
+                self.current,
+                version,
+                self.name,
+                self.alias,
+            )
+        except Exception:  # a registry hiccup must not stop the replica serving what it has
+            logger.exception("following %s@%s failed; still serving version %s", self.name, self.alias, self.current)
 
     def stop(self) -> None:
         self._stop.set()

@@ -451,7 +451,9 @@ class ServeConfig:
     allow_unauthenticated: bool = opt(
         False, "Serve without API keys on a host other than loopback (refused otherwise)."
     )
-    public_docs: bool = opt(True, "/docs and /openapi.json answer without a key; false: they need one too.")
+    public_docs: bool = opt(
+        False, "/docs and /openapi.json answer without a key even when API keys are set (with none, all is open)."
+    )
     max_request_bytes: int = opt(
         2 * 2**20, "Largest request body accepted; a larger one (declared or streamed) gets a 413 before parsing."
     )

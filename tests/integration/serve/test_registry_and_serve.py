@@ -351,7 +351,7 @@ def test_schema_driven_fuzzing_finds_no_5xx(served, mode):
     """Requests generated from the app's own OpenAPI schema, conforming (positive) and not
     (negative), for every operation: none may get a 5xx, and the replica keeps answering."""
     url, _, _ = served
-    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", headers=AUTH)  # docs are private with keys set
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.label for op in operations} >= {"POST /predict", "POST /feedback", "GET /model", "GET /healthz"}
     seen = []
@@ -372,7 +372,7 @@ def test_schema_driven_fuzzing_finds_no_5xx(served, mode):
 
 def test_schema_driven_fuzzing_without_a_key_gets_only_401(served):
     url, _, _ = served
-    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", headers=AUTH)  # docs are private with keys set
     operations = [result.ok() for result in schema.get_all_operations() if result.ok().path != "/healthz"]
     seen = []
 

@@ -57,6 +57,7 @@ def _call(app, method: str, path: str, body_chunks=(), headers=None):
         "server": ("t", 80),
         "client": ("c", 1),
         "root_path": "",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},  # a stream needs no disconnect listener
     }
     chunks, pulled, sent = list(body_chunks), [0], []
 
@@ -140,3 +141,30 @@ def test_a_422_names_the_fault_and_never_echoes_the_value():
         assert fault["loc"] == ["body", "temperature"] and "input" not in fault
     status, body, _ = _call(app, "POST", "/predict", [b'{"texts": "' + b"y" * 5000 + b'"}'], KEY)
     assert status == 422 and b"yyyy" not in body and len(body) < 300
+
+
+def test_a_stream_that_fails_after_its_200_is_counted_as_an_error():
+    from fastapi import Request
+    from fastapi.responses import StreamingResponse
+
+    from raylane.serve.guard import failed_midway
+
+    observed: list = []
+    api = _app(observed)
+
+    @api.get("/stream/{outcome}")
+    def stream(raw: Request, outcome: str):
+        fail = outcome == "fails"
+
+        def chunks():
+            yield "data: 1\n\n"
+            if fail:
+                failed_midway(raw.scope)
+                yield 'data: {"error": {}}\n\ndata: [DONE]\n\n'
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    assert _call(api, "GET", "/stream/succeeds", headers=KEY)[0] == 200
+    status, body, _ = _call(api, "GET", "/stream/fails", headers=KEY)
+    assert status == 200 and body.endswith(b"data: [DONE]\n\n")
+    assert observed == [("/stream/{outcome}", 200), ("/stream/{outcome}", 500)]
