@@ -200,7 +200,9 @@ def test_http_predict_returns_labels_scores_and_version(served, smoke_dataset):
         assert len(p["top_k"]) == 2 and p["prediction_id"]
     assert requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"  # open to probes
     assert requests.get(f"{url}/model", headers=AUTH, timeout=30).json()["version"] == version
-    assert requests.get(f"{url}/docs", timeout=30).status_code == 200
+    # With keys set the API's docs are private unless serve.public_docs=true (issue 27).
+    assert requests.get(f"{url}/docs", timeout=30).status_code == 401
+    assert requests.get(f"{url}/docs", headers=AUTH, timeout=30).status_code == 200
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key"}, {"Authorization": KEY}])
