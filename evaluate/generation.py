@@ -85,8 +85,9 @@ class GenerateBatch:
                     labels = inputs["labels"][i : i + 1]
                     losses.append(float(target.loss(logits[i : i + 1], labels, {})))
                     tokens.append(target.weight(labels))
-        prompts = [list(ids[:n]) for ids, n in zip(batch["input_ids"], batch["prompt_length"])]
         wanted = [i for i, g in enumerate(batch["generate"]) if g]
+        # Encoded as the chat app encodes a request: the prompt scored is the prompt served.
+        prompts = {i: self.generator.chat_prompt(json.loads(batch["text"].iloc[i])) for i in wanted}
         replies: list[Any] = [None] * len(batch)
         started = time.perf_counter()
         for start in range(0, len(wanted), self.batch_size):

@@ -21,6 +21,8 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from raylane.chat_template import ChatEncoder
+
 DEFAULT_SAMPLING = {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0, "stop": []}
 
 
@@ -61,16 +63,16 @@ class Generator:
         if self.tokenizer.eos_token_id is None or not self.tokenizer.chat_template:
             raise ValueError(f"{model_dir}: the tokenizer needs an eos token and a chat template to serve chat")
         self.tokenizer.padding_side = "left"  # generation continues every row from its last column
+        self.chat = ChatEncoder.of(self.tokenizer)
         dtype = "auto" if self.device.type == "cuda" else torch.float32
         self.model = load_pretrained(AutoModelForCausalLM, model_dir, dtype=dtype).to(self.device).eval()
         self.defaults = defaults_from(saved.extras)
 
     def chat_prompt(self, messages: Sequence[dict]) -> list[int]:
-        """The chat template's prompt, the messages' text only ever text (special-token text in them
-        is not a control token); `raylane.chat_template.TemplateRefused` where the template refuses."""
-        from raylane.chat_template import chat_token_ids
-
-        return chat_token_ids(self.tokenizer, list(messages), add_generation_prompt=True)
+        """The chat template's prompt as ingest and evaluation encode it (`ChatEncoder`: the
+        messages' text cleaned, and only ever text); `raylane.chat_template.TemplateRefused` where
+        the template refuses."""
+        return self.chat.ids(list(messages), add_generation_prompt=True)
 
     def text_prompt(self, prompt: str) -> list[int]:
         # The tokenizer's own special tokens (a Llama's BOS), as OpenAI-compatible servers do.

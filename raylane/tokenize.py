@@ -22,6 +22,8 @@ import pyarrow as pa
 
 # A conversation over data.max_length tokens once rendered is quarantined, not cut.
 TOO_MANY_TOKENS = "too_many_tokens"
+# A conversation the model's chat template refuses (a role order it rejects) is quarantined.
+TEMPLATE_REFUSED = "template_refused"
 
 
 def tokenizer_definition(name_or_path: str) -> str:
@@ -77,39 +79,42 @@ def tokenize_batch(batch: pa.Table, *, definition: str, max_length: int) -> pa.T
 
 class ChatTokenizeBatch(TokenizeBatch):
     """Conversations (causal_lm) in: each accepted row's messages (`text`, JSON) and answer
-    (`label`) rendered with the model's chat template, tokenized as one sequence; `input_ids`,
-    `length` and `prompt_length` (the tokens before the answer) added. A conversation longer than
-    `max_length` tokens is quarantined here (`too_many_tokens`), never truncated.
+    (`label`) encoded as one sequence by `raylane.chat_template.ChatEncoder`, the encoder
+    evaluation and serving use for prompts; `input_ids`, `length` and `prompt_length` (the tokens
+    before the answer) added. A conversation longer than `max_length` tokens is quarantined here
+    (`too_many_tokens`), never truncated; one the template refuses too (`template_refused`).
 
-    The prompt is rendered alone too (with the template's generation prompt, as serving renders
+    The prompt is encoded alone too (with the template's generation prompt, as serving encodes
     it), and `prompt_length` is the common prefix of the two token sequences: at a template's
     boundary tokens two renderings may tokenize apart, and then the loss covers a token more,
     never a prompt token."""
 
     def __init__(self, definition: str, template: dict[str, str], max_length: int):
+        from raylane.chat_template import ChatEncoder
+
         super().__init__(definition, max_length)
         self.tokenizer.no_truncation()
-        self.template, self.max_length = template, max_length
+        self.encoder, self.max_length = ChatEncoder(self.tokenizer, template), max_length
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import json
 
-        from raylane.chat_template import render
+        from raylane.chat_template import TemplateRefused
 
         reasons = batch.column("reason").to_pylist()
         details = batch.column("detail").to_pylist()
-        rows = [i for i, reason in enumerate(reasons) if not reason]
         texts, answers = batch.column("text").to_pylist(), batch.column("label").to_pylist()
-        rendered = []
-        for i in rows:
-            messages = json.loads(texts[i])
-            rendered.append(render(messages, self.template, add_generation_prompt=True))
-            rendered.append(render([*messages, {"role": "assistant", "content": answers[i]}], self.template, False))
-        encodings = self.tokenizer.encode_batch_fast(rendered, add_special_tokens=False)
         ids: list[list[int]] = [[] for _ in reasons]
         prompt_lengths = [0] * len(reasons)
-        for k, i in enumerate(rows):
-            prompt_ids, whole_ids = encodings[2 * k].ids, encodings[2 * k + 1].ids
+        for i in [i for i, reason in enumerate(reasons) if not reason]:
+            messages = json.loads(texts[i])
+            try:
+                prompt_ids = self.encoder.ids(messages, add_generation_prompt=True)
+                answered = [*messages, {"role": "assistant", "content": answers[i]}]
+                whole_ids = self.encoder.ids(answered, add_generation_prompt=False)
+            except TemplateRefused as refused:
+                reasons[i], details[i] = TEMPLATE_REFUSED, str(refused)[:300]
+                continue
             if len(whole_ids) > self.max_length:
                 reasons[i] = TOO_MANY_TOKENS
                 details[i] = f"{len(whole_ids)} tokens with the chat template > data.max_length={self.max_length}"

@@ -59,12 +59,17 @@ ServeArgs = _derive_serve_args()
 
 
 def deployment_options(args: ServeArgs) -> dict:
-    """Replicas, their resources, and how many requests each may hold (enough to fill batches)."""
+    """Replicas, their resources, how many requests each may hold (enough to fill batches), and
+    how many more a proxy queues before it answers 503 with Retry-After."""
+    from ray.serve.config import BackpressureConfig
+
     resources = {"num_cpus": args.replica_cpus}
     if args.replica_gpus:  # only when asked: local testing mode warns about any num_gpus
         resources["num_gpus"] = args.replica_gpus
     options = {
         "max_ongoing_requests": max(args.max_ongoing_requests, args.max_batch_size),
+        "max_queued_requests": args.max_queued_requests,
+        "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=args.retry_after_s),
         # Replica INFO lines only with --verbose (where this is built) or to carry the access log.
         "logging_config": {
             "enable_access_log": args.access_log,

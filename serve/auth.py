@@ -45,14 +45,20 @@ def key_digests(env_name: str = "", file: str = "") -> tuple[bytes, ...]:
     return tuple(_digest(key) for key in load_keys(env_name, file))
 
 
-def bearer_matches(header: str | None, digests: tuple[bytes, ...]) -> bool:
-    """`Authorization: Bearer <key>` against every digest, each compared in constant time (and all
-    of them compared, so timing does not tell which key came close). No digests: auth is off."""
+def presented_key(header: str | None, digests: tuple[bytes, ...]) -> bytes | None:
+    """The digest of the key that `Authorization: Bearer <key>` presents, if it is one of
+    `digests` (b"" when there are none: auth is off), else None. Every digest is compared, each
+    in constant time, so timing does not tell which key came close."""
     if not digests:
-        return True
+        return b""
     scheme, _, token = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        return False
+        return None
     presented = _digest(token.strip())
     matches = [hmac.compare_digest(presented, digest) for digest in digests]
-    return any(matches)
+    return presented if any(matches) else None
+
+
+def bearer_matches(header: str | None, digests: tuple[bytes, ...]) -> bool:
+    """`Authorization: Bearer <key>` against every digest (`presented_key`). No digests: auth is off."""
+    return presented_key(header, digests) is not None

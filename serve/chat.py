@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +53,12 @@ class ChatReplica(Replica):
         from raylane.serve.metrics import generation_metrics
 
         self.generation = generation_metrics()
-        # Streams run one at a time: two generate loops side by side on the same cores only
-        # make both slower, and a stream's wait shows in its time to first token.
-        self.stream_lock = asyncio.Lock()
+        # One thread generates, batches and streams in the order they come. Off the event loop,
+        # which stays free to take requests, send streamed chunks and answer health checks (on the
+        # loop, a batch of 8 x 512 tokens blocked it for minutes and Serve restarted a working
+        # replica); one at a time, as two generate loops side by side on the same cores only make
+        # both slower. A stream's wait for its turn shows in its time to first token.
+        self.generating = ThreadPoolExecutor(1, thread_name_prefix="raylane-generate")
         super().__init__(args)
 
     def _canary(self, model) -> None:
@@ -115,18 +119,18 @@ class ChatReplica(Replica):
         return {**head, "choices": [choice], "usage": usage}
 
     # Concurrent requests queue here and are generated together; size and wait are reset from the
-    # config in Replica.__init__. On the event loop, blocking it, on purpose, as the scoring
-    # replica's forward pass: requests arriving meanwhile wait in Ray's queue and the next batch takes them all. In a
-    # worker thread, generate (Python between kernels, holding the GIL) starved the loop: at
-    # concurrency 8 on the tiny model, 1.8 requests per generate call and ~1,200 tokens/s, against
-    # 4.5 and ~2,100 on the loop (2 CPUs). The price: a stream's chunks wait while a batch runs.
+    # config in Replica.__init__. Requests that arrive while a batch generates (in the generation
+    # thread) queue for the next one.
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _batch(self, jobs: list[Job]) -> list:
         return await self._many_watched(jobs)
 
     async def _many(self, jobs: list[Job]) -> list:
-        """The jobs' generations, one `generate` call per model they were taken for (a hot swap
-        between two requests may leave a batch holding both).
+        return await asyncio.get_running_loop().run_in_executor(self.generating, self._generate_all, jobs)
+
+    def _generate_all(self, jobs: list[Job]) -> list:
+        """The jobs' generations (in the generation thread), one `generate` call per model they
+        were taken for (a hot swap between two requests may leave a batch holding both).
 
         Within a call, every row has its own max_tokens, stop strings, temperature, top_p and seed
         (`raylane.generate`): the call runs until the longest is done. The alternative, a call
@@ -200,36 +204,35 @@ class ChatReplica(Replica):
                 choice = {"index": 0, "text": piece}
             return f"data: {json.dumps({**head, 'choices': [{**choice, 'finish_reason': finish_reason}], **extra})}\n\n"
 
+        started: list[float] = []
+
+        def generate():
+            started.append(time.perf_counter())
+            return generator.stream(
+                job.prompt, sampling, lambda ids: loop.call_soon_threadsafe(steps.put_nowait, ids), cancelled
+            )
+
         try:
-            async with self.stream_lock:
-                started = time.perf_counter()
-                running = loop.run_in_executor(
-                    None,
-                    generator.stream,
-                    job.prompt,
-                    sampling,
-                    lambda ids: loop.call_soon_threadsafe(steps.put_nowait, ids),
-                    cancelled,
-                )
-                running.add_done_callback(lambda _: steps.put_nowait(None))
-                if chat:
-                    yield event(role=True)
-                tokens: list[int] = []
-                sent = ""
-                while (ids := await steps.get()) is not None:
-                    if not tokens:
-                        self.generation.observe_waits(started - job.arrived, time.perf_counter() - job.arrived, True)
-                    tokens += ids.tolist()
-                    text, reason, _ = generator.text_of(tokens, sampling)
-                    done = reason == "stop" or len(tokens) >= sampling.max_new_tokens
-                    upto = len(text) if done else len(text) - held_back(text, sampling.stop)
-                    if upto > len(sent) and text.startswith(sent):
-                        yield event(text[len(sent) : upto])
-                        sent = text[:upto]
-                generation = await running
-                self.generation.observe_generate(
-                    1, generation.completion_tokens, time.perf_counter() - started, [generation.finish_reason]
-                )
+            running = loop.run_in_executor(self.generating, generate)
+            running.add_done_callback(lambda _: steps.put_nowait(None))
+            if chat:
+                yield event(role=True)
+            tokens: list[int] = []
+            sent = ""
+            while (ids := await steps.get()) is not None:
+                if not tokens:
+                    self.generation.observe_waits(started[0] - job.arrived, time.perf_counter() - job.arrived, True)
+                tokens += ids.tolist()
+                text, reason, _ = generator.text_of(tokens, sampling)
+                done = reason == "stop" or len(tokens) >= sampling.max_new_tokens
+                upto = len(text) if done else len(text) - held_back(text, sampling.stop)
+                if upto > len(sent) and text.startswith(sent):
+                    yield event(text[len(sent) : upto])
+                    sent = text[:upto]
+            generation = await running
+            self.generation.observe_generate(
+                1, generation.completion_tokens, time.perf_counter() - started[0], [generation.finish_reason]
+            )
             if generation.text.startswith(sent) and len(generation.text) > len(sent):
                 yield event(generation.text[len(sent) :])
             elif not generation.text.startswith(sent):  # a decoder that rewrote its earlier text: can't take it back

@@ -4,10 +4,13 @@ of it is parsed, and counts every answer.
 In order, for each HTTP request:
 1. no valid API key where one is needed: 401, before the body is read;
 2. a declared body (Content-Length) over `max_request_bytes`: 413, before the body is read;
-3. the body is read here, and a streamed one that grows past the limit is a 413 as soon as it
-   does (the app would turn an error raised mid-read into a 400); so at most `max_request_bytes`
-   of it is ever held;
-4. otherwise the app gets the body (FastAPI: validation, then the route).
+3. a key that already has `max_per_key` requests in flight on this replica: 429 with
+   Retry-After (one client cannot take all of a replica's slots; the proxies' bounded queue,
+   `serve.max_queued_requests`, answers 503 when all clients together are too many);
+4. the body is read here: one that grows past the limit is a 413 as soon as it does (the app
+   would turn an error raised mid-read into a 400), so at most `max_request_bytes` of it is ever
+   held; one not all sent within `body_timeout_s` of the headers is a 408;
+5. otherwise the app gets the body (FastAPI: validation, then the route).
 The metrics label each answer with the route template it matched, not the raw path, so random
 paths cannot create new Prometheus series.
 """
@@ -16,7 +19,9 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -24,13 +29,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from raylane.serve.auth import bearer_matches, key_digests
+from raylane.serve.auth import key_digests, presented_key
 from raylane.serve.metrics import replica_metrics
 
 # Probes and load balancers carry no key.
 OPEN_PATHS = frozenset({"/healthz"})
 DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 UNMATCHED = "unmatched"
+# What `_read_body` gives for a body that did not all arrive in time.
+TIMED_OUT = b"<timed out>"
 # Set in the request's ASGI scope by a streamed answer that failed after its 200 went out.
 FAILED_MIDWAY = "raylane.failed_midway"
 
@@ -38,7 +45,9 @@ FAILED_MIDWAY = "raylane.failed_midway"
 class RequestGuard:
     """`digests`: the API keys' digests, empty when auth is off (a callable, so the replica loads
     them once, lazily, in its own process). `routes`: the app's routes, to name the one a refused
-    request was for. `observe(route, status, seconds)` records an answer."""
+    request was for. `max_per_key`: requests one key may have in flight here (0: no limit).
+    `body_timeout_s`: how long a body may take to arrive, headers to last byte.
+    `observe(route, status, seconds)` records an answer."""
 
     def __init__(
         self,
@@ -48,9 +57,15 @@ class RequestGuard:
         max_request_bytes: int,
         routes: list,
         public_docs: bool = True,
+        max_per_key: int = 0,
+        retry_after_s: float = 1.0,
+        body_timeout_s: float = 30.0,
         observe: Callable[[str, int, float], None] | None = None,
     ):
         self.app, self.digests, self.max_request_bytes, self.routes = app, digests, max_request_bytes, routes
+        self.max_per_key, self.retry_after = max_per_key, str(math.ceil(retry_after_s))
+        self.body_timeout_s = body_timeout_s
+        self.in_flight: Counter[bytes] = Counter()  # per key digest; one event loop, so no lock
         self.open_paths = OPEN_PATHS | (DOC_PATHS if public_docs else frozenset())
         self.observe = observe or (lambda route, status, seconds: None)
 
@@ -65,8 +80,9 @@ class RequestGuard:
                 answered["status"] = message["status"]
             await send(message)
 
+        key = None
         try:
-            refusal = self._refusal(scope)
+            key, refusal = self._admission(scope)
             if refusal:
                 await _respond(recording_send, *refusal)
                 return
@@ -74,16 +90,32 @@ class RequestGuard:
             if body is None:
                 await _respond(recording_send, 413, self._too_large())
                 return
+            if body is TIMED_OUT:
+                detail = f"the request body did not arrive within {self.body_timeout_s:g} s (serve.body_timeout_s)"
+                await _respond(recording_send, 408, detail, {"connection": "close"})
+                return
             await self.app(scope, _replay(body, receive), recording_send)
         finally:
+            if key:
+                self.in_flight[key] -= 1
+                if not self.in_flight[key]:
+                    del self.in_flight[key]
             status = 500 if scope.get(FAILED_MIDWAY) else answered["status"]
             self.observe(self._route(scope), status, time.perf_counter() - started)
 
     async def _read_body(self, receive) -> bytes | None:
-        """The whole body, or None as soon as it passes the limit (the rest is never read)."""
+        """The whole body; None as soon as it passes the limit (the rest is never read);
+        TIMED_OUT when it has not all come `body_timeout_s` after the headers (a client that sends
+        part of a body, or a byte now and then, holds a slot only that long)."""
+        import asyncio
+
         chunks, size, more = [], 0, True
+        deadline = time.monotonic() + self.body_timeout_s
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                return TIMED_OUT
             if message["type"] == "http.disconnect":
                 break
             chunk = message.get("body", b"")
@@ -94,14 +126,27 @@ class RequestGuard:
             more = message.get("more_body", False)
         return b"".join(chunks)
 
-    def _refusal(self, scope: dict[str, Any]) -> tuple[int, str, dict[str, str]] | None:
+    def _admission(self, scope: dict[str, Any]) -> tuple[bytes | None, tuple[int, str, dict[str, str]] | None]:
+        """(the key now counted in flight, or None; the refusal, or None)."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
-        if scope["path"] not in self.open_paths and not bearer_matches(headers.get("authorization"), self.digests()):
-            return 401, "unauthorized", {"www-authenticate": "Bearer"}
+        key = None
+        if scope["path"] not in self.open_paths:
+            key = presented_key(headers.get("authorization"), self.digests())
+            if key is None:
+                return None, (401, "unauthorized", {"www-authenticate": "Bearer"})
         declared = headers.get("content-length", "")
         if declared.strip().isdigit() and int(declared) > self.max_request_bytes:
-            return 413, self._too_large(), {}
-        return None
+            return None, (413, self._too_large(), {})
+        if not (key and self.max_per_key):
+            return None, None
+        if self.in_flight[key] >= self.max_per_key:
+            detail = (
+                f"this API key has {self.max_per_key} requests in flight on this replica already "
+                "(serve.max_concurrent_per_key); retry after the Retry-After seconds"
+            )
+            return None, (429, detail, {"retry-after": self.retry_after})
+        self.in_flight[key] += 1
+        return key, None
 
     def _too_large(self) -> str:
         return f"request body over {self.max_request_bytes} bytes (serve.max_request_bytes)"
@@ -161,6 +206,9 @@ def guarded_api(args, description: str) -> FastAPI:
         max_request_bytes=args.max_request_bytes,
         routes=api.router.routes,
         public_docs=args.public_docs,
+        max_per_key=args.max_concurrent_per_key,
+        retry_after_s=args.retry_after_s,
+        body_timeout_s=args.body_timeout_s,
         observe=_observe,
     )
     api.add_exception_handler(RequestValidationError, answer_validation_error)

@@ -52,15 +52,15 @@ def make_tiny_image_model(target: Path) -> Path:
     return target
 
 
-def _tiny_llama_config(vocab_size: int, **tokens):
-    """2 layers, hidden 64, grouped-query attention (4 heads, 2 key/value heads)."""
+def _tiny_llama_config(vocab_size: int, layers: int = 2, **tokens):
+    """2 layers (or `layers`), hidden 64, grouped-query attention (4 heads, 2 key/value heads)."""
     from transformers import LlamaConfig
 
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
@@ -93,10 +93,11 @@ TINY_CHAT_TEMPLATE = (
 )
 
 
-def make_tiny_causal_lm(target: Path) -> Path:
+def make_tiny_causal_lm(target: Path, layers: int = 2) -> Path:
     """A randomly initialised 2-layer Llama causal LM with the MiniLM tokenizer given a chat
     template and [SEP] as its end-of-sequence token: a chat model's every moving part (template,
-    end of turn, padding) at a tiny fraction of the cost."""
+    end of turn, padding) at a tiny fraction of the cost. More `layers`: a slower one, for tests
+    of what happens while a generation takes seconds."""
     import torch
     from transformers import LlamaForCausalLM
 
@@ -108,6 +109,7 @@ def make_tiny_causal_lm(target: Path) -> Path:
     tokenizer.chat_template = TINY_CHAT_TEMPLATE
     config = _tiny_llama_config(
         tokenizer.vocab_size,
+        layers,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.cls_token_id,

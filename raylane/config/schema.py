@@ -429,6 +429,20 @@ class ServeConfig:
     max_batch_size: int = opt(16, "Requests a replica scores in one forward pass (1: no batching).")
     batch_wait_timeout_s: float = opt(0.002, "Longest wait for a batch to fill; a lone request pays it.")
     max_ongoing_requests: int = opt(64, "Requests a replica holds at once; must be >= max_batch_size to batch fully.")
+    max_queued_requests: int = opt(
+        256,
+        "Requests each HTTP proxy queues for the deployment while every replica holds max_ongoing_requests; "
+        "more get a 503 with Retry-After at once, instead of waiting without end; -1: no bound.",
+    )
+    max_concurrent_per_key: int = opt(
+        0,
+        "Requests one API key may have in flight on a replica at once; more get a 429 with Retry-After, so "
+        "one client cannot hold all of a replica; 0: no limit (nor with no keys set).",
+    )
+    retry_after_s: float = opt(1.0, "Retry-After, in seconds, of a 503 for a full queue or a 429 for a key's limit.")
+    body_timeout_s: float = opt(
+        30.0, "A request body not all received this long after its headers gets a 408 (slow or stalled clients)."
+    )
     quantize: Literal["none", "int8"] = opt(
         "none",
         "int8: replicas serve the model with int8 dynamic quantized "
@@ -501,6 +515,14 @@ class ServeConfig:
         _require(self.max_batch_size >= 1, "max_batch_size", "must be >= 1")
         _require(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s", "must be >= 0")
         _require(self.max_ongoing_requests >= 1, "max_ongoing_requests", "must be >= 1")
+        _require(
+            self.max_queued_requests == -1 or self.max_queued_requests >= 1,
+            "max_queued_requests",
+            "must be -1 (no bound) or >= 1",
+        )
+        _require(self.max_concurrent_per_key >= 0, "max_concurrent_per_key", "must be >= 0")
+        _require(self.retry_after_s >= 0, "retry_after_s", "must be >= 0")
+        _require(self.body_timeout_s > 0, "body_timeout_s", "must be > 0")
         _require(0 <= self.prune_amount < 1, "prune_amount", "must be in [0, 1)")
         _require(self.drift_window >= 10, "drift_window", "must be >= 10")
         _require(self.max_texts >= 1, "max_texts", "must be >= 1")

@@ -14,10 +14,9 @@ rendered is quarantined, not cut: a truncated answer would teach the model to st
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
-from raylane.chat_template import chat_template_of
+from raylane.chat_template import chat_template_of, clean_message
 from raylane.hashing import stable_hash
 from raylane.pii import mask_pii
 from raylane.tasks.base import Inputs
@@ -26,16 +25,6 @@ from raylane.tasks.text import EMPTY_TEXT, MISSING_FIELD, TOO_LONG
 ROLES = ("system", "user", "assistant")
 UNKNOWN_ROLE = "unknown_role"
 MALFORMED_MESSAGES = "malformed_messages"
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def clean_message(value: Any) -> str:
-    """A message's text: control characters dropped, line ends made \\n, ends stripped; lines and
-    inner spacing kept."""
-    if value is None:
-        return ""
-    return _CONTROL.sub("", str(value).replace("\r\n", "\n").replace("\r", "\n")).strip()
 
 
 def parse_messages(raw: str) -> list[dict] | None:

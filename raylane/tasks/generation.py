@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from raylane.chat_template import clean_message
 from raylane.pii import mask_pii
 from raylane.tasks.base import IGNORE, LabelCheck, Target
-from raylane.tasks.chat import ROLES, UNKNOWN_ROLE, clean_message, parse_messages
+from raylane.tasks.chat import ROLES, UNKNOWN_ROLE, parse_messages
 from raylane.tasks.engine import GENERATING
 from raylane.tasks.text import MISSING_FIELD
 

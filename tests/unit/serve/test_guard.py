@@ -18,7 +18,9 @@ class Body(BaseModel):
     temperature: float = Field(0.0, ge=0, le=2)
 
 
-def _app(observed: list, limit: int = 100, public_docs: bool = True, keys=("k1",)):
+def _app(
+    observed: list, limit: int = 100, public_docs: bool = True, keys=("k1",), max_per_key: int = 0, body_timeout_s=30.0
+):
     api = FastAPI()
 
     @api.post("/predict")
@@ -36,6 +38,9 @@ def _app(observed: list, limit: int = 100, public_docs: bool = True, keys=("k1",
         max_request_bytes=limit,
         routes=api.router.routes,
         public_docs=public_docs,
+        max_per_key=max_per_key,
+        retry_after_s=2.5,
+        body_timeout_s=body_timeout_s,
         observe=lambda route, status, s: observed.append((route, status)),
     )
     api.add_exception_handler(RequestValidationError, answer_validation_error)  # as guarded_api does
@@ -44,6 +49,14 @@ def _app(observed: list, limit: int = 100, public_docs: bool = True, keys=("k1",
 
 def _call(app, method: str, path: str, body_chunks=(), headers=None):
     """One request through ASGI: (status, response body, how many body chunks the app pulled)."""
+    return asyncio.run(_asgi(app, method, path, body_chunks, headers))
+
+
+async def _asgi(
+    app, method: str, path: str, body_chunks=(), headers=None, answer_headers: dict | None = None, stall=False
+):
+    """`_call`'s request, awaited; `stall`: the client sends `body_chunks`, says more is coming,
+    and sends nothing again."""
     headers = {"content-type": "application/json", **{k.lower(): v for k, v in (headers or {}).items()}}
     scope = {
         "type": "http",
@@ -64,14 +77,19 @@ def _call(app, method: str, path: str, body_chunks=(), headers=None):
     async def receive():
         pulled[0] += 1
         if chunks:
-            return {"type": "http.request", "body": chunks.pop(0), "more_body": bool(chunks)}
+            return {"type": "http.request", "body": chunks.pop(0), "more_body": bool(chunks) or stall}
+        if stall:
+            await asyncio.Event().wait()
         return {"type": "http.request", "body": b"", "more_body": False}
 
     async def send(message):
         sent.append(message)
 
-    asyncio.run(app(scope, receive, send))
-    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    status = start["status"]
+    if answer_headers is not None:
+        answer_headers.update({k.decode(): v.decode() for k, v in start["headers"]})
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return status, body, pulled[0]
 
@@ -168,3 +186,53 @@ def test_a_stream_that_fails_after_its_200_is_counted_as_an_error():
     status, body, _ = _call(api, "GET", "/stream/fails", headers=KEY)
     assert status == 200 and body.endswith(b"data: [DONE]\n\n")
     assert observed == [("/stream/{outcome}", 200), ("/stream/{outcome}", 500)]
+
+
+def test_a_key_over_its_concurrency_limit_gets_a_429_with_retry_after_and_other_keys_do_not():
+    observed: list = []
+    api = _app(observed, keys=("k1", "k2"), max_per_key=2)
+    held: list[asyncio.Event] = []
+
+    @api.get("/hold")
+    async def hold() -> dict:
+        held.append(release := asyncio.Event())
+        await release.wait()
+        return {"held": True}
+
+    async def scenario():
+        k1, k2 = {"Authorization": "Bearer k1"}, {"Authorization": "Bearer k2"}
+        holding = [asyncio.ensure_future(_asgi(api, "GET", "/hold", headers=k1)) for _ in range(2)]
+        while len(held) < 2:
+            await asyncio.sleep(0.001)
+        refused_headers: dict = {}
+        refused = await _asgi(api, "GET", "/hold", headers=k1, answer_headers=refused_headers)
+        other = asyncio.ensure_future(_asgi(api, "GET", "/hold", headers=k2))  # another key is not held back
+        while len(held) < 3:
+            await asyncio.sleep(0.001)
+        for release in held:
+            release.set()
+        answered = await asyncio.gather(*holding, other)
+        again = await asyncio.wait_for(_asgi(api, "POST", "/predict", [b'{"texts": []}'], k1), 5)  # slots freed
+        return refused, refused_headers, answered, again
+
+    refused, refused_headers, answered, again = asyncio.run(scenario())
+    assert refused[0] == 429 and b"max_concurrent_per_key" in refused[1] and refused[2] == 0  # body never read
+    assert refused_headers["retry-after"] == "3"  # whole seconds, rounded up
+    assert [a[0] for a in answered] == [200, 200, 200] and again[0] == 200
+    assert observed.count(("/hold", 429)) == 1
+
+
+def test_a_body_that_stops_arriving_is_a_408_at_the_timeout():
+    observed: list = []
+    app = _app(observed, body_timeout_s=0.3)
+
+    async def timed():
+        started = asyncio.get_running_loop().time()
+        answer = await asyncio.wait_for(_asgi(app, "POST", "/predict", [b'{"texts": ['], KEY, stall=True), 10)
+        return answer, asyncio.get_running_loop().time() - started
+
+    (status, body, _), seconds = asyncio.run(timed())
+    assert status == 408 and b"serve.body_timeout_s" in body
+    assert 0.25 < seconds < 2.0
+    assert observed == [("/predict", 408)]
+    assert _call(app, "POST", "/predict", [b'{"texts": ["a"]}'], KEY)[0] == 200  # a whole body in time is taken
