@@ -134,7 +134,10 @@ def serve_llm(quick: bool) -> dict:
     load_before = load_average()
     seconds, warm_s, rounds, streams = (6, 2, 1, 10) if quick else (20, 5, 3, 30)
     fields = {"task": "causal_lm", "max_ongoing_requests": 64, "max_new_tokens_ceiling": MAX_TOKENS}
-    sides = {"batched": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}, "unbatched": {"max_batch_size": 1}}
+    sides = {
+        "batched": {"scheduler": "static", "max_batch_size": 8, "batch_wait_timeout_s": 0.01},
+        "unbatched": {"scheduler": "static", "max_batch_size": 1},
+    }
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as tmp:
         served, what = model_dir(Path(tmp))
@@ -175,3 +178,133 @@ def serve_llm(quick: bool) -> dict:
         "chunk",
         "model": f"{what}; 1 replica, replica_cpus=2",
     }
+
+
+# serve_llm_mixed: each client's requests take these max_tokens in turn, so short and long answers
+# are always in flight together (greedy; a model's end of turn may end one sooner).
+MIXED_TOKENS = (8, 16, 32, 64, 128, 8, 256, 8)
+MIXED_SIDES = {
+    "continuous": {"scheduler": "continuous"},
+    "static": {"scheduler": "static", "batch_wait_timeout_s": 0.01},
+    "one_at_a_time": {"scheduler": "static", "max_batch_size": 1},
+}
+
+
+async def _burst(url: str, concurrency: int, per_client: int) -> dict:
+    """`concurrency` clients each sending `per_client` chat requests one after another (mixed
+    max_tokens): generated tokens/s over the whole burst, and each request's latency by max_tokens."""
+    import aiohttp
+
+    latencies: dict[int, list[float]] = {}
+    tokens, failed = 0, 0
+    started = time.perf_counter()
+
+    async def client(worker: int, session) -> None:
+        nonlocal tokens, failed
+        for k in range(per_client):
+            i = worker * per_client + k
+            limit = MIXED_TOKENS[i % len(MIXED_TOKENS)]
+            question = {"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}
+            sent = time.perf_counter()
+            async with session.post(
+                f"{url}/v1/chat/completions", json={"messages": [question], "max_tokens": limit}
+            ) as response:
+                answer = await response.json()
+            if response.status != 200:
+                failed += 1
+                continue
+            latencies.setdefault(limit, []).append(time.perf_counter() - sent)
+            tokens += answer["usage"]["completion_tokens"]
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=1800)) as session:
+        await asyncio.gather(*(client(w, session) for w in range(concurrency)))
+    seconds = time.perf_counter() - started
+    return {
+        "tokens_per_s": tokens / seconds,
+        "seconds": seconds,
+        "tokens": tokens,
+        "failed": failed,
+        "latencies": latencies,
+    }
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@benchmark(
+    "serve_llm_mixed",
+    "generated tokens/s of the chat app under mixed max_tokens (8-256) at concurrency 32 and 8: continuous "
+    "batching vs one request at a time (and static @serve.batch); an 8-token answer's p95 latency under load vs alone",
+    goal=">= 4x at concurrency 32; 8-token p95 under load < 2x alone",
+)
+def serve_llm_mixed(quick: bool) -> dict:
+    load_before = load_average()
+    rounds = 1 if quick else 2
+    # 32 clients: one burst, every request in flight at once; 8: three each, so new requests keep
+    # joining as others finish.
+    per_client = {32: 1, 8: 3}
+    fields = {"task": "causal_lm", "max_ongoing_requests": 64, "max_new_tokens_ceiling": max(MIXED_TOKENS)}
+    result: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        served, what = model_dir(Path(tmp))
+        say(f"serving {what}")
+        with serve_session() as server:
+            server.deploy(served, **fields, **MIXED_SIDES["continuous"], max_batch_size=32)
+            alone = []
+            for i in range(12):  # an 8-token answer with nothing else in flight
+                alone += asyncio.run(_alone(server.url, i))
+            for concurrency in (32, 8):
+                runs: dict[str, list[dict]] = {side: [] for side in MIXED_SIDES}
+                for _ in range(rounds):
+                    for side, settings in MIXED_SIDES.items():
+                        batch = {} if side == "one_at_a_time" else {"max_batch_size": concurrency}
+                        server.deploy(served, **fields, **settings, **batch)
+                        asyncio.run(_burst(server.url, min(concurrency, 4), 1))  # warm-up
+                        run = asyncio.run(_burst(server.url, concurrency, per_client[concurrency]))
+                        if run["failed"]:
+                            raise RuntimeError(f"{side}: {run['failed']} requests failed")
+                        short = run["latencies"].get(8, [])
+                        say(
+                            f"concurrency {concurrency} {side}: {run['tokens_per_s']:.1f} tokens/s, "
+                            f"{run['tokens']} tokens in {run['seconds']:.1f} s; 8-token p95 {_p(short, 0.95):.2f} s"
+                        )
+                        runs[side].append(run)
+                for side, side_runs in runs.items():
+                    rates = [r["tokens_per_s"] for r in side_runs]
+                    short = [x for r in side_runs for x in r["latencies"].get(8, [])]
+                    result[f"c{concurrency}_{side}_tokens_per_s_runs"] = [round(x, 1) for x in rates]
+                    result[f"c{concurrency}_{side}_tokens_per_s"] = round(statistics.median(rates), 1)
+                    result[f"c{concurrency}_{side}_8_token_p50_s"] = round(_p(short, 0.5), 3)
+                    result[f"c{concurrency}_{side}_8_token_p95_s"] = round(_p(short, 0.95), 3)
+            server.delete()
+    ours, baseline = result["c32_continuous_tokens_per_s"], result["c32_one_at_a_time_tokens_per_s"]
+    return {
+        "load_average_1min": [load_before, load_average()],
+        "ours": ours,
+        "baseline": baseline,
+        "ratio": round(ours / baseline, 3),
+        "unit": "generated tokens/s at concurrency 32, a burst of 32 requests with max_tokens cycling "
+        f"{list(MIXED_TOKENS)}, greedy (continuous batching, max_batch_size 32, vs one at a time)",
+        "alone_8_token_p50_s": round(_p(alone, 0.5), 3),
+        "alone_8_token_p95_s": round(_p(alone, 0.95), 3),
+        **result,
+        "rounds": rounds,
+        "requests_per_client": per_client,
+        "model": f"{what}; 1 replica, replica_cpus=2",
+    }
+
+
+async def _alone(url: str, i: int) -> list[float]:
+    import aiohttp
+
+    question = {"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+        sent = time.perf_counter()
+        async with session.post(f"{url}/v1/chat/completions", json={"messages": [question], "max_tokens": 8}) as r:
+            await r.json()
+            if r.status != 200:
+                raise RuntimeError(f"an 8-token request alone failed: {r.status}")
+        return [time.perf_counter() - sent]

@@ -28,6 +28,8 @@ from fastapi.responses import StreamingResponse
 from ray import serve
 
 from raylane.chat_template import TemplateRefused
+from raylane.continuous import ContinuousBatcher, check_supported
+from raylane.continuous import Request as Generating
 from raylane.serve.args import ServeArgs, deployment_options
 from raylane.serve.chat_schema import ChatCompletion, TextCompletion, request_models
 from raylane.serve.guard import failed_midway, guarded_api
@@ -58,11 +60,16 @@ class ChatReplica(Replica):
         # loop, a batch of 8 x 512 tokens blocked it for minutes and Serve restarted a working
         # replica); one at a time, as two generate loops side by side on the same cores only make
         # both slower. A stream's wait for its turn shows in its time to first token.
+        # With serve.scheduler: continuous, a ContinuousBatcher's own thread does this instead (one
+        # per model served: a hot swap starts the new model's and stops the old one's).
         self.generating = ThreadPoolExecutor(1, thread_name_prefix="raylane-generate")
+        self.batchers: dict[int, ContinuousBatcher] = {}
         super().__init__(args)
 
     def _canary(self, model) -> None:
         model.canary()
+        if self.args.scheduler == "continuous":
+            check_supported(model)  # a model the batcher cannot serve fails here, not on a request
 
     def job(self, request, chat: bool) -> Job:
         """The request tokenized and within the limits, or a 4xx before any generation."""
@@ -104,7 +111,7 @@ class ChatReplica(Replica):
         job = self.job(request, chat)
         if request.stream:
             return StreamingResponse(self._events(job, request.model, chat, scope), media_type=SSE)
-        generation = await self._batched(job)
+        generation = await (self._continuous(job) if self.args.scheduler == "continuous" else self._batched(job))
         head = self._head(job, request.model, chat, chunk=False)
         choice = {"index": 0, "finish_reason": generation.finish_reason}
         if chat:
@@ -117,6 +124,46 @@ class ChatReplica(Replica):
             "total_tokens": generation.prompt_tokens + generation.completion_tokens,
         }
         return {**head, "choices": [choice], "usage": usage}
+
+    def _batcher_for(self, loaded) -> ContinuousBatcher:
+        """The continuous batcher of `loaded`'s model, started on first use. Starting one stops the
+        others (a swapped-out model's), which answer the rows they hold and end."""
+        key = id(loaded.model)  # the batcher holds the model, so the id is not reused while it runs
+        batcher = self.batchers.get(key)
+        if batcher is None:
+            for old in self.batchers.values():
+                old.stop()
+            batcher = ContinuousBatcher(loaded.model, self.args.max_batch_size).start()
+            self.batchers = {key: batcher}
+        return batcher
+
+    def _submit(self, job: Job, on_token=None, cancelled: threading.Event | None = None) -> tuple:
+        """`job` into its model's continuous batch: (a future of its Generation, its Request)."""
+        loop = asyncio.get_running_loop()
+        answered = loop.create_future()
+
+        def on_done(outcome) -> None:
+            loop.call_soon_threadsafe(_settle, answered, outcome)
+
+        request = Generating(job.prompt, job.sampling, on_done, on_token, cancelled)
+        self._batcher_for(job.loaded).submit(request)
+        return answered, request
+
+    async def _continuous(self, job: Job):
+        answered, request = self._submit(job)
+        try:
+            generation = await answered
+        except Exception as err:
+            self.health.failed(err)
+            raise
+        self.health.succeeded()
+        done = time.perf_counter()
+        reason = [generation.finish_reason]
+        self.generation.observe_generate(
+            request.peak_rows, generation.completion_tokens, done - request.joined_at, reason
+        )
+        self.generation.observe_waits(request.joined_at - job.arrived, request.first_token_at - job.arrived, False)
+        return generation
 
     # Concurrent requests queue here and are generated together; size and wait are reset from the
     # config in Replica.__init__. Requests that arrive while a batch generates (in the generation
@@ -209,11 +256,17 @@ class ChatReplica(Replica):
         def generate():
             started.append(time.perf_counter())
             return generator.stream(
-                job.prompt, sampling, lambda ids: loop.call_soon_threadsafe(steps.put_nowait, ids), cancelled
+                job.prompt, sampling, lambda ids: loop.call_soon_threadsafe(steps.put_nowait, ids.tolist()), cancelled
             )
 
         try:
-            running = loop.run_in_executor(self.generating, generate)
+            if self.args.scheduler == "continuous":
+                running, request = self._submit(
+                    job, lambda t: loop.call_soon_threadsafe(steps.put_nowait, [t]), cancelled
+                )
+                started.append(0.0)  # replaced by its join time once it has one
+            else:
+                running, request = loop.run_in_executor(self.generating, generate), None
             running.add_done_callback(lambda _: steps.put_nowait(None))
             if chat:
                 yield event(role=True)
@@ -221,8 +274,10 @@ class ChatReplica(Replica):
             sent = ""
             while (ids := await steps.get()) is not None:
                 if not tokens:
+                    if request is not None:
+                        started[0] = request.joined_at
                     self.generation.observe_waits(started[0] - job.arrived, time.perf_counter() - job.arrived, True)
-                tokens += ids.tolist()
+                tokens += ids
                 text, reason, _ = generator.text_of(tokens, sampling)
                 done = reason == "stop" or len(tokens) >= sampling.max_new_tokens
                 upto = len(text) if done else len(text) - held_back(text, sampling.stop)
@@ -231,7 +286,10 @@ class ChatReplica(Replica):
                     sent = text[:upto]
             generation = await running
             self.generation.observe_generate(
-                1, generation.completion_tokens, time.perf_counter() - started[0], [generation.finish_reason]
+                request.peak_rows if request else 1,
+                generation.completion_tokens,
+                time.perf_counter() - started[0],
+                [generation.finish_reason],
             )
             if generation.text.startswith(sent) and len(generation.text) > len(sent):
                 yield event(generation.text[len(sent) :])
@@ -289,6 +347,15 @@ class ChatReplica(Replica):
             "object": "list",
             "data": [{"id": name, "object": "model", "created": int(loaded.loaded_at), "owned_by": "raylane"}],
         }
+
+
+def _settle(future: asyncio.Future, outcome) -> None:
+    if future.done():  # the request went away
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def _chat_deployment(args: ServeArgs):

@@ -460,6 +460,11 @@ class ServeConfig:
         1024, "causal_lm: longest prompt accepted, in tokens after the chat template (more gets a 413)."
     )
     max_new_tokens_ceiling: int = opt(512, "causal_lm: the largest max_tokens a request may ask for (more gets a 422).")
+    scheduler: Literal["continuous", "static"] = opt(
+        "continuous",
+        "causal_lm: continuous: requests join and leave the running batch at each decoding step (up to "
+        "max_batch_size rows); static: @serve.batch batches, each generated until its longest row is done.",
+    )
     api_keys_env: str = opt("", "Environment variable holding API keys (comma separated); set: Bearer auth on.")
     api_keys_file: str = opt("", "Secret file with one API key per line; set: Bearer auth on.")
     allow_unauthenticated: bool = opt(

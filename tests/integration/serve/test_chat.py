@@ -325,11 +325,38 @@ def test_a_stream_that_fails_midway_ends_with_an_error_event_and_done_and_counts
     assert requests.get(f"{broken_url}/healthz", timeout=30).json()["status"] == "ok"  # one failure: still healthy
 
 
-def test_concurrent_requests_are_generated_in_shared_batches(url):
+STATIC = "raylane-chat-static"
+
+
+@pytest.fixture(scope="module")
+def static_url(url, model_dir):
+    """The same model beside the first app, batched the other way (serve.scheduler: static)."""
+    from ray import serve
+
+    args = ServeArgs(
+        model_uri=str(model_dir),
+        task="causal_lm",
+        scheduler="static",
+        max_batch_size=8,
+        batch_wait_timeout_s=0.05,
+        replica_cpus=0.5,
+        **LIMITS,
+    )
+    serve.run(build_app(args), name=STATIC, route_prefix="/static")
+    wait_until_ok(f"{url}/static/healthz")
+    yield f"{url}/static"
+    serve.delete(STATIC)
+
+
+@pytest.mark.parametrize("scheduler", ["continuous", "static"])
+def test_concurrent_requests_are_generated_in_shared_batches(scheduler, request):
     """8 clients at once, with different max_tokens: the replica's batch-size histogram on the
-    node's metrics port records generate calls of more than one request. Only this test sends
-    requests concurrently, so any such call is one of its batches."""
-    port, app = metrics_port(), {"application": APP}
+    node's metrics port records requests generated beside others (continuous: the most rows a
+    request was decoded with; static: a `generate` call of more than one request). Only this test
+    sends requests concurrently, so any such observation is one of its batches."""
+    url = request.getfixturevalue("url" if scheduler == "continuous" else "static_url")
+    application = APP if scheduler == "continuous" else STATIC
+    port, app = metrics_port(), {"application": application}
     answers: list = [None] * 8
 
     def ask(i: int) -> None:

@@ -155,3 +155,35 @@ def test_a_client_that_stops_sending_its_body_is_cut_at_the_timeout(deploy):
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
     assert b"serve.body_timeout_s" in reply and 0.8 < seconds < 10, seconds
     assert short(url, KEYS[0]).status_code == 200  # and the server keeps serving
+
+
+def test_short_requests_sent_beside_a_long_one_finish_first(deploy):
+    """Continuous batching (the default scheduler): 31 short requests sent while a long one
+    generates join its batch and leave it long before it ends; probes answer throughout."""
+    url = deploy(max_batch_size=32)
+    long = Long(url, KEYS[0])
+    long.start()
+    time.sleep(0.5)
+    ended: list[tuple[float, int]] = []
+
+    def ask(i: int) -> None:
+        answer = short(url, KEYS[i % 2])
+        ended.append((time.perf_counter(), answer.status_code))
+
+    askers = [threading.Thread(target=ask, args=(i,)) for i in range(31)]
+    for asker in askers:
+        asker.start()
+    probes = []
+    while any(a.is_alive() for a in askers):
+        sent = time.perf_counter()
+        assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
+        probes.append(time.perf_counter() - sent)
+        time.sleep(0.1)
+    for asker in askers:
+        asker.join()
+    still_generating = long.is_alive()
+    long.join()
+    assert [status for _, status in ended] == [200] * 31
+    assert still_generating and max(t for t, _ in ended) < long.ended  # every short one left before the long one
+    assert long.answer is not None and long.answer.json()["usage"]["completion_tokens"] == LONG
+    assert max(probes) < 1.0

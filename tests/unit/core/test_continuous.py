@@ -1,0 +1,110 @@
+"""Continuous batching (`raylane.continuous`) on the tiny random Llama: requests that join a
+running batch at different steps answer, greedy, exactly as each does alone; a short one that
+joins after a long one finishes first; seeded samples, stop strings and cancelling hold per row."""
+
+import shutil
+import threading
+
+import pytest
+
+from raylane.continuous import ContinuousBatcher, Request
+from raylane.generate import Generator, Sampling
+from raylane.tasks.saved import SavedTask
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_causal_lm, tmp_path_factory) -> Generator:
+    model_dir = tmp_path_factory.mktemp("continuous") / "model"
+    shutil.copytree(tiny_causal_lm, model_dir)
+    SavedTask("causal_lm", [], {"generation": {"max_new_tokens": 8}}).write(model_dir)
+    return Generator(str(model_dir), threads=1)
+
+
+@pytest.fixture
+def batcher(generator):
+    running = ContinuousBatcher(generator, max_batch_size=8).start()
+    yield running
+    running.stop()
+
+
+class Asked:
+    """A request in flight: its tokens as they come, its answer, and the order answers came in."""
+
+    def __init__(self, batcher: ContinuousBatcher, prompt, sampling: Sampling, finished: list, cancelled=None):
+        self.done, self.streamed, self.answer = threading.Event(), [], None
+
+        def on_done(outcome):
+            self.answer = outcome
+            finished.append(self)
+            self.done.set()
+
+        batcher.submit(Request(prompt, sampling, on_done, self.streamed.append, cancelled))
+
+    def result(self):
+        assert self.done.wait(60), "no answer within a minute"
+        assert not isinstance(self.answer, BaseException), self.answer
+        return self.answer
+
+
+def prompts(generator: Generator) -> list[list[int]]:
+    return [
+        generator.chat_prompt([{"role": "user", "content": "a short question"}]),
+        generator.chat_prompt([{"role": "system", "content": "be brief"}, {"role": "user", "content": "longer " * 9}]),
+        generator.text_prompt("once upon a time"),
+        generator.chat_prompt([{"role": "user", "content": "and a fourth one, of middling length"}]),
+    ]
+
+
+def wait_for_tokens(asked: Asked, n: int) -> None:
+    for _ in range(6000):
+        if len(asked.streamed) >= n or asked.done.is_set():
+            return
+        threading.Event().wait(0.005)
+
+
+def test_requests_joining_at_different_steps_answer_as_each_alone(generator, batcher):
+    asked, finished = prompts(generator), []
+    limits = [Sampling(60), Sampling(6), Sampling(25), Sampling(12)]
+    first = Asked(batcher, asked[0], limits[0], finished)
+    wait_for_tokens(first, 5)  # the others join a batch already decoding, each at its own step
+    rest = []
+    for prompt, sampling in zip(asked[1:], limits[1:]):
+        rest.append(Asked(batcher, prompt, sampling, finished))
+        wait_for_tokens(rest[-1], 2)
+    answers = [a.result() for a in [first, *rest]]
+    alone = [generator.generate([p], [s])[0] for p, s in zip(asked, limits)]
+    assert answers == alone
+    assert [a.completion_tokens for a in answers] == [60, 6, 25, 12]
+    assert [len(a.streamed) for a in [first, *rest]] == [60, 6, 25, 12]  # every token sent as it came
+    assert finished[0] is rest[0] and finished[-1] is first  # the 6-token answer left first, the 60 last
+
+
+def test_seeded_samples_stop_strings_and_cancelling_hold_per_row(generator, batcher):
+    asked, finished = prompts(generator), []
+    seeded = Sampling(10, temperature=1.0, top_p=0.9, seed=7)
+    alone = Asked(batcher, asked[0], seeded, finished).result()
+    free = generator.generate([asked[1]], [Sampling(12)])[0]
+    stop = free.text.split()[2]
+    cancelled = threading.Event()
+    endless = Asked(batcher, asked[2], Sampling(400), finished, cancelled)
+    wait_for_tokens(endless, 3)
+    beside = Asked(batcher, asked[0], seeded, finished)
+    cut = Asked(batcher, asked[1], Sampling(12, stop=(stop,)), finished)
+    assert beside.result().text == alone.text  # the same seed draws the same tokens, batched or not
+    assert alone.text == generator.generate([asked[0]], [seeded])[0].text  # and as static batching draws them
+    assert cut.result().finish_reason == "stop" and stop not in cut.result().text
+    assert free.text.startswith(cut.result().text)
+    cancelled.set()
+    assert endless.result().completion_tokens < 400  # left the batch at the next step
+
+
+def test_a_row_whose_token_cannot_be_drawn_fails_alone(generator, batcher):
+    asked, finished = prompts(generator), []
+    good = Asked(batcher, asked[1], Sampling(30), finished)
+    wait_for_tokens(good, 2)
+    # logits / 1e-300 overflow: softmax is NaN and drawing from it raises (the HTTP schema refuses
+    # such a temperature; the batcher must not trust that).
+    bad = Asked(batcher, asked[0], Sampling(8, temperature=1e-300), finished)
+    assert bad.done.wait(60) and isinstance(bad.answer, RuntimeError)
+    assert good.result() == generator.generate([asked[1]], [Sampling(30)])[0]
+    assert Asked(batcher, asked[2], Sampling(3), finished).result().completion_tokens == 3  # still serving
