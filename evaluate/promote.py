@@ -1,8 +1,10 @@
 """Promotion: register an evaluated model either way and move the registry's aliases on the
 gate's decision.
 
-Pass: the new version gets `gate.alias` (champion) and the version it replaces gets `previous`.
-Fail: the new version gets `challenger`, the champion stays, and the report says which rule failed.
+Pass: the new version gets `gate.alias` (champion) and the version it replaces gets `previous`;
+under `serve.rollout: canary` it gets `challenger` instead (when there is a champion), and the
+serving app walks it through the canary's steps to champion or rolls it back.
+Fail: the new version gets `rejected`, the champion stays, and the report says which rule failed.
 The champion is re-scored on the same test split first, so "no worse than the champion" compares
 like with like even when the data has changed since it was promoted.
 """
@@ -20,11 +22,10 @@ from raylane.evaluate.card import model_card
 from raylane.evaluate.gate import Champion, GateDecision, decide
 from raylane.evaluate.report import Evaluation
 from raylane.registry import ModelVersionRef, alias_version, log_and_register, resolve_model, set_alias
+from raylane.rollout import CHALLENGER, PREVIOUS, REJECTED
 from raylane.tasks import get_task
 from raylane.tasks.saved import read_saved_task
 from raylane.tracking import RunRef
-
-CHALLENGER, PREVIOUS = "challenger", "previous"
 
 
 def score_champion(cfg: PipelineConfig, dataset: DatasetInfo, tracking_uri: str, out_dir: Path) -> Champion | None:
@@ -50,7 +51,7 @@ def score_champion(cfg: PipelineConfig, dataset: DatasetInfo, tracking_uri: str,
 class Promotion:
     version: ModelVersionRef
     decision: GateDecision
-    alias: str  # the alias now on this version: gate.alias or challenger
+    alias: str  # the alias now on this version: gate.alias, challenger (a canary to walk) or rejected
     previous_version: str | None  # the champion before this registration, if any
 
 
@@ -101,9 +102,10 @@ def promote(
         model_id=version.model_id,
         dataset=(f"{dataset.name}/test", dataset.digest),
     )
-    alias = cfg.gate.alias if decision.passed else CHALLENGER
+    canary = decision.passed and cfg.serve.rollout == "canary" and previous is not None
+    alias = (CHALLENGER if canary else cfg.gate.alias) if decision.passed else REJECTED
     set_alias(mlflow_run.tracking_uri, name, alias, version.version)
-    if decision.passed and previous and previous != version.version:
+    if decision.passed and not canary and previous and previous != version.version:
         set_alias(mlflow_run.tracking_uri, name, PREVIOUS, previous)
     report = {
         "passed": decision.passed,

@@ -21,6 +21,7 @@ COMMAND_HELP = {
     "evaluate": "score a model (--model: export dir or models:/ URI) on the test split; --register promotes it",
     "serve": "serve a registered model over HTTP until Ctrl-C (--model, default the champion)",
     "predict": "score a dataset (--input glob or URI) and write predictions as Parquet (--output)",
+    "rollout": "a canary rollout of the registered model: status, or promote / abort it by hand",
 }
 
 
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(
             name, help=help_text, description=help_text, epilog="Run `raylane --help` for every config key."
         )
+        if name == "rollout":
+            p.add_argument("action", choices=("status", "promote", "abort"), help="what to do with the rollout")
         p.add_argument("--config", help="YAML config (default: configs/default.yaml)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=3e-5")
         p.add_argument("--verbose", action="store_true", help="show Ray's INFO logs too (default: warnings only)")

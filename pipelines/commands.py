@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -279,7 +280,8 @@ def _headline_on_parent(parent: RunRef, promotion, evaluation, elapsed: float, t
     the gate's verdict and the champion; its Models column links the registered model, as does
     the training run's (the run whose checkpoint it is)."""
     parent.log_metrics({"elapsed_s": elapsed, **{f"test_{k}": v for k, v in evaluation.metrics.items()}})
-    champion = promotion.version.version if promotion.decision.passed else promotion.previous_version
+    serving_now = promotion.alias not in ("challenger", "rejected")  # a challenger walks the canary first
+    champion = promotion.version.version if serving_now else promotion.previous_version
     parent.set_tags(
         {
             "gate": "pass" if promotion.decision.passed else "fail",
@@ -346,6 +348,30 @@ def _block() -> None:
 
 
 # The CLI's commands, by name (raylane.pipelines.cli).
+def rollout_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
+    """The rollout as the registry records it; promote or abort it by hand (the serving app's
+    controller sees the aliases move at its next tick)."""
+    from raylane import rollout
+
+    uri, name = tracking_uri(cfg), cfg.model.registered_name
+    pointed = rollout.aliases(uri, name)
+    record = rollout.read_rollout(uri, name)
+    challenger = pointed.get(rollout.CHALLENGER)
+    if args.action != "status":
+        if not challenger:
+            print(f"raylane: error: {name} has no challenger to {args.action}", file=sys.stderr)
+            return 2
+        if record is None or record.version != challenger or record.state != rollout.RUNNING:
+            record = rollout.Rollout(version=challenger, champion=pointed.get(cfg.gate.alias, ""))
+        if args.action == "promote":
+            record = rollout.promote(uri, name, record, "promoted by hand", cfg.gate.alias)
+        else:
+            record = rollout.roll_back(uri, name, record, "aborted by hand", rollout.ABORTED)
+        pointed = rollout.aliases(uri, name)
+    print(json.dumps({"model": name, "aliases": pointed, "rollout": record and dataclasses.asdict(record)}, indent=2))
+    return 0
+
+
 COMMANDS = {
     "run": run_command,
     "ingest": ingest_command,
@@ -354,4 +380,5 @@ COMMANDS = {
     "evaluate": evaluate_command,
     "serve": serve_command,
     "predict": predict_command,
+    "rollout": rollout_command,
 }

@@ -104,3 +104,24 @@ def residuals_figure(y_true: np.ndarray, y_pred: np.ndarray, title: str):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def rollout_timeline_figure(history: list[dict], title: str):
+    """A canary rollout step by step: the challenger's share, requests and p95 per version, and the
+    challenger's error rate."""
+    plt = _pyplot()
+    steps = [entry["step"] for entry in history]
+    fig, (share_ax, requests_ax, p95_ax) = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
+    share_ax.bar(steps, [entry["share"] for entry in history], color="tab:orange")
+    share_ax.set(ylabel="challenger share, %", title=f"Canary rollout, {title}")
+    for role, color in (("champion", "tab:blue"), ("challenger", "tab:orange")):
+        requests_ax.plot(steps, [entry[role]["requests"] for entry in history], "o-", color=color, label=role)
+        p95_ax.plot(steps, [entry[role]["p95_ms"] for entry in history], "o-", color=color, label=role)
+    errors = [entry["challenger"]["errors"] for entry in history]
+    for step, count, entry in zip(steps, errors, history):
+        requests_ax.annotate(f"{count} errors", (step, entry["challenger"]["requests"]), fontsize=8)
+    requests_ax.set(ylabel="requests in the step")
+    p95_ax.set(ylabel="p95 latency, ms", xlabel="step")
+    requests_ax.legend()
+    fig.tight_layout()
+    return fig

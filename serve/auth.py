@@ -9,6 +9,7 @@ import functools
 import hashlib
 import hmac
 import os
+from contextvars import ContextVar
 from pathlib import Path
 
 from raylane.config import ConfigError
@@ -62,3 +63,25 @@ def presented_key(header: str | None, digests: tuple[bytes, ...]) -> bytes | Non
 def bearer_matches(header: str | None, digests: tuple[bytes, ...]) -> bool:
     """`Authorization: Bearer <key>` against every digest (`presented_key`). No digests: auth is off."""
     return presented_key(header, digests) is not None
+
+
+def client_of(scope: dict) -> str | None:
+    """Who sent a request, for sticky canary routing: its API key (as a digest; the guard has
+    checked it already), else its X-Request-Id header; None when it says neither."""
+    headers = dict(scope.get("headers") or ())
+    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return _digest(token.strip()).hex()
+    request_id = headers.get(b"x-request-id", b"").decode("latin-1").strip()
+    return request_id or None
+
+
+# The client of the request being handled, set by the request guard (raylane.serve.guard) for the
+# route under it: what sticky canary routing reads.
+CLIENT: ContextVar[str | None] = ContextVar("raylane_client", default=None)
+
+
+def current_client() -> str | None:
+    """The client of the request being handled (`CLIENT`); a function, as a ContextVar itself
+    cannot travel to the replicas with the deployment class that reads it."""
+    return CLIENT.get()

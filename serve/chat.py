@@ -31,6 +31,8 @@ from raylane.chat_template import TemplateRefused
 from raylane.continuous import ContinuousBatcher, check_supported
 from raylane.continuous import Request as Generating
 from raylane.serve.args import ServeArgs, deployment_options
+from raylane.serve.auth import client_of
+from raylane.serve.canary import bind_app
 from raylane.serve.chat_schema import ChatCompletion, TextCompletion, request_models
 from raylane.serve.guard import failed_midway, guarded_api
 from raylane.serve.replica import Replica, public_uri
@@ -48,10 +50,11 @@ class Job:
     prompt: list[int]
     sampling: object  # raylane.generate.Sampling
     arrived: float  # time.perf_counter() when the replica took the request
+    step: str = ""  # the canary rollout step it was routed in, if one runs
 
 
 class ChatReplica(Replica):
-    def __init__(self, args):
+    def __init__(self, args, controller=None):
         from raylane.serve.metrics import generation_metrics
 
         self.generation = generation_metrics()
@@ -64,18 +67,18 @@ class ChatReplica(Replica):
         # per model served: a hot swap starts the new model's and stops the old one's).
         self.generating = ThreadPoolExecutor(1, thread_name_prefix="raylane-generate")
         self.batchers: dict[int, ContinuousBatcher] = {}
-        super().__init__(args)
+        super().__init__(args, controller)
 
     def _canary(self, model) -> None:
         model.canary()
         if self.args.scheduler == "continuous":
             check_supported(model)  # a model the batcher cannot serve fails here, not on a request
 
-    def job(self, request, chat: bool) -> Job:
+    def job(self, request, chat: bool, client: str | None = None) -> Job:
         """The request tokenized and within the limits, or a 4xx before any generation."""
         from raylane.generate import Sampling
 
-        loaded = self.loaded
+        loaded, step = self.pick(client)  # the champion, or a canary's challenger for its share
         generator = loaded.model
         if chat:
             try:
@@ -105,13 +108,18 @@ class ChatReplica(Replica):
                 f"the prompt's {len(prompt)} tokens plus max_tokens {sampling.max_new_tokens} are over the model's "
                 f"context of {context} tokens",
             )
-        return Job(loaded, prompt, sampling, time.perf_counter())
+        return Job(loaded, prompt, sampling, time.perf_counter(), step)
 
     async def respond(self, request, chat: bool, scope: dict):
-        job = self.job(request, chat)
+        job = self.job(request, chat, client_of(scope))
         if request.stream:
             return StreamingResponse(self._events(job, request.model, chat, scope), media_type=SSE)
-        generation = await (self._continuous(job) if self.args.scheduler == "continuous" else self._batched(job))
+        try:
+            generation = await (self._continuous(job) if self.args.scheduler == "continuous" else self._batched(job))
+        except Exception:
+            self.record(job.loaded, job.step, False, time.perf_counter() - job.arrived)
+            raise
+        self.record(job.loaded, job.step, True, time.perf_counter() - job.arrived)
         head = self._head(job, request.model, chat, chunk=False)
         choice = {"index": 0, "finish_reason": generation.finish_reason}
         if chat:
@@ -225,8 +233,10 @@ class ChatReplica(Replica):
             error = {"message": "generation failed; the answer is incomplete", "type": "server_error", "code": None}
             yield f"data: {json.dumps({'error': error})}\n\n"
             yield "data: [DONE]\n\n"
+            self.record(job.loaded, job.step, False, time.perf_counter() - job.arrived)
         else:
             self.health.succeeded()
+            self.record(job.loaded, job.step, True, time.perf_counter() - job.arrived)
 
     async def _chunks(self, job: Job, model: str | None, chat: bool):
         """Server-sent events: a chunk per piece of text as tokens are generated (the first
@@ -391,4 +401,4 @@ def _chat_deployment(args: ServeArgs):
 
 
 def build_chat_app(args: ServeArgs) -> serve.Application:
-    return _chat_deployment(args).options(**deployment_options(args)).bind(args)
+    return bind_app(_chat_deployment(args).options(**deployment_options(args)), args)

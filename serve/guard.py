@@ -29,7 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from raylane.serve.auth import key_digests, presented_key
+from raylane.serve.auth import CLIENT, client_of, key_digests, presented_key
 from raylane.serve.metrics import replica_metrics
 
 # Probes and load balancers carry no key.
@@ -94,6 +94,7 @@ class RequestGuard:
                 detail = f"the request body did not arrive within {self.body_timeout_s:g} s (serve.body_timeout_s)"
                 await _respond(recording_send, 408, detail, {"connection": "close"})
                 return
+            CLIENT.set(client_of(scope))  # for the route, in this request's context
             await self.app(scope, _replay(body, receive), recording_send)
         finally:
             if key:

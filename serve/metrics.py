@@ -45,6 +45,22 @@ class ReplicaMetrics:
             tag_keys=("feature",),
         )
         self.model_version = metrics.Gauge("raylane_model_version", description="Registry version being served")
+        self.version_requests = metrics.Counter(
+            "raylane_version_requests",
+            description="Requests answered per model version (champion, or a canary's challenger), by outcome",
+            tag_keys=("version", "outcome"),
+        )
+        self.version_latency = metrics.Histogram(
+            "raylane_version_latency_s",
+            description="Time a model version took to answer a request inside the replica, seconds",
+            boundaries=LATENCY_BOUNDARIES_S,
+            tag_keys=("version",),
+        )
+        self.share = metrics.Gauge(
+            "raylane_canary_share",
+            description="Percent of requests routed to a canary's challenger",
+            tag_keys=("version",),
+        )
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.inc(1, tags={"route": route, "status": str(status)})
@@ -69,6 +85,14 @@ class ReplicaMetrics:
         if version and version.isdigit():
             self.model_version.set(float(version))
 
+    def observe_version(self, version: str, ok: bool, seconds: float) -> None:
+        self.version_requests.inc(1, tags={"version": version, "outcome": "ok" if ok else "error"})
+        if ok:
+            self.version_latency.observe(seconds, tags={"version": version})
+
+    def canary_share(self, version: str, percent: float) -> None:
+        self.share.set(percent, tags={"version": version})
+
 
 _metrics: ReplicaMetrics | None = None
 
@@ -88,6 +112,12 @@ class Unexported(ReplicaMetrics):
             drift.add(observations)
 
     def serving(self, version: str | None) -> None:
+        pass
+
+    def observe_version(self, version: str, ok: bool, seconds: float) -> None:
+        pass
+
+    def canary_share(self, version: str, percent: float) -> None:
         pass
 
 

@@ -59,7 +59,7 @@ class Replica(ABC):
     """Subclasses give the model's canary (`_canary`) and the batched work (`_many`, behind a
     `@serve.batch` method named `_batch`)."""
 
-    def __init__(self, args):
+    def __init__(self, args, controller=None):
         from ray.serve.context import _get_internal_replica_context
 
         from raylane.serve.auth import key_digests
@@ -89,6 +89,15 @@ class Replica(ABC):
         self.follower = follow(
             args.model_uri, self.tracking_uri, self.loaded.version, args.poll_interval_s, self._swap_to
         )
+        # Under serve.rollout: canary, the app's rollout controller says which challenger takes
+        # what share of this replica's requests (raylane.serve.canary).
+        self.lane = None
+        if controller is not None and self.follower is not None:
+            from raylane.serve.canary import CanaryLane
+
+            self.lane = CanaryLane(
+                controller, self._load_checked, self._adopt, self.follower.name, args.canary.tick_s, self.metrics
+            )
 
     def _load(self, model_uri: str) -> Loaded:
         from raylane.registry import resolve_model
@@ -122,7 +131,11 @@ class Replica(ABC):
         """Downloads `model_uri` (a failure there is the next poll's to retry), loads it and has it
         answer its canary (a failure there is `LoadFailed`: the follower does not try it again
         until the alias moves), swaps it in, and prunes cached versions but the new and the old."""
-        from raylane.registry import prune_cache, resolve_model
+        self._adopt(self._load_checked(model_uri))
+
+    def _load_checked(self, model_uri: str) -> Loaded:
+        """`model_uri` downloaded, loaded and answering its canary; `LoadFailed` if it will not."""
+        from raylane.registry import resolve_model
 
         resolved = resolve_model(model_uri, self.tracking_uri, self.model_cache)
         try:
@@ -130,10 +143,29 @@ class Replica(ABC):
             self._canary(new.model)  # only a model that answers replaces the one serving
         except Exception as err:
             raise LoadFailed(f"{model_uri}: {type(err).__name__}: {err}") from err
+        return new
+
+    def _adopt(self, new: Loaded) -> None:
+        """`new` serves from now on (a swap, or a canary's challenger promoted)."""
+        from raylane.registry import prune_cache
+
         old, self.loaded = self.loaded, new  # one reference assignment: a request sees the old model or the new, whole
         self.metrics.serving(new.version)
+        if self.follower is not None:
+            self.follower.current = self.follower.pointed = new.version
         if new.name:
             prune_cache(self.model_cache, self.tracking_uri, new.name, {str(new.version), str(old.version)})
+
+    def pick(self, client: str | None = None) -> tuple[Loaded, str]:
+        """The model this request is answered by: the champion, or the challenger of a canary
+        rollout for its share of requests (sticky per `client` where asked); and the rollout
+        step it was routed in, which its outcome counts for."""
+        return self.lane.pick(self.loaded, client) if self.lane is not None else (self.loaded, "")
+
+    def record(self, loaded: Loaded, step: str, ok: bool, seconds: float) -> None:
+        """A request's outcome per version, the evidence a canary rollout is judged on."""
+        if self.lane is not None and step:
+            self.lane.record(loaded, step, ok, seconds)
 
     @abstractmethod
     def _canary(self, model: Predictor | Generator) -> None:
@@ -177,3 +209,5 @@ class Replica(ABC):
     def __del__(self):
         if getattr(self, "follower", None):
             self.follower.stop()
+        if getattr(self, "lane", None):
+            self.lane.stop()

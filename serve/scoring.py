@@ -13,6 +13,8 @@ from pydantic import BaseModel, Field, create_model
 from ray import serve
 
 from raylane.serve.args import ServeArgs, deployment_options
+from raylane.serve.auth import current_client
+from raylane.serve.canary import bind_app
 from raylane.serve.guard import guarded_api
 from raylane.serve.replica import Replica, public_uri
 from raylane.tasks import Task, get_task
@@ -57,7 +59,7 @@ class ScoringReplica(Replica):
     """One scoring replica: the model (and the one replacing it on a hot swap), the limits, the
     batching, the metrics and drift, the feedback sink."""
 
-    def __init__(self, args):
+    def __init__(self, args, controller=None):
         from raylane.serve.feedback import FeedbackSink, PredictionIds, load_secret
 
         self.task = get_task(args.task)
@@ -75,7 +77,7 @@ class ScoringReplica(Replica):
                 flush_s=args.feedback_flush_s,
             )
         self.example = self.task.inputs.example()[self.task.inputs.column]
-        super().__init__(args)
+        super().__init__(args, controller)
 
     def _variant(self) -> dict:
         return {"quantize": self.args.quantize, "prune_amount": self.args.prune_amount}
@@ -96,10 +98,28 @@ class ScoringReplica(Replica):
         except RequestProblem as problem:
             raise HTTPException(problem.status, problem.detail) from None
 
-    async def _many(self, requests: list[list]) -> list[tuple]:
-        """Scores the inputs of several concurrent requests in one forward pass; each request gets
-        back its own rows and the model that scored them (a swap may land between batches)."""
-        loaded = self.loaded
+    async def _many(self, requests: list[tuple]) -> list:
+        """Scores the inputs of several concurrent requests, one forward pass per model they were
+        routed to (the champion, or a canary's challenger); each request gets back its own rows.
+        A challenger that fails answers its requests with the error (the caller falls back to the
+        champion) and leaves the champion's requests in the batch, and the replica's health, be."""
+        groups: dict[int, list[int]] = {}
+        for i, (loaded, _) in enumerate(requests):
+            groups.setdefault(id(loaded), []).append(i)
+        out: list = [None] * len(requests)
+        for indices in groups.values():
+            loaded = requests[indices[0]][0]
+            try:
+                answered = self._score(loaded, [requests[i][1] for i in indices])
+            except Exception as err:
+                if loaded is self.loaded:
+                    raise
+                answered = [err] * len(indices)
+            for i, answer in zip(indices, answered):
+                out[i] = answer
+        return out
+
+    def _score(self, loaded, requests: list[list]) -> list[tuple]:
         items = [item for request in requests for item in request]
         # On the event loop, blocking it, on purpose: requests arriving meanwhile wait in Ray's
         # queue and the next batch takes them all. In a worker thread the forward pass (Python
@@ -120,12 +140,21 @@ class ScoringReplica(Replica):
     # Concurrent requests queue here and are scored together; size and wait are reset from the
     # config in Replica.__init__.
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def _batch(self, requests: list[list]) -> list[tuple]:
+    async def _batch(self, requests: list[tuple]) -> list:
         return await self._many_watched(requests)
 
     async def predict(self, request) -> dict[str, Any]:
         items = self.items(request)
-        loaded, outputs = await self._batched(items)
+        (loaded, step), started = self.pick(current_client()), time.perf_counter()
+        scored = await self._batched((loaded, items))
+        if isinstance(scored, Exception):  # the canary's challenger failed: counted, and the champion answers
+            self.record(loaded, step, False, time.perf_counter() - started)
+            loaded = self.loaded
+            scored = await self._batched((loaded, items))
+            if isinstance(scored, Exception):
+                raise scored
+        self.record(loaded, step, True, time.perf_counter() - started)
+        loaded, outputs = scored
         answers = loaded.model.answer(outputs, getattr(request, "top_k", 1))
         return {
             # Each id is bound to the item as scored (a text as truncated), which feedback quotes.
@@ -246,4 +275,4 @@ def _scoring_deployment(args: ServeArgs):
 
 
 def build_scoring_app(args: ServeArgs) -> serve.Application:
-    return _scoring_deployment(args).options(**deployment_options(args)).bind(args)
+    return bind_app(_scoring_deployment(args).options(**deployment_options(args)), args)

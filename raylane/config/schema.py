@@ -398,7 +398,7 @@ class GateConfig:
     )
     alias: str = opt("champion", "Registry alias moved to a version that passes; the one it leaves gets 'previous'.")
     fail_on_reject: bool = opt(
-        False, "Exit non-zero when the gate rejects the model (it is still registered as challenger)."
+        False, "Exit non-zero when the gate rejects the model (it is still registered, with alias 'rejected')."
     )
 
     def __post_init__(self) -> None:
@@ -408,7 +408,44 @@ class GateConfig:
         _require(self.max_rmse >= 0.0, "max_rmse", "must be >= 0")
         _require(0.0 <= self.min_exact_match <= 1.0, "min_exact_match", "must be in [0, 1]")
         _require(self.max_perplexity >= 0.0, "max_perplexity", "must be >= 0")
-        _require(self.alias not in ("challenger", "previous"), "alias", "'challenger' and 'previous' are reserved")
+        reserved = ("challenger", "previous", "rejected")
+        _require(self.alias not in reserved, "alias", "'challenger', 'previous' and 'rejected' are reserved")
+
+
+@dataclass(frozen=True)
+class CanarySettings:
+    steps: list[float] = opt(
+        [5.0, 25.0, 50.0, 100.0],
+        "Percent of requests the challenger takes at each step, rising; the step after the last promotes it.",
+    )
+    step_s: float = opt(60.0, "Shortest time a step lasts, in seconds (it also waits for min_requests).")
+    min_requests: int = opt(50, "Requests the challenger answers in a step before the step's rules are judged.")
+    sticky: bool = opt(
+        False,
+        "A client (its API key, else its X-Request-Id header) stays with the version it was first routed to for "
+        "the step; off: each request is drawn on its own.",
+    )
+    max_error_rate: float = opt(0.01, "Roll back when more of the challenger's requests than this fail (5xx).")
+    max_p95_ms_ratio: float = opt(
+        1.5, "Roll back when the challenger's p95 latency is more than this times the champion's."
+    )
+    max_psi: float = opt(
+        1.0,
+        "Roll back when the PSI of the challenger's answers (label mix, lengths) against its training split is "
+        "over this (drift's measure; a window of a few dozen answers is noisy, hence a loose default).",
+    )
+    tick_s: float = opt(2.0, "How often the rollout controller judges the step and replicas report to it.")
+
+    def __post_init__(self) -> None:
+        _require(bool(self.steps), "steps", "must list at least one share")
+        _require(all(0 < s <= 100 for s in self.steps), "steps", "each share must be in (0, 100]")
+        _require(list(self.steps) == sorted(self.steps), "steps", "shares must rise")
+        _require(self.step_s >= 0, "step_s", "must be >= 0")
+        _require(self.min_requests >= 1, "min_requests", "must be >= 1")
+        _require(0 <= self.max_error_rate <= 1, "max_error_rate", "must be in [0, 1]")
+        _require(self.max_p95_ms_ratio > 0, "max_p95_ms_ratio", "must be > 0")
+        _require(self.max_psi > 0, "max_psi", "must be > 0")
+        _require(self.tick_s > 0, "tick_s", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -500,6 +537,13 @@ class ServeConfig:
         "Replicas serving models:/<name>@<alias> check the alias this often and "
         "swap to the version it moved to; 0 never does.",
     )
+    rollout: Literal["direct", "canary"] = opt(
+        "direct",
+        "direct: a version that passes the gate becomes the champion and every replica swaps to it; canary: it "
+        "becomes the challenger, and the app walks it through serve.canary's steps on live traffic to champion, "
+        "or rolls it back.",
+    )
+    canary: CanarySettings = opt(CanarySettings(), "Canary rollouts (serve.rollout: canary).")
     keep_running: bool = opt(False, "After `run`, keep serving until Ctrl-C instead of exiting.")
     sample_text: str = opt(
         "Transfer learning with transformers for text classification.",

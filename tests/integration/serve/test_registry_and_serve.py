@@ -124,12 +124,12 @@ def test_gate_promotes_on_evidence_and_moves_aliases(
     first, _ = gate(untrained, weak)
     assert first.decision.passed and first.alias == "champion" and alias("champion") == first.version.version
 
-    # 2. An absolute threshold fails: registered as challenger, the champion stays.
+    # 2. An absolute threshold fails: registered as rejected, the champion stays.
     strict = dataclasses.replace(cfg, gate=dataclasses.replace(cfg.gate, min_weighted_f1=0.999))
     rejected, _ = gate(trained.model_dir, evaluation, strict)
-    assert not rejected.decision.passed and rejected.alias == "challenger"
+    assert not rejected.decision.passed and rejected.alias == "rejected"
     assert [r.key for r in rejected.decision.rules if not r.passed] == ["gate.min_weighted_f1"]
-    assert alias("challenger") == rejected.version.version and alias("champion") == first.version.version
+    assert alias("rejected") == rejected.version.version and alias("champion") == first.version.version
 
     # 3. Better than the (re-scored) champion: promoted; the old champion becomes previous.
     better, run = gate(trained.model_dir, evaluation)
@@ -140,12 +140,12 @@ def test_gate_promotes_on_evidence_and_moves_aliases(
     metrics = client.get_run(run.run_id).data.metrics
     assert metrics["champion_test_weighted_f1"] == pytest.approx(weak.weighted_f1)  # re-scored, same test split
 
-    # 4. Worse than the champion: rejected against it, nothing moves but the challenger alias.
+    # 4. Worse than the champion: rejected against it, nothing moves but the rejected alias.
     worse, run = gate(untrained, weak)
     assert not worse.decision.passed
     assert [r.key for r in worse.decision.rules if not r.passed] == ["gate.max_regression"]
     assert alias("champion") == better.version.version and alias("previous") == first.version.version
-    assert alias("challenger") == worse.version.version
+    assert alias("rejected") == worse.version.version
 
     version = client.get_model_version("gate-test", worse.version.version)
     assert version.tags["gate"] == "fail" and version.tags["dataset_digest"] == smoke_dataset.digest
@@ -155,6 +155,14 @@ def test_gate_promotes_on_evidence_and_moves_aliases(
     assert '"passed": false' in open(report).read()
     card = resolve_model(f"models:/gate-test/{worse.version.version}", cfg.tracking.uri).model_dir + "/README.md"
     assert "## Test metrics" in open(card).read()
+
+    # 5. Under serve.rollout: canary, a model that passes becomes the challenger (the serving app
+    # walks it to champion, tests/integration/serve/test_canary.py); nothing else moves yet.
+    canary = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, rollout="canary"))
+    walking, _ = gate(trained.model_dir, evaluation, canary)
+    assert walking.decision.passed and walking.alias == "challenger"
+    assert alias("challenger") == walking.version.version
+    assert alias("champion") == better.version.version and alias("previous") == first.version.version
 
 
 KEY = "test-key-0123456789"
@@ -459,7 +467,10 @@ def test_prometheus_metrics_count_requests_batches_labels_and_drift(served, smok
     assert delta["ray_raylane_predictions_total"] >= 240, delta
     # Batching: the 240 texts went through fewer forward passes than there were requests.
     assert 0 < delta["ray_raylane_batch_size_count"] < 240, delta
-    labels = {labels["label"] for name, labels, _ in after if name == "ray_raylane_predictions_total"}
+    # The labels predicted during this load (an app deployed earlier under the same name, with
+    # other labels, may still have its series on the node's metrics port).
+    predicted = {labels["label"] for name, labels, _ in after if name == "ray_raylane_predictions_total"}
+    labels = {label for label in predicted if grew(after, "ray_raylane_predictions_total", 1, label=label)}
     assert labels and labels <= set(smoke_dataset.label_names)
     drift = drift_of(after)
     assert set(drift) == {"label", "input_tokens"} and all(v >= 0 for v in drift.values())
