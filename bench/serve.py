@@ -14,6 +14,9 @@ head, fp32, exported with its tokenizer (max_length 128). The deployment for the
 batching (max_batch_size 1, batch_wait_timeout_s 0), as a lone request would otherwise wait for
 a batch to fill; the p50 with the default batching (max_batch_size 16, batch_wait_timeout_s
 0.002) is recorded beside it. `ratio` is the added milliseconds (serve p50 - direct p50).
+Its breakdown times the same calls in a Ray worker holding the replica's CPUs (Ray nices its
+workers, so the model alone is slower there than in this process), an app that answers at once
+on Serve and on plain uvicorn, and a canary step's router (`CanaryLane.pick` + `record`) alone.
 
 serve_batching: ok requests/s at concurrency 32 of the same model and replica with batching
 (max_batch_size 32, max_ongoing_requests 64, batch_wait_timeout_s 0.002) against without
@@ -395,10 +398,15 @@ def overhead(quick: bool) -> dict:
             server.deploy_echo()
             serve_echo = echo_p50(server.url, "Serve echo (no model)")
             server.delete()
+            # The same model and calls timed inside a Ray worker with the replica's CPUs: Ray starts
+            # its workers niced (15), below its own processes, which a quiet driver is not.
+            in_worker = statistics.median(ray_worker_p50(model_dir, texts, n) for _ in range(rounds))
+            router_us = canary_router_us(predictor)
         with plain_fastapi(model_dir, Path(tmp) / "echo", PLAIN_ECHO_APP) as echo_url:
             uvicorn_echo = echo_p50(echo_url, "uvicorn echo (no model, no Ray)")
     added = times["ours"] - times["baseline"]
-    app_ms = added - serve_echo  # what our app adds beyond Serve's floor and the model itself
+    # What our app adds beyond Serve's floor and the model itself, as the replica's process runs it.
+    app_ms = times["ours"] - serve_echo - in_worker
     return {
         "load_average_1min": [load_before, load_average()],
         "ours": round(times["ours"], 2),
@@ -414,16 +422,65 @@ def overhead(quick: bool) -> dict:
         "also waits up to 2 ms for a batch to fill",
         "failed_requests": errors(reports["unbatched"]) + errors(reports["batched"]),
         "model": "MiniLM-L6, fresh 4-label head, fp32; 1 replica, replica_cpus=2",
-        # The added ms, split: client + HTTP + FastAPI (a uvicorn app that answers at once),
-        # Serve's proxy and router hop on top of that (the same app as a Serve deployment), and
-        # the rest, our app's own code around the model (guard, schema, batching, metrics, drift).
+        # The p50, split: client + HTTP + FastAPI (a uvicorn app that answers at once), Serve's
+        # proxy and router hop on top of that (the same app as a Serve deployment), the model as
+        # a Ray worker runs it (niced; the direct call beside it), and the rest, our app's own code
+        # around the model (guard, schema, batching, metrics, drift). Sums to `ours`.
         "breakdown_ms": {
             "client_http_fastapi": round(uvicorn_echo, 2),
             "serve_proxy_router_replica": round(serve_echo - uvicorn_echo, 2),
+            "model_in_ray_worker": round(in_worker, 2),
             "raylane_app_beyond_model": round(app_ms, 2),
-            "model_direct": round(times["baseline"], 2),
         },
+        "model_direct_ms": round(times["baseline"], 2),
+        "model_ray_worker_minus_direct_ms": round(in_worker - times["baseline"], 2),
+        # A canary rollout's step in front of each request: pick a version, record its outcome
+        # (with the Prometheus series per version), timed in this process.
+        "canary_router_us_per_request": round(router_us, 1),
     }
+
+
+def ray_worker_p50(model_dir: str, texts: list[str], n: int) -> float:
+    """p50 ms of `Predictor.predict([text])` timed inside a Ray actor that holds the replica's CPUs."""
+    import ray
+
+    @ray.remote(num_cpus=REPLICA_CPUS)
+    def timed() -> float:
+        from raylane.predictor import Predictor
+
+        predictor = Predictor(model_dir, threads=REPLICA_CPUS)
+        for i in range(20):
+            predictor.predict([texts[i]])
+        latencies = []
+        for i in range(n):
+            started = time.perf_counter()
+            predictor.predict([texts[i % len(texts)]])
+            latencies.append(time.perf_counter() - started)
+        return statistics.median(latencies) * 1000
+
+    p50 = ray.get(timed.remote())
+    say(f"in a Ray worker: p50 {p50:.2f} ms over {n} calls")
+    return p50
+
+
+def canary_router_us(predictor, calls: int = 20_000) -> float:
+    """Microseconds per request of a canary step's routing: `CanaryLane.pick` (5% dealt to the
+    challenger) and `record` with the per-version Prometheus series, as a replica calls them."""
+    from raylane.serve.canary import CanaryLane
+    from raylane.serve.metrics import ReplicaMetrics
+    from raylane.serve.swap import Loaded
+
+    lane = CanaryLane(None, load=None, adopt=None, name="bench", tick_s=3600, metrics=ReplicaMetrics())
+    champion, challenger = Loaded(predictor, "bench", "1", 0.0), Loaded(predictor, "bench", "2", 0.0)
+    lane.challenger, lane.share, lane.step_key = challenger, 5.0, "2:0"
+    started = time.perf_counter()
+    for _ in range(calls):
+        loaded, step = lane.pick(champion, None)
+        lane.record(loaded, step, True, 0.01)
+    lane.stop()
+    us = (time.perf_counter() - started) / calls * 1e6
+    say(f"canary router: {us:.1f} us per request")
+    return us
 
 
 @benchmark(

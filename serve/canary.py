@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ray import serve
 
@@ -38,6 +39,9 @@ from raylane.rollout import (
     write_rollout,
 )
 from raylane.serve.swap import Loaded, LoadFailed, alias_of
+
+if TYPE_CHECKING:
+    from raylane.drift import DriftWindow
 
 logger = logging.getLogger("ray.serve")
 
@@ -240,6 +244,7 @@ class CanaryLane:
         self.share, self.sticky, self.step_key = 0.0, False, ""
         self.dealt = 0  # requests dealt under this step's share
         self.seen: dict[str, dict] = {}
+        self.drifts: dict[str, DriftWindow | None] = {}  # per version seen since the last report
         self.seen_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="canary-lane", daemon=True)
@@ -268,8 +273,7 @@ class CanaryLane:
             seen["errors"] += 0 if ok else 1
             if ok:
                 seen["latencies_s"].append(seconds)
-            if loaded.drift is not None:
-                seen["psi"] = max(loaded.drift.scores().values(), default=0.0)
+            self.drifts[version] = loaded.drift
         if self.metrics is not None:
             self.metrics.observe_version(version, ok, seconds)
 
@@ -283,6 +287,13 @@ class CanaryLane:
     def sync(self) -> None:
         with self.seen_lock:
             seen, self.seen = self.seen, {}
+            drifts, self.drifts = self.drifts, {}
+        # Each version's drift once per report, not once per request: a PSI over the window costs
+        # more than routing the request did.
+        for by_version in seen.values():
+            for version, stats in by_version.items():
+                if drifts.get(version) is not None:
+                    stats["psi"] = max(drifts[version].scores().values(), default=0.0)
         plan = self.controller.report.remote(seen).result(timeout_s=30)
         self.apply(plan)
 
