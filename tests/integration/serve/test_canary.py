@@ -35,6 +35,12 @@ TEXTS = [
         for t in ("data", "models", "code", "maps")
     )
 ]
+# Longer than the 16 positions of make_version(positions=16)'s model: it fails on these.
+LONG_TEXTS = [
+    f"a long account number {i} of how transformers, graphs and vision models were trained, evaluated and "
+    "deployed on a small cluster over several weeks"
+    for i in range(4)
+]
 STEPS = [10, 50, 100]
 
 
@@ -61,8 +67,8 @@ def wait_until(condition, what: str, timeout_s: float = 90):
 class Load:
     """Four clients sending POST /predict in a loop; every answer's status and model version kept."""
 
-    def __init__(self, url: str, clients: int = 4):
-        self.url, self.answers, self._stop = url, [], threading.Event()
+    def __init__(self, url: str, clients: int = 4, texts: list[str] = TEXTS):
+        self.url, self.texts, self.answers, self._stop = url, texts, [], threading.Event()
         self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
         for thread in self.threads:
             thread.start()
@@ -71,7 +77,8 @@ class Load:
         session, n = requests.Session(), 0
         while not self._stop.is_set():
             n += 1
-            response = session.post(f"{self.url}/predict", json={"texts": [TEXTS[(i + n) % len(TEXTS)]]}, timeout=30)
+            text = self.texts[(i + n) % len(self.texts)]
+            response = session.post(f"{self.url}/predict", json={"texts": [text]}, timeout=30)
             version = response.json().get("model_version") if response.status_code == 200 else None
             self.answers.append((time.time(), response.status_code, version))
 
@@ -93,8 +100,9 @@ def registry(mlflow_server):
 def make_version(registry, tiny_model, tmp_path_factory):
     """A new registered version of NAME: the tiny classifier (the same weights each time: a
     retrained model as good as the champion), or with `one_class` one that answers a single label
-    for everything. Each carries the label mix the champion answers on TEXTS as its drift
-    reference, as a training split's would be."""
+    for everything, or with `positions` one whose position embeddings stop there (it raises on any
+    longer input, as a model exported with the wrong config does). Each carries the label mix the
+    champion answers on TEXTS as its drift reference, as a training split's would be."""
     import torch
 
     from raylane.loader import load_model
@@ -109,13 +117,20 @@ def make_version(registry, tiny_model, tmp_path_factory):
     rarest = min(LABELS, key=lambda label: answered[label])
     reference = {"features": {"label": {"bins": LABELS, "counts": [answered[label] + 1 for label in LABELS]}}}
 
-    def make(one_class: bool = False) -> str:
+    def make(one_class: bool = False, positions: int = 0) -> str:
         model_dir = tmp_path_factory.mktemp("version") / "model" / "artifacts" / "hf_model"
         shutil.copytree(base, model_dir)
-        if one_class:  # the label the champion answers least, for everything
+        if one_class or positions:
             model = load_classifier(str(model_dir), LABELS)
+        if one_class:  # the label the champion answers least, for everything
             with torch.no_grad():
                 model.classifier.bias.copy_(torch.tensor([50.0 if label == rarest else -50.0 for label in LABELS]))
+        if positions:
+            embeddings = model.bert.embeddings
+            kept = embeddings.position_embeddings.weight[:positions].detach().clone()
+            embeddings.position_embeddings = torch.nn.Embedding.from_pretrained(kept, freeze=False)
+            model.config.max_position_embeddings = positions
+        if one_class or positions:
             model.save_pretrained(model_dir)
         write_reference(str(model_dir), reference)
         run = client.create_run(experiment)
@@ -179,6 +194,32 @@ def test_a_challenger_that_answers_one_class_is_rolled_back_at_the_first_step(ca
     assert {status for _, status, _ in answers} == {200}  # the champion answered throughout
     assert {version for t, _, version in answers if t > cut} == {champion}
     assert client.get_model_version(NAME, bad).tags["rollout"].startswith("rolled_back: serve.canary.max_psi")
+
+
+def test_a_challenger_that_raises_on_some_inputs_is_rolled_back_and_the_champion_answers_them(
+    canary_app, registry, make_version
+):
+    cfg, url = canary_app
+    client, _ = registry
+    champion = aliases(client)["champion"]
+    load = Load(url, texts=TEXTS[:8] + LONG_TEXTS)
+    try:
+        bad = make_version(positions=16)
+        client.set_registered_model_alias(NAME, "challenger", bad)
+        ended = wait_until(
+            lambda: (r := read_rollout(cfg.tracking.uri, NAME)) and r.version == bad and r.state != "running" and r,
+            "the rollout of the failing challenger did not end",
+        )
+    finally:
+        answers = load.stop()
+    assert ended.state == "rolled_back" and ended.reason.startswith("serve.canary.max_error_rate"), ended
+    assert [entry["step"] for entry in ended.history] == [0]
+    failed = ended.history[0]["challenger"]["errors"]
+    assert failed > 0, ended.history
+    assert aliases(client).get("rejected") == bad and aliases(client)["champion"] == champion
+    # Every request the challenger failed was answered again by the champion: no 5xx reached a client.
+    assert {status for _, status, _ in answers} == {200}
+    assert {version for _, _, version in answers} <= {champion, bad}
 
 
 def test_a_good_challenger_walks_every_step_to_champion(canary_app, registry, make_version):
