@@ -163,9 +163,12 @@ class Replica(ABC):
         return self.lane.pick(self.loaded, client) if self.lane is not None else (self.loaded, "")
 
     def record(self, loaded: Loaded, step: str, ok: bool, seconds: float) -> None:
-        """A request's outcome per version, the evidence a canary rollout is judged on."""
+        """A request's outcome per version: Prometheus series (the dashboard's per-version panels),
+        and in a canary rollout the evidence its step is judged on."""
         if self.lane is not None and step:
-            self.lane.record(loaded, step, ok, seconds)
+            self.lane.record(loaded, step, ok, seconds)  # the series too
+        else:
+            self.metrics.observe_version(str(loaded.version), ok, seconds)
 
     @abstractmethod
     def _canary(self, model: Predictor | Generator) -> None:

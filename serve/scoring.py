@@ -145,15 +145,12 @@ class ScoringReplica(Replica):
 
     async def predict(self, request) -> dict[str, Any]:
         items = self.items(request)
-        (loaded, step), started = self.pick(current_client()), time.perf_counter()
-        scored = await self._batched((loaded, items))
+        loaded, step = self.pick(current_client())
+        scored = await self._scored_by(loaded, step, items)
         if isinstance(scored, Exception):  # the canary's challenger failed: counted, and the champion answers
-            self.record(loaded, step, False, time.perf_counter() - started)
-            loaded = self.loaded
-            scored = await self._batched((loaded, items))
+            scored = await self._scored_by(self.loaded, step, items)
             if isinstance(scored, Exception):
                 raise scored
-        self.record(loaded, step, True, time.perf_counter() - started)
         loaded, outputs = scored
         answers = loaded.model.answer(outputs, getattr(request, "top_k", 1))
         return {
@@ -162,6 +159,17 @@ class ScoringReplica(Replica):
             "model_name": loaded.name,
             "model_version": loaded.version,
         }
+
+    async def _scored_by(self, loaded, step: str, items: list):
+        """`items` scored by `loaded` (in a batch), its outcome recorded for that version."""
+        started = time.perf_counter()
+        try:
+            scored = await self._batched((loaded, items))
+        except Exception:
+            self.record(loaded, step, False, time.perf_counter() - started)
+            raise
+        self.record(loaded, step, not isinstance(scored, Exception), time.perf_counter() - started)
+        return scored
 
     async def predict_upload(self, blobs: list[bytes]) -> dict[str, Any]:
         try:

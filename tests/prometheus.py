@@ -38,3 +38,20 @@ def wait_for(port: int, ready, timeout_s: float = 60, **match: str):
         if ready(samples) or time.time() > deadline:
             return samples
         time.sleep(1)
+
+
+def shipped_metric_names() -> set[str]:
+    """Every metric name the shipped alert rules and Grafana dashboard (monitoring/) read."""
+    import json
+    import re
+
+    import yaml
+
+    from tests.paths import REPO_ROOT
+
+    monitoring = REPO_ROOT / "monitoring"
+    rules = yaml.safe_load((monitoring / "alerts.yml").read_text())["groups"]
+    panels = json.loads((monitoring / "grafana" / "raylane-serving.json").read_text())["panels"]
+    queries = [rule["expr"] for group in rules for rule in group["rules"]]
+    queries += [target["expr"] for panel in panels for target in panel["targets"]]
+    return {name for query in queries for name in re.findall(r"\b(ray_[a-z_]+)\b", query)}

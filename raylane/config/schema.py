@@ -418,7 +418,9 @@ class CanarySettings:
         [5.0, 25.0, 50.0, 100.0],
         "Percent of requests the challenger takes at each step, rising; the step after the last promotes it.",
     )
-    step_s: float = opt(60.0, "Shortest time a step lasts, in seconds (it also waits for min_requests).")
+    step_s: float = opt(
+        60.0, "Shortest time a step lasts, in seconds (it also waits for min_requests); 0: steps by request count."
+    )
     min_requests: int = opt(50, "Requests the challenger answers in a step before the step's rules are judged.")
     sticky: bool = opt(
         False,

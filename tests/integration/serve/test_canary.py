@@ -386,3 +386,16 @@ def test_a_chat_model_walks_a_one_step_rollout(canary_app, mlflow_server, tiny_c
     assert {status for _, status, _ in answers} == {200}
     assert {f"models:/{name}/{champion}", f"models:/{name}/{challenger}"} <= {f for _, _, f in answers}
     assert client.get_model_version_by_alias(name, "champion").version == challenger
+
+
+def test_the_shipped_dashboard_and_alerts_read_only_metrics_the_app_exports(canary_app):
+    """After the rollouts above (both engines, a canary share set, drift watched), every metric the
+    Grafana dashboard and the alert rules of monitoring/ query is on the node's metrics port."""
+    from tests.prometheus import metrics_port, scrape, shipped_metric_names
+
+    wanted, exported = shipped_metric_names(), set()
+    deadline = time.time() + 60  # replicas and proxies push their metrics every few seconds
+    while not wanted <= exported and time.time() < deadline:
+        exported.update(name for name, _, _ in scrape(metrics_port(), prefix="ray_"))
+        time.sleep(1)
+    assert wanted <= exported, sorted(wanted - exported)
