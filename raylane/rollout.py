@@ -60,12 +60,16 @@ class Evidence:
     errors: int = 0
     latencies_s: list[float] = field(default_factory=list)
     psi: float = 0.0  # the largest drift PSI the replicas last reported for this version
+    feedback: int = 0  # signed feedback on this version's answers (serve.feedback)
+    correct: int = 0  # of which the answer was right
 
     LATENCIES_KEPT = 5000
 
     def add(self, report: dict) -> None:
         self.requests += report.get("requests", 0)
         self.errors += report.get("errors", 0)
+        self.feedback += report.get("feedback", 0)
+        self.correct += report.get("correct", 0)
         self.latencies_s = (self.latencies_s + list(report.get("latencies_s", ())))[-self.LATENCIES_KEPT :]
         if "psi" in report:
             self.psi = max(self.psi, float(report["psi"]))
@@ -73,6 +77,10 @@ class Evidence:
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def feedback_accuracy(self) -> float:
+        return self.correct / self.feedback if self.feedback else 0.0
 
     def p95_s(self) -> float:
         return percentile(self.latencies_s, 95)
@@ -85,6 +93,8 @@ class Evidence:
             "p50_ms": round(percentile(self.latencies_s, 50) * 1000, 2),
             "p95_ms": round(self.p95_s() * 1000, 2),
             "psi": round(self.psi, 4),
+            "feedback": self.feedback,
+            "feedback_accuracy": round(self.feedback_accuracy, 4),
         }
 
 
@@ -129,6 +139,15 @@ def judge(
             f"serve.canary.max_psi: the challenger's answers drift from its training split, PSI "
             f"{challenger.psi:.2f} > {settings.max_psi}",
         )
+    # Feedback comes when people send it: the rule is judged once a step has min_feedback of it,
+    # and does not hold a step back that has less.
+    if settings.min_feedback_accuracy > 0 and challenger.feedback >= settings.min_feedback:
+        if challenger.feedback_accuracy < settings.min_feedback_accuracy:
+            return Verdict(
+                "rollback",
+                f"serve.canary.min_feedback_accuracy: {challenger.correct} of {challenger.feedback} answers "
+                f"right by feedback ({challenger.feedback_accuracy:.3f} < {settings.min_feedback_accuracy})",
+            )
     if step_age_s < settings.step_s:
         return Verdict("wait")
     return Verdict("advance")

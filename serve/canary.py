@@ -267,8 +267,7 @@ class CanaryLane:
         """A request's outcome, under the step it was routed in (`pick`'s)."""
         version = str(loaded.version)
         with self.seen_lock:
-            by_version = self.seen.setdefault(step, {})
-            seen = by_version.setdefault(version, {"requests": 0, "errors": 0, "latencies_s": []})
+            seen = self._seen(step, version)
             seen["requests"] += 1
             seen["errors"] += 0 if ok else 1
             if ok:
@@ -276,6 +275,18 @@ class CanaryLane:
             self.drifts[version] = loaded.drift
         if self.metrics is not None:
             self.metrics.observe_version(version, ok, seconds)
+
+    def record_feedback(self, version: str, step: str, right: bool) -> None:
+        """Feedback on an answer `version` gave in `step`: right or wrong."""
+        with self.seen_lock:
+            seen = self._seen(step, version)
+            seen["feedback"] += 1
+            seen["correct"] += int(right)
+
+    def _seen(self, step: str, version: str) -> dict:
+        """What this replica saw of `version` in `step` since its last report (under seen_lock)."""
+        blank = {"requests": 0, "errors": 0, "latencies_s": [], "feedback": 0, "correct": 0}
+        return self.seen.setdefault(step, {}).setdefault(version, blank)
 
     def _run(self) -> None:
         while not self._stop.wait(self.tick_s):

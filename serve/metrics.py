@@ -56,6 +56,11 @@ class ReplicaMetrics:
             boundaries=LATENCY_BOUNDARIES_S,
             tag_keys=("version",),
         )
+        self.version_feedback = metrics.Counter(
+            "raylane_version_feedback",
+            description="Signed feedback on a model version's answers (serve.feedback), by whether each was right",
+            tag_keys=("version", "outcome"),
+        )
         self.share = metrics.Gauge(
             "raylane_canary_share",
             description="Percent of requests routed to a canary's challenger",
@@ -90,6 +95,9 @@ class ReplicaMetrics:
         if ok:
             self.version_latency.observe(seconds, tags={"version": version})
 
+    def observe_feedback(self, version: str, right: bool) -> None:
+        self.version_feedback.inc(1, tags={"version": version, "outcome": "right" if right else "wrong"})
+
     def canary_share(self, version: str, percent: float) -> None:
         self.share.set(percent, tags={"version": version})
 
@@ -115,6 +123,9 @@ class Unexported(ReplicaMetrics):
         pass
 
     def observe_version(self, version: str, ok: bool, seconds: float) -> None:
+        pass
+
+    def observe_feedback(self, version: str, right: bool) -> None:
         pass
 
     def canary_share(self, version: str, percent: float) -> None:

@@ -170,6 +170,13 @@ class Replica(ABC):
         else:
             self.metrics.observe_version(str(loaded.version), ok, seconds)
 
+    def record_feedback(self, version: str, step: str, right: bool) -> None:
+        """Feedback on an answer of `version` (routed in `step`): the live accuracy series, and a
+        canary rollout's evidence."""
+        self.metrics.observe_feedback(version, right)
+        if self.lane is not None and step:
+            self.lane.record_feedback(version, step, right)
+
     @abstractmethod
     def _canary(self, model: Predictor | Generator) -> None:
         """A real answer from `model`: a replica whose model is broken must not look healthy."""

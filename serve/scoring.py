@@ -6,6 +6,7 @@ what a request holds and what an answer says come from the task."""
 # No `from __future__ import annotations`: FastAPI must see the real request types on the
 # ingress methods, or a JSON body is mistaken for query parameters (422).
 import time
+from collections import OrderedDict
 from typing import Any
 
 from fastapi import File, HTTPException, UploadFile
@@ -23,6 +24,25 @@ from raylane.tasks.text import TEXT_CEILING, StrictBody, TextsRequest
 
 DEPLOYMENT = "Scorer"
 NAME_CEILING = 200
+# Answers kept for feedback to be matched with (about 1 KB each). Feedback is matched by the
+# replica that made the prediction: all of it with one replica, about 1/N of it with N, which is
+# still an unbiased sample of each version's answers.
+SAID_KEPT = 20_000
+
+
+class Recent:
+    """The last `size` values put, by key; a key is taken once."""
+
+    def __init__(self, size: int):
+        self.size, self.values = size, OrderedDict()
+
+    def remember(self, key: str, value) -> None:
+        self.values[key] = value
+        if len(self.values) > self.size:
+            self.values.popitem(last=False)
+
+    def take(self, key: str):
+        return self.values.pop(key, None)
 
 
 class FeedbackRequest(StrictBody):
@@ -76,6 +96,8 @@ class ScoringReplica(Replica):
                 max_bytes=int(args.feedback_max_mb * 2**20),
                 flush_s=args.feedback_flush_s,
             )
+        # What this replica answered, by prediction id, for the live accuracy that feedback gives.
+        self.said = Recent(SAID_KEPT)
         self.example = self.task.inputs.example()[self.task.inputs.column]
         super().__init__(args, controller)
 
@@ -153,9 +175,13 @@ class ScoringReplica(Replica):
                 raise scored
         loaded, outputs = scored
         answers = loaded.model.answer(outputs, getattr(request, "top_k", 1))
+        # Each id is bound to the item as scored (a text as truncated), which feedback quotes.
+        ids = [self.ids.issue(item) for item in items]
+        if self.sink is not None:
+            for prediction_id, answer in zip(ids, answers):
+                self.said.remember(prediction_id, (str(loaded.version), step, answer))
         return {
-            # Each id is bound to the item as scored (a text as truncated), which feedback quotes.
-            "predictions": [{**a, "prediction_id": self.ids.issue(item)} for a, item in zip(answers, items)],
+            "predictions": [{**a, "prediction_id": i} for a, i in zip(answers, ids)],
             "model_name": loaded.name,
             "model_version": loaded.version,
         }
@@ -209,6 +235,12 @@ class ScoringReplica(Replica):
             raise HTTPException(409, "prediction_id has had its feedback already: each is taken once") from None
         except QuotaExceeded:
             raise HTTPException(429, "the feedback sink's quota is used up (serve.feedback_max_mb)") from None
+        said = self.said.take(request.prediction_id)
+        if said is not None:  # this replica made the prediction: was it right?
+            version, step, answer = said
+            right = self.task.target.agrees(answer, check.value)
+            if right is not None:
+                self.record_feedback(version, step, right)
         return {"accepted": True, "prediction_id": request.prediction_id}
 
     def model(self) -> dict:

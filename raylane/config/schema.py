@@ -436,6 +436,14 @@ class CanarySettings:
         "Roll back when the PSI of the challenger's answers (label mix, lengths) against its training split is "
         "over this (drift's measure; a window of a few dozen answers is noisy, hence a loose default).",
     )
+    min_feedback_accuracy: float = opt(
+        0.0,
+        "Roll back when fewer of the challenger's answers than this are right by signed feedback (serve.feedback; "
+        "scoring tasks with labels); 0: off.",
+    )
+    min_feedback: int = opt(
+        20, "Feedback on the challenger's answers a step needs before min_feedback_accuracy is judged."
+    )
     tick_s: float = opt(2.0, "How often the rollout controller judges the step and replicas report to it.")
 
     def __post_init__(self) -> None:
@@ -447,6 +455,8 @@ class CanarySettings:
         _require(0 <= self.max_error_rate <= 1, "max_error_rate", "must be in [0, 1]")
         _require(self.max_p95_ms_ratio > 0, "max_p95_ms_ratio", "must be > 0")
         _require(self.max_psi > 0, "max_psi", "must be > 0")
+        _require(0 <= self.min_feedback_accuracy <= 1, "min_feedback_accuracy", "must be in [0, 1]")
+        _require(self.min_feedback >= 1, "min_feedback", "must be >= 1")
         _require(self.tick_s > 0, "tick_s", "must be > 0")
 
 

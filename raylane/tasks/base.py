@@ -203,6 +203,15 @@ class ScoredTarget(Target):
         """What drift watches of an answer (`raylane.drift`): the label(s) or the value."""
         return {}
 
+    def agrees(self, answer: dict, label: str) -> bool | None:
+        """Whether `answer` said the canonical `label` (live accuracy from feedback): the same
+        label, or the same set of labels; None where an answer is not right or wrong (a number)."""
+        names = self.names(label)
+        if not names:
+            return None
+        said = self.observation(answer).get("label")
+        return set(said if isinstance(said, list) else [said]) == set(names)
+
 
 class Labelled(ScoredTarget):
     """A target with classes: the label set comes from data.labels or from what the data shows."""

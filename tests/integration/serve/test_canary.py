@@ -141,12 +141,17 @@ def make_version(registry, tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def canary_app(ray_session, registry, make_version, smoke_cfg_factory, mlflow_server):
+def canary_app(ray_session, registry, make_version, smoke_cfg_factory, mlflow_server, tmp_path_factory):
     from ray import serve
 
     client, _ = registry
     client.set_registered_model_alias(NAME, "champion", make_version())
+    secret = tmp_path_factory.mktemp("secret") / "feedback-secret"
+    secret.write_text("canary-feedback-secret\n")
     cfg = smoke_cfg_factory(
+        "serve.feedback=true",
+        f"serve.feedback_uri={tmp_path_factory.mktemp('feedback')}",
+        f"serve.feedback_secret_file={secret}",
         f"tracking.uri={mlflow_server}",
         f"model.registered_name={NAME}",
         f"serve.port={free_port()}",
@@ -393,6 +398,11 @@ def test_the_shipped_dashboard_and_alerts_read_only_metrics_the_app_exports(cana
     Grafana dashboard and the alert rules of monitoring/ query is on the node's metrics port."""
     from tests.prometheus import metrics_port, scrape, shipped_metric_names
 
+    cfg, url = canary_app
+    text = TEXTS[0]
+    said = requests.post(f"{url}/predict", json={"texts": [text]}, timeout=30).json()["predictions"][0]
+    feedback = {"text": text, "label": said["label"], "prediction_id": said["prediction_id"]}
+    assert requests.post(f"{url}/feedback", json=feedback, timeout=30).status_code == 200
     wanted, exported = shipped_metric_names(), set()
     deadline = time.time() + 60  # replicas and proxies push their metrics every few seconds
     while not wanted <= exported and time.time() < deadline:

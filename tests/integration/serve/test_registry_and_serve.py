@@ -298,14 +298,26 @@ def test_a_body_of_hundreds_of_megabytes_is_refused_without_the_replica_growing(
 def test_feedback_over_http_is_read_back_by_ingest(served, smoke_dataset, smoke_cfg_factory):
     from raylane.ingest.stage import run_ingest
 
-    url, _, cfg = served
+    url, version, cfg = served
     labels = smoke_dataset.label_names
+    port, app = metrics_port(), {"application": APP_NAME, "version": version}
+    before = scrape(port, **app)
     posted = [{"text": f"feedback number {i} about {label}", "label": label} for i, label in enumerate(labels * 8)]
+    right = 0
     for body in posted:
         prediction = requests.post(f"{url}/predict", json={"texts": [body["text"]]}, headers=AUTH, timeout=30).json()
         body["prediction_id"] = prediction["predictions"][0]["prediction_id"]
+        right += prediction["predictions"][0]["label"] == body["label"]
         answer = requests.post(f"{url}/feedback", json=body, headers=AUTH, timeout=30)
         assert answer.status_code == 200 and cfg.serve.feedback_uri not in answer.text  # no server path
+    # Live accuracy per version: each feedback compared with what the replica answered.
+    feedback = "ray_raylane_version_feedback_total"
+
+    def grown(samples, outcome: str) -> float:
+        return total(samples, feedback, outcome=outcome) - total(before, feedback, outcome=outcome)
+
+    after = wait_for(port, lambda s: grown(s, "right") + grown(s, "wrong") >= len(posted), **app)
+    assert (grown(after, "right"), grown(after, "wrong")) == (right, len(posted) - right)
     # The text its id was issued for, so that each case fails on its own fault.
     bad = {"text": posted[0]["text"], "label": labels[0], "prediction_id": posted[0]["prediction_id"]}
     for changes, status in (

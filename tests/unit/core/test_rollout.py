@@ -37,6 +37,22 @@ def test_each_broken_rule_rolls_back_naming_its_key(challenger, key):
     assert verdict.action == "rollback" and verdict.reason.startswith(key), verdict
 
 
+def test_live_accuracy_from_feedback_rolls_back_once_there_is_enough_of_it():
+    rules = CanarySettings(steps=[5, 100], step_s=0, min_requests=20, min_feedback_accuracy=0.8, min_feedback=10)
+
+    def with_feedback(feedback: int, correct: int) -> Evidence:
+        seen = evidence(40)
+        seen.add({"feedback": feedback, "correct": correct})
+        return seen
+
+    verdict = judge(with_feedback(10, 7), evidence(200), 0.0, rules, 99)
+    assert verdict.action == "rollback" and verdict.reason.startswith("serve.canary.min_feedback_accuracy"), verdict
+    assert "7 of 10" in verdict.reason
+    assert judge(with_feedback(10, 8), evidence(200), 0.0, rules, 99).action == "advance"
+    assert judge(with_feedback(9, 0), evidence(200), 0.0, rules, 99).action == "advance"  # too little to say
+    assert judge(with_feedback(10, 0), evidence(200), 0.0, RULES, 99).action == "advance"  # the rule off (0)
+
+
 def test_the_last_step_compares_latency_with_the_champion_of_earlier_steps():
     # At 100 % the champion answers nothing: its p95 from the steps before is the yardstick.
     assert judge(evidence(40, latency_s=0.03), Evidence(), 0.01, RULES, 99).action == "rollback"

@@ -129,3 +129,23 @@ def test_the_pattern_finds_what_it_looks_for():
         assert _ASKS.search(line), line
     assert not _ASKS.search("if saved.task != cfg.task:")
     assert not _ASKS.search('if file.format == "image":')  # a file format, not a task
+
+
+def test_feedback_agrees_with_an_answer_by_the_target():
+    """Live accuracy: the label a person gave against what the model said, for each scoring target
+    (a number is neither right nor wrong)."""
+    import numpy as np
+
+    labels = ["cv", "nlp", "other"]
+    for name in ("text_classification", "image_classification"):
+        target = get_task(name).target
+        (answer,) = target.answer(np.array([[0.1, 0.8, 0.1]]), labels, {}, top_k=2)
+        assert target.agrees(answer, target.check_label("nlp").value) is True
+        assert target.agrees(answer, target.check_label("cv").value) is False
+    target = get_task("text_multilabel").target
+    (answer,) = target.answer(np.array([[0.9, 0.8, 0.1]]), labels, {"thresholds": [0.5] * 3})
+    assert target.agrees(answer, target.check_label('["nlp", "cv"]').value) is True
+    assert target.agrees(answer, target.check_label('["nlp"]').value) is False
+    target = get_task("text_regression").target
+    (answer,) = target.answer(np.array([[2.5]]), [], {})
+    assert target.agrees(answer, target.check_label("2.5").value) is None
