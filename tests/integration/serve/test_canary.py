@@ -162,6 +162,8 @@ def canary_app(ray_session, registry, make_version, smoke_cfg_factory, mlflow_se
         "serve.canary.min_requests=40",
         "serve.canary.tick_s=0.5",
         "serve.canary.max_p95_ms_ratio=4",  # two equal models on 2 busy cores: only a real slowdown
+        "serve.canary.min_feedback_accuracy=0.5",
+        "serve.canary.min_feedback=10",
     )
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(build_app(serve_args(cfg, f"models:/{NAME}@champion")), name=APP, route_prefix="/")
@@ -225,6 +227,39 @@ def test_a_challenger_that_raises_on_some_inputs_is_rolled_back_and_the_champion
     # Every request the challenger failed was answered again by the champion: no 5xx reached a client.
     assert {status for _, status, _ in answers} == {200}
     assert {version for _, _, version in answers} <= {champion, bad}
+
+
+def test_feedback_that_the_challenger_answers_wrong_rolls_it_back(canary_app, registry, make_version):
+    """People say (signed feedback) that the challenger's answers are wrong: rolled back on
+    serve.canary.min_feedback_accuracy, though its errors, latency and drift are all fine."""
+    cfg, url = canary_app
+    client, _ = registry
+    champion = aliases(client)["champion"]
+    # One client, which corrects every answer the challenger gives: feedback keeps pace with requests.
+    session, corrected, answers = requests.Session(), 0, []
+    try:
+        candidate = make_version()  # the champion's own weights: only the feedback can tell
+        client.set_registered_model_alias(NAME, "challenger", candidate)
+        deadline = time.time() + 90
+        while not ((r := read_rollout(cfg.tracking.uri, NAME)) and r.version == candidate and r.state != "running"):
+            assert time.time() < deadline, "the rollout did not end"
+            text = TEXTS[corrected % len(TEXTS)]
+            response = session.post(f"{url}/predict", json={"texts": [text]}, timeout=30)
+            answers.append(response.status_code)
+            answer = response.json()
+            said = answer["predictions"][0]
+            if answer["model_version"] == candidate:
+                other = next(label for label in LABELS if label != said["label"])
+                body = {"text": text, "label": other, "prediction_id": said["prediction_id"]}
+                assert session.post(f"{url}/feedback", json=body, timeout=30).status_code == 200
+                corrected += 1
+    finally:
+        session.close()
+    assert r.state == "rolled_back" and r.reason.startswith("serve.canary.min_feedback_accuracy"), (r, corrected)
+    judged = r.history[-1]["challenger"]
+    assert judged["feedback"] >= 10 and judged["feedback_accuracy"] == 0.0, judged
+    assert aliases(client).get("rejected") == candidate and aliases(client)["champion"] == champion
+    assert set(answers) == {200}
 
 
 def test_a_good_challenger_walks_every_step_to_champion(canary_app, registry, make_version):
