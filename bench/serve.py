@@ -477,6 +477,7 @@ def canary_router_us(predictor, calls: int = 20_000) -> float:
     for _ in range(calls):
         loaded, step = lane.pick(champion, None)
         lane.record(loaded, step, True, 0.01)
+        lane.metrics.observe_version(str(loaded.version), True, 0.01)  # as Replica.record does
     lane.stop()
     us = (time.perf_counter() - started) / calls * 1e6
     say(f"canary router: {us:.1f} us per request")

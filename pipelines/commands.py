@@ -354,8 +354,7 @@ def rollout_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     from raylane import rollout
 
     uri, name = tracking_uri(cfg), cfg.model.registered_name
-    pointed = rollout.aliases(uri, name)
-    record = rollout.read_rollout(uri, name)
+    pointed, record = rollout.registry_state(uri, name)
     challenger = pointed.get(rollout.CHALLENGER)
     if args.action != "status":
         if not challenger:

@@ -168,15 +168,21 @@ def _client(tracking_uri: str):
     return client(tracking_uri)
 
 
-def read_rollout(tracking_uri: str, name: str) -> Rollout | None:
+def registry_state(tracking_uri: str, name: str) -> tuple[dict[str, str], Rollout | None]:
+    """(alias -> version, the rollout record) of the registered model, from one read; ({}, None)
+    when it does not exist yet."""
     from mlflow.exceptions import MlflowException
 
     try:
-        tags = _client(tracking_uri).get_registered_model(name).tags
+        model = _client(tracking_uri).get_registered_model(name)
     except MlflowException:
-        return None
-    text = tags.get(ROLLOUT_TAG)
-    return Rollout.from_json(text) if text else None
+        return {}, None
+    text = model.tags.get(ROLLOUT_TAG)
+    return {a: str(v) for a, v in model.aliases.items()}, (Rollout.from_json(text) if text else None)
+
+
+def read_rollout(tracking_uri: str, name: str) -> Rollout | None:
+    return registry_state(tracking_uri, name)[1]
 
 
 def write_rollout(tracking_uri: str, name: str, rollout: Rollout) -> None:
@@ -184,13 +190,7 @@ def write_rollout(tracking_uri: str, name: str, rollout: Rollout) -> None:
 
 
 def aliases(tracking_uri: str, name: str) -> dict[str, str]:
-    """alias -> version of the registered model ({} when it does not exist yet)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return {a: str(v) for a, v in _client(tracking_uri).get_registered_model(name).aliases.items()}
-    except MlflowException:
-        return {}
+    return registry_state(tracking_uri, name)[0]
 
 
 def promote(tracking_uri: str, name: str, rollout: Rollout, reason: str, alias: str = CHAMPION) -> Rollout:

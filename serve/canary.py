@@ -30,11 +30,10 @@ from raylane.rollout import (
     RUNNING,
     Evidence,
     Rollout,
-    aliases,
     dealt_to_challenger,
     judge,
     promote,
-    read_rollout,
+    registry_state,
     roll_back,
     write_rollout,
 )
@@ -53,8 +52,8 @@ class RolloutControl:
     def __init__(self, tracking_uri: str, name: str, settings, alias: str = CHAMPION):
         self.tracking_uri, self.name, self.settings, self.alias = tracking_uri, name, settings, alias
         self.lock = threading.Lock()
-        self.rollout: Rollout | None = read_rollout(tracking_uri, name)
-        self.champion: str | None = aliases(tracking_uri, name).get(alias)
+        pointed, self.rollout = registry_state(tracking_uri, name)
+        self.champion: str | None = pointed.get(alias)
         self.evidence: dict[str, Evidence] = {}
         self.baseline_p95_s = 0.0
         self.later: list[Callable[[], None]] = []  # MLflow logging, done once the lock is released
@@ -92,10 +91,9 @@ class RolloutControl:
                 logger.exception("logging the rollout to MLflow failed")
 
     def _tick(self) -> None:
-        pointed = aliases(self.tracking_uri, self.name)
-        self.champion = pointed.get(self.alias)
-        before, rollout = self.rollout, read_rollout(self.tracking_uri, self.name)
-        self.rollout = rollout
+        before = self.rollout
+        pointed, rollout = registry_state(self.tracking_uri, self.name)
+        self.champion, self.rollout = pointed.get(self.alias), rollout
         if _ended_by_hand(before, rollout):  # `raylane rollout promote | abort`
             self.evidence = {}
             self._close_run(rollout)
@@ -273,8 +271,6 @@ class CanaryLane:
             if ok:
                 seen["latencies_s"].append(seconds)
             self.drifts[version] = loaded.drift
-        if self.metrics is not None:
-            self.metrics.observe_version(version, ok, seconds)
 
     def record_feedback(self, version: str, step: str, right: bool) -> None:
         """Feedback on an answer `version` gave in `step`: right or wrong."""

@@ -31,7 +31,7 @@ from raylane.chat_template import TemplateRefused
 from raylane.continuous import ContinuousBatcher, check_supported
 from raylane.continuous import Request as Generating
 from raylane.serve.args import ServeArgs, deployment_options
-from raylane.serve.auth import client_of
+from raylane.serve.auth import current_client
 from raylane.serve.canary import bind_app
 from raylane.serve.chat_schema import ChatCompletion, TextCompletion, request_models
 from raylane.serve.guard import failed_midway, guarded_api
@@ -111,7 +111,7 @@ class ChatReplica(Replica):
         return Job(loaded, prompt, sampling, time.perf_counter(), step)
 
     async def respond(self, request, chat: bool, scope: dict):
-        job = self.job(request, chat, client_of(scope))
+        job = self.job(request, chat, current_client())
         if request.stream:
             return StreamingResponse(self._events(job, request.model, chat, scope), media_type=SSE)
         try:

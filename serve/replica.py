@@ -165,10 +165,9 @@ class Replica(ABC):
     def record(self, loaded: Loaded, step: str, ok: bool, seconds: float) -> None:
         """A request's outcome per version: Prometheus series (the dashboard's per-version panels),
         and in a canary rollout the evidence its step is judged on."""
+        self.metrics.observe_version(str(loaded.version), ok, seconds)
         if self.lane is not None and step:
-            self.lane.record(loaded, step, ok, seconds)  # the series too
-        else:
-            self.metrics.observe_version(str(loaded.version), ok, seconds)
+            self.lane.record(loaded, step, ok, seconds)
 
     def record_feedback(self, version: str, step: str, right: bool) -> None:
         """Feedback on an answer of `version` (routed in `step`): the live accuracy series, and a
