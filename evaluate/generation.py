@@ -125,17 +125,23 @@ def score_generations(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo,
         batch["generate"] = [stable_fraction(t) < share for t in batch["text"]]
         return batch
 
-    scored = ds.map_batches(flag, batch_format="pandas").map_batches(
-        GenerateBatch,
-        batch_format="pandas",
-        batch_size=max(64, cfg.evaluate.batch_size),
-        compute=ray.data.ActorPoolStrategy(size=cfg.resources.predict_actors),
-        fn_constructor_kwargs={
-            "model_dir": model_dir,
-            "sampling": sampling_of(cfg),
-            "batch_size": min(cfg.evaluate.batch_size, 16),
-        },
-        **on_this_node(),
+    # Read and flagged before the actors start, as raylane.scoring.score_split does (a serving
+    # app beside it would leave the read and flag tasks no CPU).
+    scored = (
+        ds.map_batches(flag, batch_format="pandas")
+        .materialize()
+        .map_batches(
+            GenerateBatch,
+            batch_format="pandas",
+            batch_size=max(64, cfg.evaluate.batch_size),
+            compute=ray.data.ActorPoolStrategy(size=cfg.resources.predict_actors),
+            fn_constructor_kwargs={
+                "model_dir": model_dir,
+                "sampling": sampling_of(cfg),
+                "batch_size": min(cfg.evaluate.batch_size, 16),
+            },
+            **on_this_node(),
+        )
     )
     return scored.to_pandas()
 

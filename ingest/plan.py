@@ -51,6 +51,7 @@ class RowIndex:
             self.pii[kind] += int(pc.sum(batch.column(f"pii_{kind}")).as_py() or 0)
         ok = pc.equal(batch.column("reason"), ACCEPTED)
         kept = batch.filter(ok)
+        roles = kept.column("role").to_pylist()
         self.accepted_chars += int(pc.sum(kept.column("n_chars")).as_py() or 0)
         codes = [self._labels.setdefault(label, len(self._labels)) for label in kept.column("label").to_pylist()]
         self._parts.append(
@@ -58,13 +59,15 @@ class RowIndex:
                 "pos": kept.column("pos").to_numpy(),
                 "hash": kept.column("text_hash").to_numpy(),
                 "frac": kept.column("key_frac").to_numpy(),
-                "test": np.asarray([r == "test" for r in kept.column("role").to_pylist()], bool),
+                "test": np.asarray([r == "test" for r in roles], bool),
+                "feedback": np.asarray([r == "feedback" for r in roles], bool),
                 "label": np.asarray(codes, np.int32),
             }
         )
 
     def arrays(self) -> dict[str, np.ndarray]:
-        dtypes = {"pos": np.int64, "hash": np.int64, "frac": np.float64, "test": bool, "label": np.int32}
+        dtypes = {"pos": np.int64, "hash": np.int64, "frac": np.float64, "test": bool, "feedback": bool}
+        dtypes["label"] = np.int32
         return {k: np.concatenate([np.zeros(0, t)] + [p[k] for p in self._parts]).astype(t) for k, t in dtypes.items()}
 
     @property
@@ -177,11 +180,14 @@ def build_plan(
     class_counts: dict[str, Counter] = {s: Counter() for s in ("train", "val", "test")}
     rows_per_split: Counter = Counter()
     values: dict[str, list[float]] = {s: [] for s in ("train", "val", "test")}
-    for code, frac, test in zip(
-        a["label"][accepted].tolist(), a["frac"][accepted].tolist(), a["test"][accepted].tolist()
+    for code, frac, test, feedback in zip(
+        a["label"][accepted].tolist(),
+        a["frac"][accepted].tolist(),
+        a["test"][accepted].tolist(),
+        a["feedback"][accepted].tolist(),
     ):
         label = names[code]
-        split = plan.split(label, frac, "test" if test else "data")
+        split = plan.split(label, frac, "test" if test else "feedback" if feedback else "data")
         rows_per_split[split] += 1
         class_counts[split].update(target.names(label))
         value = target.value_of(label)

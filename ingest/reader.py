@@ -70,8 +70,8 @@ class ReadOptions:
 
 @dataclass(frozen=True)
 class FileTask:
-    """One file to read and where its rows go: `role` is "data" or "test" (an explicit test
-    source), `ordinal` orders files so every row gets a unique, stable position.
+    """One file to read and where its rows go: `role` is "data", "test" (an explicit test
+    source) or "feedback" (train and val only), `ordinal` orders files so every row gets a unique, stable position.
 
     A big file can be shared by `parts` tasks: each parses the whole file (record boundaries in
     CSV depend on quoting, so no task can start mid-file) but builds rows only for the chunks of
@@ -83,6 +83,9 @@ class FileTask:
     role: str
     part: int = 0
     parts: int = 1
+    # The file's own names for the configured columns, in their order, when it has other names
+    # (a feedback sink's "text" and "label"); "" for a column it lacks.
+    fields: tuple[str, ...] = ()
 
     def owns(self, record: int) -> bool:
         """Whether this task builds the row of the file's `record`-th record (from 0)."""
@@ -318,7 +321,7 @@ def read_file(
     """Every record of one file, as tables of `schema(len(fields))` of up to CHUNK_ROWS rows;
     `stats`, when given, is filled in as the file is read."""
     stats = stats or ReadStats(task.ordinal, task.part, task.parts, task.file.uri)
-    records = _READERS[task.file.format](task, fields, options, stats)
+    records = _READERS[task.file.format](task, list(task.fields) or fields, options, stats)
     chunk = _Chunk(task, len(fields))
     for n, record in enumerate(records, start=1):
         chunk.add(*record)

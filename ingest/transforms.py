@@ -159,6 +159,8 @@ class Plan:
             return "test"
         test_cut = self.test_cut.get(label, self.test_cut.get("*", 0.0))
         val_cut = self.val_cut.get(label, self.val_cut.get("*", 0.0))
+        if role == "feedback":  # never test: the test split must stay comparable across retrainings
+            return "val" if key_frac < val_cut - test_cut else "train"
         if key_frac < test_cut:
             return "test"
         return "val" if key_frac < val_cut else "train"

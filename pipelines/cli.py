@@ -22,6 +22,7 @@ COMMAND_HELP = {
     "serve": "serve a registered model over HTTP until Ctrl-C (--model, default the champion)",
     "predict": "score a dataset (--input glob or URI) and write predictions as Parquet (--output)",
     "rollout": "a canary rollout of the registered model: status, or promote / abort it by hand",
+    "loop": "watch the served champion; on a trigger (loop.triggers) retrain, gate and roll out (--once: one look)",
 }
 
 
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--model", help="model dir or MLflow URI (default: the registry's champion)")
         if name in ("run", "ingest"):
             p.add_argument("--force", action="store_true", help="ingest again even if the output matches the source")
+        if name == "loop":
+            p.add_argument("--once", action="store_true", help="look once, run a cycle if one is due, exit (cron)")
         if name == "evaluate":
             p.add_argument("--register", action="store_true", help="gate and register the model afterwards")
         if name == "predict":
@@ -68,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()  # before anything imports the libraries it quiets
     try:
         cfg = load_config(args.config, args.overrides)
-        if args.command in ("run", "ingest"):
+        if args.command in ("run", "ingest", "loop"):
             check_data_inputs(cfg)
-        if args.command in ("run", "ingest", "train", "tune"):
+        if args.command in ("run", "ingest", "train", "tune", "loop"):
             check_model_input(cfg)
-        if args.command in ("run", "train", "tune") and cfg.train.peft == "lora":
+        if args.command in ("run", "train", "tune", "loop") and cfg.train.peft == "lora":
             from raylane.train.lora import check_config
 
             check_config(cfg)  # the adapters' target layers exist, checked on a weightless copy

@@ -215,6 +215,34 @@ def predict_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def train_to_registry(cfg: PipelineConfig, parent: RunRef, tasks, force: bool = False):
+    """Ingest -> sweep (or train) -> evaluate -> gate and register, under `parent`: what `run`
+    does before it serves, and what each cycle of `loop` does. Returns (dataset, best training
+    result, evaluation, promotion); the parent run's row gets the headline."""
+    started = time.time()
+    dataset = ingest_stage(cfg, parent, force=force, tasks=tasks)
+    dataset.log_inputs(parent)
+    best = tune_stage(cfg, dataset, parent) if cfg.sweep.enabled else train_stage(cfg, dataset, parent)
+    release_stray_placement_groups()  # or evaluate may wait forever for the CPUs they hold
+    evaluation, evaluate_run_id = evaluate_stage(cfg, best.model_dir, dataset, parent)
+    promotion = register_stage(
+        cfg,
+        best.model_dir,
+        dataset,
+        evaluation,
+        parent,
+        {"training_run_id": best.run_id, "evaluate_run_id": evaluate_run_id},
+    )
+    _headline_on_parent(parent, promotion, evaluation, time.time() - started, best.run_id)
+    return dataset, best, evaluation, promotion
+
+
+def loop_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
+    from raylane.pipelines.loop import run_loop
+
+    return run_loop(cfg, once=args.once)
+
+
 def run_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     from raylane.serve.deploy import client_headers, deploy
 
@@ -223,19 +251,7 @@ def run_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     headers = client_headers(cfg)  # a missing or empty API-key source fails now, not after training
     init_ray()
     with pipeline_run(cfg, "run") as parent:
-        dataset = ingest_stage(cfg, parent, force=args.force, tasks=tasks)
-        dataset.log_inputs(parent)
-        best = tune_stage(cfg, dataset, parent) if cfg.sweep.enabled else train_stage(cfg, dataset, parent)
-        release_stray_placement_groups()  # or evaluate may wait forever for the CPUs they hold
-        evaluation, evaluate_run_id = evaluate_stage(cfg, best.model_dir, dataset, parent)
-        promotion = register_stage(
-            cfg,
-            best.model_dir,
-            dataset,
-            evaluation,
-            parent,
-            {"training_run_id": best.run_id, "evaluate_run_id": evaluate_run_id},
-        )
+        dataset, best, evaluation, promotion = train_to_registry(cfg, parent, tasks, force=args.force)
         # A rejected model never displaces the champion; with no champion yet, it is all there is.
         served_uri = (
             cfg.serve_model_uri if promotion.decision.passed or promotion.previous_version else promotion.version.uri
@@ -263,7 +279,7 @@ def run_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
             "elapsed_s": round(elapsed, 1),
             "tracking_uri": tracking_uri(cfg),
         }
-        _headline_on_parent(parent, promotion, evaluation, elapsed, best.run_id)
+        parent.log_metrics({"elapsed_s": elapsed})  # the whole run's, serving included
         parent.log_dict(summary, "run_summary.json")
     (cfg.output_path / "run_summary.json").write_text(json.dumps(redacted(summary), indent=2))
     print(f"\nserved at {url}: {request_line}\n  -> {answer_line}")
@@ -380,4 +396,5 @@ COMMANDS = {
     "serve": serve_command,
     "predict": predict_command,
     "rollout": rollout_command,
+    "loop": loop_command,
 }

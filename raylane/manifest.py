@@ -30,7 +30,7 @@ class SourceFile(Record):
     ordinary character after a stray quote (data.max_record_lines). Parquet has rows, not lines."""
 
     uri: str
-    role: str  # "data", or "test" for an explicit test source
+    role: str  # "data", "test" for an explicit test source, "feedback" for a feedback sink's file
     format: str
     size: int
     sha256: str

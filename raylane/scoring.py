@@ -31,9 +31,13 @@ def score_split(
 
     from raylane.predictor import ScoreBatch
 
+    # Read (and flag) first, then score: streamed, the scoring actors can take the last free CPU
+    # (a serving app holds the rest) and the read and flag tasks then wait for it forever. The
+    # split ends in memory anyway (to_pandas, below).
     ds = dataset.read_split(split)
     if flag is not None:
         ds = ds.map_batches(flag, batch_format="pandas")
+    ds = ds.materialize()
     scored = ds.map_batches(
         ScoreBatch,
         batch_format="pandas",

@@ -87,6 +87,12 @@ class DataConfig:
     )
     max_image_pixels: int = opt(50_000_000, "image_classification: larger images are quarantined (image_too_large).")
     test_source: str = opt("", "Optional held-out file used as the test split; empty carves test from source.")
+    feedback_source: str = opt(
+        "",
+        "Text tasks: a feedback sink (serve.feedback_uri) read beside source, its rows (text, label) kept with "
+        "their file as provenance, to train and val only, never test; a text the source holds keeps the source's "
+        "copy. Empty: none (raylane loop sets it).",
+    )
     val_fraction: float = opt(0.15, "Share of the source rows routed to validation (by a stable hash of the text).")
     test_fraction: float = opt(0.15, "Share routed to test when test_source is empty.")
     max_length: int = opt(
@@ -608,6 +614,63 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class LoopTriggers:
+    drift_psi: float = opt(
+        0.0,
+        "Retrain when the served champion's drift (the largest PSI of GET /model) is at least this for drift_for_s; "
+        "0: off.",
+    )
+    drift_for_s: float = opt(600.0, "How long, in seconds, drift must stay over drift_psi before it triggers.")
+    min_feedback: int = opt(
+        0, "Retrain when the feedback sink holds at least this many rows more than at the last cycle; 0: off."
+    )
+    new_data: bool = opt(
+        True, "Retrain when the files under data.source differ (by content hash) from the dataset's manifest."
+    )
+    every_s: float = opt(0.0, "Retrain at least this often, in seconds, whatever else says (a schedule); 0: off.")
+    webhook: bool = opt(
+        False,
+        "Retrain on POST /loop/trigger (an Alertmanager webhook) at loop.webhook_host:webhook_port, signed with the "
+        "secret in $loop.webhook_secret_env (Bearer token, or X-Raylane-Signature: sha256=<HMAC of the body>).",
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.drift_psi >= 0, "drift_psi", "must be >= 0 (0 turns it off)")
+        _require(self.drift_for_s >= 0, "drift_for_s", "must be >= 0")
+        _require(self.min_feedback >= 0, "min_feedback", "must be >= 0 (0 turns it off)")
+        _require(self.every_s >= 0, "every_s", "must be >= 0 (0 turns it off)")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    triggers: LoopTriggers = opt(LoopTriggers(), "What starts a retraining cycle (raylane loop).")
+    poll_s: float = opt(30.0, "Seconds between looks at the triggers.")
+    cooldown_s: float = opt(3600.0, "After a cycle, triggers wait this long, in seconds, before another starts.")
+    max_cycles_per_day: int = opt(4, "Cycles started in any 24 hours, at most (interrupted ones count).")
+    feedback: bool = opt(
+        True, "Retrain on data.source plus the feedback sink (serve.feedback_uri), never into the test split."
+    )
+    warm_start: bool = opt(False, "Retrain from the champion's weights rather than model.name_or_path.")
+    serve_url: str = opt(
+        "", "The served app the loop watches (GET /model, for drift); empty: http://<serve.host>:<serve.port>."
+    )
+    webhook_host: str = opt("127.0.0.1", "Interface the webhook listens on (loop.triggers.webhook).")
+    webhook_port: int = opt(8020, "Port of the webhook (loop.triggers.webhook).")
+    webhook_secret_env: str = opt("", "Environment variable holding the webhook's secret.")
+
+    def __post_init__(self) -> None:
+        _require(self.poll_s > 0, "poll_s", "must be > 0")
+        _require(self.cooldown_s >= 0, "cooldown_s", "must be >= 0")
+        _require(self.max_cycles_per_day >= 1, "max_cycles_per_day", "must be >= 1")
+        _require(0 <= self.webhook_port <= 65535, "webhook_port", "must be a port number")
+        _require(
+            not self.triggers.webhook or bool(self.webhook_secret_env),
+            "webhook_secret_env",
+            "loop.triggers.webhook needs a secret to check signatures with: name its environment variable",
+        )
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     uri: str = opt("", "MLflow tracking URI; empty means $MLFLOW_TRACKING_URI, else SQLite under output_dir.")
     experiment: str = opt("raylane", "MLflow experiment name.")
@@ -655,6 +718,7 @@ class PipelineConfig:
     serve: ServeConfig = opt(ServeConfig(), "Serving.")
     tracking: TrackingConfig = opt(TrackingConfig(), "MLflow tracking.")
     resources: ResourcesConfig = opt(ResourcesConfig(), "Compute resources.")
+    loop: LoopConfig = opt(LoopConfig(), "The retraining loop (raylane loop).")
     output_dir: str = opt("outputs", "Where datasets, checkpoints, models, reports and local MLflow data go.")
 
     def __post_init__(self) -> None:

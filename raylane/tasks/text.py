@@ -42,7 +42,7 @@ class TextInputs(ScoredInputs):
     modality = "text"
     column = "text"
     drift_feature = "input_tokens"
-    config_keys = frozenset({"evaluate.slices", "serve.feedback"})
+    config_keys = frozenset({"evaluate.slices", "serve.feedback", "data.feedback_source"})
 
     def example(self) -> dict[str, list]:
         return {"text": ["Fine-tuning transformers for text classification."]}

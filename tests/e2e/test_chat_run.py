@@ -4,7 +4,6 @@ evaluation by generation, the gate, the registry, Serve, and chat completions ov
 streamed and not."""
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from mlflow import MlflowClient
 from raylane.http import free_port
 from tests.chat_rows import BAD_PROMPT_LINES, write_chat_corpus
 from tests.paths import REPO_ROOT
+from tests.waiting import interrupt
 
 
 def _sse_content(response) -> str:
@@ -80,11 +80,7 @@ def test_a_chat_model_is_tuned_registered_and_served(tmp_path, tiny_causal_lm, m
             printed = log_path.read_text()
             assert "POST /v1/chat/completions" in printed and "LoRA:" in printed
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            interrupt(proc)
 
 
 def _check_run(summary: dict, mlflow_server: str) -> None:

@@ -435,3 +435,37 @@ def test_each_task_quarantines_its_own_bad_labels(
     assert m.task == task
     if task == "text_regression":
         assert m.target_stats["train"]["rows"] > 0 and m.labels == []
+
+
+def test_feedback_joins_train_and_val_only_with_its_files_as_provenance(ray_session, smoke_cfg_factory, tmp_path):
+    """A feedback sink read beside the source (what `raylane loop` retrains on): its rows go to
+    train and val and never test, PII is masked, a text the source already holds keeps the
+    source's copy, and the sink's bookkeeping (`_used`, a half-written `.tmp`) is not read."""
+    source = tmp_path / "source.csv"
+    source.write_text("title,description,tag\n" + "".join(f"source row {i},words,{'ab'[i % 2]}\n" for i in range(60)))
+    sink = tmp_path / "feedback"
+    fresh = [f"feedback text number {i} about things" for i in range(40)]
+    records = [{"text": t, "label": "ab"[i % 2], "prediction_id": f"id{i}"} for i, t in enumerate(fresh)]
+    records.append({"text": "source row 3. words", "label": "b", "prediction_id": "dup"})  # the source's text
+    records.append({"text": "write to jane@example.com now", "label": "a", "prediction_id": "pii"})
+    for part, chunk in enumerate((records[:20], records[20:])):
+        partition = sink / "date=2026-12-06" / f"replica={part}"
+        partition.mkdir(parents=True)
+        (partition / "feedback-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chunk))
+    (sink / "date=2026-12-06" / "replica=0" / ".feedback-2.jsonl.tmp").write_text("{half a record")
+    (sink / "_used" / "expires=2026-12-13").mkdir(parents=True)
+    (sink / "_used" / "expires=2026-12-13" / "_id0").write_text("")
+
+    cfg = smoke_cfg_factory(
+        f"data.source={source}", "data.test_source=''", f"data.feedback_source={sink}", out=tmp_path / "out"
+    )
+    dataset = run_ingest(cfg).dataset
+    m = dataset.manifest
+    assert [s.role for s in m.sources] == ["data", "feedback", "feedback"]
+    assert m.counts.input == 60 + 42 and m.counts.quarantine_reasons == {"duplicate": 1}
+    texts = {split: {r["text"] for r in dataset.read_split(split).take_all()} for split in m.splits}
+    feedback_texts = set(fresh) | {"write to [EMAIL] now"}
+    assert not feedback_texts & texts["test"]
+    assert feedback_texts <= texts["train"] | texts["val"]
+    assert feedback_texts & texts["val"]  # validation sees feedback too, so the sweep ranks on it
+    assert "source row 3. words" in texts["train"] | texts["val"] | texts["test"]

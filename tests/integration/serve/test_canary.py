@@ -22,6 +22,7 @@ from raylane.rollout import read_rollout
 from raylane.serve.app import build_app
 from raylane.serve.deploy import serve_args
 from raylane.tasks.saved import SavedTask
+from tests.waiting import wait_until
 
 NAME = "canary-test"
 # An app name of its own: its metric series stay apart from the other serve tests' on the node.
@@ -52,16 +53,6 @@ def replica_pids(deployment: str) -> list[int]:
         address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], detail=True, limit=1000
     )
     return [a.pid for a in actors if a.class_name == f"ServeReplica:{APP}:{deployment}"]
-
-
-def wait_until(condition, what: str, timeout_s: float = 90):
-    deadline = time.time() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.time() < deadline, what
-        time.sleep(0.2)
 
 
 class Load:

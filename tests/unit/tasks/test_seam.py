@@ -33,6 +33,7 @@ SETTINGS = {
     "gate.min_exact_match": ["gate.min_exact_match=0.5"],
     "gate.max_perplexity": ["gate.max_perplexity=100"],
     "serve.feedback": ["serve.feedback=true", "serve.feedback_secret_env=RAYLANE_FEEDBACK_SECRET"],
+    "data.feedback_source": ["data.feedback_source=outputs/feedback"],
     "serve.quantize": ["serve.quantize=int8"],
     "serve.prune_amount": ["serve.prune_amount=0.5"],
     "train.loss": ["train.loss=huber"],
