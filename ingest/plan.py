@@ -66,8 +66,14 @@ class RowIndex:
         )
 
     def arrays(self) -> dict[str, np.ndarray]:
-        dtypes = {"pos": np.int64, "hash": np.int64, "frac": np.float64, "test": bool, "feedback": bool}
-        dtypes["label"] = np.int32
+        dtypes = {
+            "pos": np.int64,
+            "hash": np.int64,
+            "frac": np.float64,
+            "test": bool,
+            "feedback": bool,
+            "label": np.int32,
+        }
         return {k: np.concatenate([np.zeros(0, t)] + [p[k] for p in self._parts]).astype(t) for k, t in dtypes.items()}
 
     @property

@@ -376,7 +376,7 @@ def rollout_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         if not challenger:
             print(f"raylane: error: {name} has no challenger to {args.action}", file=sys.stderr)
             return 2
-        if record is None or record.version != challenger or record.state != rollout.RUNNING:
+        if record is None or not record.walks(challenger):
             record = rollout.Rollout(version=challenger, champion=pointed.get(cfg.gate.alias, ""))
         if args.action == "promote":
             record = rollout.promote(uri, name, record, "promoted by hand", cfg.gate.alias)

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from raylane.config import PipelineConfig
-from raylane.pipelines.triggers import feedback_rows, feedback_sink, look
+from raylane.pipelines.triggers import feedback_rows, look
 from raylane.redact import redact
+from raylane.serve.deploy import feedback_location
 
 DAY_S = 86400
 KEPT_CYCLES = 200  # the record keeps the latest cycles; MLflow keeps every one
@@ -116,7 +117,7 @@ def rollout_in_progress(cfg: PipelineConfig) -> str:
     except Exception:  # no registered model yet: nothing walks
         return ""
     challenger = pointed.get(rollout.CHALLENGER)
-    if challenger and record is not None and record.version == challenger and record.state == rollout.RUNNING:
+    if challenger and record is not None and record.walks(challenger):
         return f"version {challenger} is still walking the canary"
     return ""
 
@@ -132,7 +133,7 @@ def cycle_config(cfg: PipelineConfig) -> PipelineConfig:
 
     data, model = cfg.data, cfg.model
     if cfg.loop.feedback and "data.feedback_source" in get_task(cfg.task).config_keys:
-        data = dataclasses.replace(data, feedback_source=feedback_sink(cfg))
+        data = dataclasses.replace(data, feedback_source=feedback_location(cfg))
     if cfg.loop.warm_start:
         champion = champion_dir(cfg)
         if champion:
@@ -182,7 +183,7 @@ def run_cycle(cfg: PipelineConfig, state: LoopState, reasons: list[str]) -> dict
     state.data["running"] = dict(cycle)
     state.save()
     print(f"\nloop: cycle starts: {reason}")
-    rows = feedback_rows(feedback_sink(cfg)) if cfg.loop.feedback else 0  # before ingest reads the sink
+    rows = feedback_rows(feedback_location(cfg)) if cfg.loop.feedback else 0  # before ingest reads the sink
     try:
         cycle_cfg = cycle_config(cfg)
         cycle["warm_start_from"] = cycle_cfg.model.name_or_path if cfg.loop.warm_start else ""

@@ -42,7 +42,9 @@ def look(cfg: PipelineConfig, state: dict[str, Any], webhook_reasons: list[str],
     if triggers.drift_psi:
         _drift(cfg, state, now, seen)
     if triggers.min_feedback:
-        rows = feedback_rows(feedback_sink(cfg))
+        from raylane.serve.deploy import feedback_location
+
+        rows = feedback_rows(feedback_location(cfg))
         new = rows - state.get("feedback_rows", 0)
         if new >= triggers.min_feedback:
             seen.fire(f"feedback: {new} new rows (loop.triggers.min_feedback {triggers.min_feedback})")
@@ -114,12 +116,6 @@ def drift_psi(url: str, cfg: PipelineConfig) -> float | None:
         return None
     scores = (drift or {}).get("psi") or {}
     return max(scores.values()) if scores else None
-
-
-def feedback_sink(cfg: PipelineConfig) -> str:
-    from raylane.serve.deploy import feedback_location
-
-    return feedback_location(cfg)
 
 
 def feedback_rows(sink: str) -> int:

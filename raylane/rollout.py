@@ -35,6 +35,10 @@ class Rollout:
     run_id: str = ""  # the MLflow run the rollout logs to
     history: list[dict] = field(default_factory=list)  # one entry per judged step
 
+    def walks(self, challenger: str | None) -> bool:
+        """Whether this record is the running rollout of `challenger` (the version aliased so)."""
+        return self.state == RUNNING and self.version == challenger
+
     def share(self, steps: list[float]) -> float:
         """Percent of requests the challenger takes now."""
         return float(steps[self.step]) if self.state == RUNNING else 0.0
