@@ -183,7 +183,13 @@ class ServeBench:
         api = FastAPI()
 
         # Access log off, as in our app: a log line per request costs the replica time too.
-        @serve.deployment(ray_actor_options={"num_cpus": REPLICA_CPUS}, logging_config={"enable_access_log": False})
+        # As many requests in the replica at once as ours holds (serve.max_ongoing_requests, 64): at
+        # Serve's default of 5 the router backs off under concurrent load and the echo starves.
+        @serve.deployment(
+            ray_actor_options={"num_cpus": REPLICA_CPUS},
+            logging_config={"enable_access_log": False},
+            max_ongoing_requests=64,
+        )
         @serve.ingress(api)
         class Echo:
             @api.post("/predict")

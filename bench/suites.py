@@ -1,3 +1,3 @@
 """Importing this module registers every benchmark; later issues add theirs here."""
 
-from bench import e2e_default, gpu, ingest, large, llm, loop, serve, sft, train  # noqa: F401
+from bench import distill, e2e_default, gpu, ingest, large, llm, loop, serve, sft, train  # noqa: F401

@@ -42,6 +42,19 @@ def model_card(
         "|---|---|",
         *(f"| {k} | {v:.4f} |" for k, v in metrics.items()),
     ]
+    teacher = evaluation.teacher
+    if teacher:
+        distill = cfg.train.distill
+        lines += [
+            "",
+            f"Distilled from `{teacher.teacher}` (alpha {distill.alpha}, temperature {distill.temperature}"
+            + (f", layers {distill.student_layers} of it" if distill.student_layers else "")
+            + "); the teacher on the same rows:",
+            "",
+            "| metric | teacher | student - teacher (points) |",
+            "|---|---|---|",
+            *(f"| {k} | {v:.4f} | {teacher.student_delta_points[k]:+.2f} |" for k, v in teacher.metrics.items()),
+        ]
     if evaluation.per_class:
         lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         lines += [

@@ -45,7 +45,8 @@ def decide(
     gate: GateConfig, evaluation: Evaluation, champion: Champion | None, task: str = "text_classification"
 ) -> GateDecision:
     """Apply every enabled rule to the test evaluation (pure: no registry, no model): the task's
-    absolute rules, then no worse than the champion on the task's headline metric."""
+    absolute rules, then no worse than the champion (and, for a distilled model, its teacher) on
+    the task's headline metric."""
     target = get_task(task).target
     rules = [Rule(key, passed, detail) for key, passed, detail in target.gate_rules(gate, evaluation)]
     if gate.max_regression >= 0 and champion is not None:
@@ -58,17 +59,40 @@ def decide(
                 )
             )
         else:
-            headline = target.headline
-            ours, theirs = evaluation.metrics[headline], champion.evaluation.metrics[headline]
-            lower = target.metric_mode(headline) == "min"
-            ok = ours <= theirs + gate.max_regression if lower else ours >= theirs - gate.max_regression
             rules.append(
-                Rule(
+                _no_worse(
+                    target,
+                    evaluation,
+                    champion.evaluation.metrics,
                     "gate.max_regression",
-                    ok,
-                    f"test {_NAMES.get(headline, headline)} {ours:.4f} vs champion version {champion.version} "
-                    f"{theirs:.4f} on the same test split: {'within' if ok else 'more than'} gate.max_regression "
-                    f"{gate.max_regression} {'above' if lower else 'below'}",
+                    gate.max_regression,
+                    f"champion version {champion.version}",
                 )
             )
+    if gate.max_teacher_gap >= 0 and evaluation.teacher is not None:
+        teacher = evaluation.teacher
+        rules.append(
+            _no_worse(
+                target,
+                evaluation,
+                teacher.metrics,
+                "gate.max_teacher_gap",
+                gate.max_teacher_gap,
+                f"teacher {teacher.teacher}",
+            )
+        )
     return GateDecision(all(r.passed for r in rules), rules)
+
+
+def _no_worse(target, evaluation: Evaluation, theirs: dict[str, float], key: str, margin: float, who: str):
+    """The rule `key`: the test headline metric at most `margin` worse than `who`'s."""
+    headline = target.headline
+    ours, their = evaluation.metrics[headline], theirs[headline]
+    lower = target.metric_mode(headline) == "min"
+    ok = ours <= their + margin if lower else ours >= their - margin
+    return Rule(
+        key,
+        ok,
+        f"test {_NAMES.get(headline, headline)} {ours:.4f} vs {who} {their:.4f} on the same test split: "
+        f"{'within' if ok else 'more than'} {key} {margin} {'above' if lower else 'below'}",
+    )

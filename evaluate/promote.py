@@ -11,11 +11,13 @@ like with like even when the data has changed since it was promoted.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from raylane.config import PipelineConfig
+from raylane.config.schema import DistillSettings
 from raylane.dataset import DatasetInfo
 from raylane.drift import reference_from_manifest, write_reference
 from raylane.evaluate.card import model_card
@@ -44,7 +46,9 @@ def score_champion(cfg: PipelineConfig, dataset: DatasetInfo, tracking_uri: str,
     theirs, ours = sorted(saved.labels), sorted(dataset.label_names)
     if theirs != ours:
         return Champion(version, None, f"it predicts {theirs}, the test split has {ours}")
-    return Champion(version, run_evaluation(cfg, resolved.model_dir, dataset, out_dir))
+    # The champion alone: a distilled run's teacher was scored beside the new model already.
+    alone = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, distill=DistillSettings()))
+    return Champion(version, run_evaluation(alone, resolved.model_dir, dataset, out_dir))
 
 
 @dataclass(frozen=True)

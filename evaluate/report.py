@@ -32,6 +32,15 @@ class ServingVariant(Record):
     delta_points: dict[str, float]
 
 
+class TeacherScores(Record):
+    """A distilled model's teacher on the same split (`train.distill`): its metrics, and the
+    student's difference from them in points (100 x student - teacher)."""
+
+    teacher: str
+    metrics: dict[str, float]
+    student_delta_points: dict[str, float]
+
+
 class Evaluation(Record):
     split: str
     model_dir: str
@@ -43,6 +52,7 @@ class Evaluation(Record):
     confusion_matrix: list[list[int]] | None = None  # rows true, columns predicted, in `labels` order
     plots: list[str] = []  # image files beside the report
     serving_variant: ServingVariant | None = None
+    teacher: TeacherScores | None = None
     report_path: str = ""
 
     @property
@@ -73,6 +83,10 @@ def flat_metrics(evaluation: Evaluation) -> dict[str, float]:
     if variant:
         flat.update({f"{split}_serving_{k}": v for k, v in variant.metrics.items()})
         flat.update({f"{split}_serving_{k}_delta_points": v for k, v in variant.delta_points.items()})
+    teacher = evaluation.teacher
+    if teacher:
+        flat.update({f"{split}_teacher_{k}": v for k, v in teacher.metrics.items()})
+        flat.update({f"{split}_student_{k}_delta_points": v for k, v in teacher.student_delta_points.items()})
     return flat
 
 
@@ -91,4 +105,10 @@ def format_table(evaluation: Evaluation) -> str:
     if variant:
         changes = ", ".join(f"{k} {v:.3f} ({variant.delta_points[k]:+.2f} points)" for k, v in variant.metrics.items())
         lines.append(f"served as {variant.variant}: {changes}")
+    teacher = evaluation.teacher
+    if teacher:
+        scores = ", ".join(
+            f"{k} {v:.4f} (student {teacher.student_delta_points[k]:+.2f} points)" for k, v in teacher.metrics.items()
+        )
+        lines.append(f"teacher {teacher.teacher}: {scores}")
     return "\n".join(lines)

@@ -15,9 +15,9 @@ import pandas as pd
 
 from raylane.config import PipelineConfig
 from raylane.dataset import DatasetInfo
-from raylane.evaluate.report import ClassScores, Evaluation, ServingVariant, SliceScores, flat_metrics
+from raylane.evaluate.report import ClassScores, Evaluation, ServingVariant, SliceScores, TeacherScores, flat_metrics
 from raylane.evaluate.slices import column, flag_slices
-from raylane.scoring import outputs_of, score_split
+from raylane.scoring import aligned, outputs_of, score_split
 from raylane.tasks import get_task
 from raylane.tasks.saved import read_saved_task
 from raylane.tracking import RunRef
@@ -26,15 +26,6 @@ from raylane.tracking import RunRef
 def model_labels(model_dir: str) -> list[str]:
     """The model's class names in its output order (a champion may order them differently)."""
     return read_saved_task(model_dir).labels
-
-
-def aligned(outputs: np.ndarray, model_order: list[str], dataset_order: list[str]) -> np.ndarray:
-    """The model's per-label outputs reordered into the dataset's label order."""
-    if not model_order or model_order == dataset_order:
-        return outputs
-    if sorted(model_order) != sorted(dataset_order):
-        raise ValueError(f"the model predicts {sorted(model_order)}, the dataset has {sorted(dataset_order)}")
-    return outputs[:, [model_order.index(name) for name in dataset_order]]
 
 
 def _score(
@@ -111,6 +102,9 @@ def run_scoring_evaluation(
     if cfg.serve.quantize != "none" or cfg.serve.prune_amount > 0:
         variant = _score_serving_variant(cfg, model_dir, dataset, split, truth, extras, evaluation.metrics)
         evaluation = evaluation.model_copy(update={"serving_variant": variant})
+    if cfg.train.distill.teacher:
+        teacher = _score_teacher(cfg, dataset, split, truth, evaluation.metrics)
+        evaluation = evaluation.model_copy(update={"teacher": teacher})
 
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = target.plots(truth, outputs, labels, extras, f"{split} split, {len(truth)} rows")
@@ -149,6 +143,24 @@ def _score_serving_variant(
         variant=describe(cfg.serve.quantize, cfg.serve.prune_amount),
         metrics=metrics,
         delta_points={k: round(100 * (v - full[k]), 3) for k, v in metrics.items()},
+    )
+
+
+def _score_teacher(
+    cfg: PipelineConfig, dataset: DatasetInfo, split: str, truth: np.ndarray, student: dict[str, float]
+) -> TeacherScores:
+    """The teacher a model was distilled from, scored on the same split: what distillation kept."""
+    from raylane.distill import resolve_teacher
+
+    target = get_task(cfg.task).target
+    teacher = resolve_teacher(cfg)
+    _, outputs = _score(cfg, teacher.model_dir, dataset, split)
+    scored = target.score(truth, outputs, dataset.label_names, read_saved_task(teacher.model_dir).extras)["metrics"]
+    metrics = {k: v for k, v in scored.items() if k in target.metrics}
+    return TeacherScores(
+        teacher=teacher.uri,
+        metrics=metrics,
+        student_delta_points={k: round(100 * (student[k] - v), 3) for k, v in metrics.items()},
     )
 
 

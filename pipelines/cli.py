@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     from raylane.sources import IngestError
 
     try:
+        if args.command in ("run", "train", "tune", "loop", "evaluate") and cfg.train.distill.teacher:
+            from raylane.distill import pin_teacher
+
+            cfg = pin_teacher(cfg)  # one teacher version for the whole run, checked before Ray starts
         return commands.COMMANDS[args.command](cfg, args)
     # A whole-file problem, a secret or a dataset missing: named, no traceback.
     except (IngestError, ConfigError, FileNotFoundError) as err:

@@ -71,6 +71,7 @@ def train_stage(cfg: PipelineConfig, dataset: DatasetInfo, parent: RunRef):
     with start_run(cfg, "train", parent, tags={"dataset": dataset.uri}) as stage_run:
         dataset.log_inputs(stage_run, ("train", "val"))
         stage_run.log_params({f"train.{k}": v for k, v in cfg.to_dict()["train"].items()})
+        _soft_targets(cfg, dataset, stage_run)
         result = dataclasses.replace(fit(cfg, dataset, stage_run), run_id=stage_run.run_id)
     print(
         f"\ntrain: best {cfg.train.metric} {result.metrics[cfg.train.metric]:.4f} "
@@ -84,6 +85,7 @@ def tune_stage(cfg: PipelineConfig, dataset: DatasetInfo, parent: RunRef):
 
     with start_run(cfg, "sweep", parent, tags={"dataset": dataset.uri}) as stage_run:
         dataset.log_inputs(stage_run, ("train", "val"))
+        _soft_targets(cfg, dataset, stage_run)  # once, before the trials: each of them reads them
         result = run_sweep(cfg, dataset, stage_run)
     result = dataclasses.replace(result, best=dataclasses.replace(result.best, run_id=stage_run.run_id))
     print(f"\nsweep: {len(result.trials)} trials")
@@ -95,6 +97,18 @@ def tune_stage(cfg: PipelineConfig, dataset: DatasetInfo, parent: RunRef):
         )
     print(f"  best: {result.best_params} -> {result.best.model_dir}")
     return result.best
+
+
+def _soft_targets(cfg: PipelineConfig, dataset: DatasetInfo, stage_run: RunRef) -> None:
+    """A distilled model's teacher outputs on the training split (computed once per teacher
+    version), and the teacher on the run: its pinned version is the student's lineage."""
+    if not cfg.train.distill.teacher:
+        return
+    from raylane.train.distill import ensure_soft_targets
+
+    record = ensure_soft_targets(cfg, dataset)
+    stage_run.set_tags({"raylane.distill.teacher": record["teacher"], "raylane.distill.soft_targets": record["uri"]})
+    stage_run.log_metrics({"soft_targets_s": 0.0 if record["reused"] else record["seconds"]})
 
 
 def evaluate_stage(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, parent: RunRef):
@@ -231,7 +245,11 @@ def train_to_registry(cfg: PipelineConfig, parent: RunRef, tasks, force: bool = 
         dataset,
         evaluation,
         parent,
-        {"training_run_id": best.run_id, "evaluate_run_id": evaluate_run_id},
+        {
+            "training_run_id": best.run_id,
+            "evaluate_run_id": evaluate_run_id,
+            **({"distill_teacher": cfg.train.distill.teacher} if cfg.train.distill.teacher else {}),
+        },
     )
     _headline_on_parent(parent, promotion, evaluation, time.time() - started, best.run_id)
     return dataset, best, evaluation, promotion

@@ -52,3 +52,12 @@ def score_split(
 def outputs_of(scored: pd.DataFrame) -> np.ndarray:
     """The `outputs` column as one (rows, k) array."""
     return np.stack(scored["outputs"].to_numpy()) if len(scored) else np.zeros((0, 1))
+
+
+def aligned(outputs: np.ndarray, model_order: list[str], dataset_order: list[str]) -> np.ndarray:
+    """The model's per-label outputs reordered into the dataset's label order."""
+    if not model_order or model_order == dataset_order:
+        return outputs
+    if sorted(model_order) != sorted(dataset_order):
+        raise ValueError(f"the model predicts {sorted(model_order)}, the dataset has {sorted(dataset_order)}")
+    return outputs[:, [model_order.index(name) for name in dataset_order]]

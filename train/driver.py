@@ -22,6 +22,7 @@ from raylane.tasks.saved import SavedTask
 from raylane.text import TextPrep
 from raylane.tracking import RunRef
 from raylane.train.checkpoint import MODEL_DIR
+from raylane.train.distill import read_soft_targets
 from raylane.train.loop import train_fn_per_worker
 from raylane.train.lora import base_reference, point_at_base
 
@@ -75,14 +76,18 @@ def build_trainer(
             # Ray Train's per-report INFO lines repeat every metric; the loop prints its own line.
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
-        datasets={split: _materialized(dataset, split) for split in ("train", "val")},
+        datasets={split: _materialized(cfg, dataset, split) for split in ("train", "val")},
     )
 
 
-def _materialized(dataset: DatasetInfo, split: str):
+def _materialized(cfg: PipelineConfig, dataset: DatasetInfo, split: str):
     """Read before the workers claim the CPUs: on a small box a streaming read would wait for a
-    CPU the workers hold, forever. Tokenized splits are compact, so this is cheap."""
-    ds = dataset.read_split(split).materialize()
+    CPU the workers hold, forever. Tokenized splits are compact, so this is cheap. A distilled
+    model trains on the rows with their teacher's soft targets."""
+    if split == "train" and cfg.train.distill.teacher:
+        ds = read_soft_targets(cfg, dataset).materialize()
+    else:
+        ds = dataset.read_split(split).materialize()
     # Per-epoch progress comes from the loop's own line; per-iteration bars would drown it.
     ds.context.enable_progress_bars = False
     return ds

@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from raylane.config import PipelineConfig
 from raylane.console import quiet_worker, say
+from raylane.distill import keep_layers
 from raylane.progress import StepProgress
 from raylane.tasks import Task, get_task
 from raylane.tracking import RunRef, system_metrics
@@ -95,6 +96,8 @@ def build_model(cfg: PipelineConfig, task: Task, labels: list[str], resume_dir: 
         model = task.inputs.load_model(str(resume_dir / checkpoint.MODEL_DIR), labels, task.target)
     else:
         model = task.inputs.load_model(cfg.model.name_or_path, labels, task.target, cfg.model.init)
+        if tc.distill.student_layers:  # a student cut from its teacher (model.name_or_path, pinned so)
+            model = keep_layers(model, tc.distill.student_layers)
     if tc.gradient_checkpointing:
         # Non-reentrant: works with frozen inputs (LoRA) and with FSDP.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -113,7 +116,11 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     mlflow_run: RunRef | None = config["mlflow_run"]
     task = get_task(cfg.task)
     tc = cfg.train
-    settings = {"loss": tc.loss}
+    settings = {
+        "loss": tc.loss,
+        "distill_alpha": tc.distill.alpha,
+        "distill_temperature": tc.distill.temperature,
+    }
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()

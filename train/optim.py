@@ -95,11 +95,17 @@ class Precision:
 
 
 def loss_of(model, batch: dict[str, torch.Tensor], task: Task, settings: dict[str, Any], precision: Precision):
-    """(summed loss over the batch's rows, logits): the task's loss on the model's logits."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    """(summed loss over the batch's rows, logits): the task's loss on the model's logits. A batch
+    that carries a teacher's soft targets (`train.distill`) mixes in the soft loss against them:
+    alpha x soft + (1 - alpha) x plain."""
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "teacher")}
     with precision.autocast():
         logits = model(**inputs).logits
-    return task.target.loss(logits, batch["labels"], settings), logits
+    loss = task.target.loss(logits, batch["labels"], settings)
+    if "teacher" in batch:
+        alpha, temperature = settings["distill_alpha"], settings["distill_temperature"]
+        loss = alpha * task.target.soft_loss(logits, batch["teacher"], temperature) + (1 - alpha) * loss
+    return loss, logits
 
 
 def accumulate(model, micro_batches: list[dict[str, torch.Tensor]], loss_fn, precision: Precision, weigh=len):

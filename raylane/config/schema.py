@@ -190,6 +190,35 @@ class LoraSettings:
 
 
 @dataclass(frozen=True)
+class DistillSettings:
+    teacher: str = opt(
+        "",
+        "Distil from this model: a models:/<name>@<alias> or models:/<name>/<version> URI, or a model directory, of "
+        "the same task and label set. Its outputs on the training split become soft targets, computed once per "
+        "teacher version and dataset and kept beside the shards. Empty: no distillation.",
+    )
+    alpha: float = opt(
+        0.5, "Weight of the soft loss (against the teacher); 1 - alpha weighs the plain loss against the labels."
+    )
+    temperature: float = opt(
+        2.0, "Softens both distributions before they are compared (classification; the soft loss is scaled by T^2)."
+    )
+    student_layers: list[int] = opt(
+        [],
+        "Build the student from the teacher itself, keeping only these transformer layers (e.g. [0, 2, 4], as "
+        "DistilBERT was made); the teacher's tokenizer and head come along. Empty: the student is model.name_or_path.",
+    )
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1]")
+        _require(self.temperature > 0, "temperature", "must be > 0")
+        layers = self.student_layers
+        _require(all(i >= 0 for i in layers), "student_layers", "layer indices must be >= 0")
+        _require(len(set(layers)) == len(layers), "student_layers", "a layer is listed twice")
+        _require(not layers or bool(self.teacher), "student_layers", "needs a teacher (train.distill.teacher)")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = opt(6, "Passes over the training split.")
     batch_size: int = opt(32, "Global batch size, split evenly across workers.")
@@ -247,6 +276,7 @@ class TrainConfig:
     gradient_checkpointing: bool = opt(
         False, "Recompute activations in the backward pass instead of keeping them: less memory, ~30% more compute."
     )
+    distill: DistillSettings = opt(DistillSettings(), "Knowledge distillation from a teacher model (scoring tasks).")
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", "must be >= 1")
@@ -259,6 +289,11 @@ class TrainConfig:
         _require(self.checkpoints_to_keep >= 1, "checkpoints_to_keep", "must be >= 1")
         _require(self.max_failures >= 0, "max_failures", "must be >= 0")
         _require(self.log_every_steps >= 0, "log_every_steps", "must be >= 0")
+        _require(
+            not (self.distill.student_layers and self.peft == "lora"),
+            "distill.student_layers",
+            "a student cut from its teacher trains whole: set train.peft none",
+        )
 
     @property
     def metric_mode(self) -> str:
@@ -314,7 +349,7 @@ class SweepConfig:
         _require(self.grace_period >= 1, "grace_period", "must be >= 1")
         _require(self.reduction_factor >= 2, "reduction_factor", "must be >= 2")
         _require(all(c.isalnum() or c in "-_." for c in self.name), "name", "use letters, digits, '-', '_', '.'")
-        train_keys = {f.name for f in dataclasses.fields(TrainConfig) if f.name != "lora"}
+        train_keys = {f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("lora", "distill")}
         train_keys |= {f"lora.{f.name}" for f in dataclasses.fields(LoraSettings)}  # LoRA's rank, alpha, ...
         for name, dim in self.space.items():
             _require(name in train_keys, f"space.{name}", f"not a train key; choose from {sorted(train_keys)}")
@@ -401,6 +436,11 @@ class GateConfig:
         0.0,
         "Promote only if the test headline metric (weighted F1; micro F1; RMSE; exact match) is no more than "
         "this worse than the current champion's, re-scored on the same test split; negative disables the rule.",
+    )
+    max_teacher_gap: float = opt(
+        -1.0,
+        "train.distill: promote only if the test headline metric is no more than this worse than the teacher's, "
+        "scored on the same test split (0.01: one point of F1); negative disables the rule.",
     )
     alias: str = opt("champion", "Registry alias moved to a version that passes; the one it leaves gets 'previous'.")
     fail_on_reject: bool = opt(

@@ -182,6 +182,16 @@ class ScoredTarget(Target):
         """Matplotlib figures a reviewer would rather look at than a table, by file name."""
         return {}
 
+    # --- distillation -------------------------------------------------------------------------
+    @abstractmethod
+    def soft_targets(self, outputs: np.ndarray, extras: dict[str, Any]) -> np.ndarray:
+        """A teacher's `outputs` -> what the student's logits are compared with (`soft_loss`), one
+        float vector per row, in the scale of this dataset's `extras`."""
+
+    @abstractmethod
+    def soft_loss(self, logits, soft, temperature: float):
+        """The batch's summed loss of a student's logits against the teacher's soft targets."""
+
     # --- serving ------------------------------------------------------------------------------
     @abstractmethod
     def answer(self, outputs: np.ndarray, labels: list[str], extras: dict[str, Any], top_k: int = 1) -> list[dict]:

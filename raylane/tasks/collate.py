@@ -35,7 +35,17 @@ class PadCollate(NumpyBatchCollateFn):
             "input_ids": torch.from_numpy(input_ids),
             "attention_mask": torch.from_numpy(attention_mask),
             "labels": self.target.label_tensor(batch["label"], self.n_labels, self.extras),
+            **soft_targets(batch),
         }
+
+
+def soft_targets(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A teacher's soft targets, where the rows carry them (`train.distill`)."""
+    import torch
+
+    if "teacher" not in batch:
+        return {}
+    return {"teacher": torch.from_numpy(np.stack(batch["teacher"]).astype(np.float32))}
 
 
 class ImageCollate(NumpyBatchCollateFn):
@@ -49,6 +59,7 @@ class ImageCollate(NumpyBatchCollateFn):
         return {
             "pixel_values": self.processor(images, return_tensors="pt")["pixel_values"],
             "labels": self.target.label_tensor(batch["label"], self.n_labels, self.extras),
+            **soft_targets(batch),
         }
 
 

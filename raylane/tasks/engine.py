@@ -33,7 +33,7 @@ class Engine(ABC):
 class Scoring(Engine):
     name = "scoring"
     route = "POST /predict"
-    config_keys = frozenset({"serve.quantize", "serve.prune_amount"})
+    config_keys = frozenset({"serve.quantize", "serve.prune_amount", "train.distill", "gate.max_teacher_gap"})
 
     def check_batch_prediction(self, task_name: str) -> None:
         return None

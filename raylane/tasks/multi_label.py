@@ -116,6 +116,21 @@ class MultiLabel(Labelled):
     def outputs(self, logits: np.ndarray, extras: dict[str, Any]) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-logits))
 
+    def soft_targets(self, outputs: np.ndarray, extras: dict[str, Any]) -> np.ndarray:
+        p = np.clip(outputs, 1e-7, 1 - 1e-7)
+        return np.log(p) - np.log1p(-p)  # the teacher's logits
+
+    def soft_loss(self, logits, soft, temperature: float):
+        """Per-label cross-entropy against the teacher's tempered probabilities, times T^2 (as
+        for one label: the gradient keeps its scale)."""
+        import torch
+
+        tempered = torch.sigmoid(soft.float() / temperature)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits.float() / temperature, tempered, reduction="sum"
+        )
+        return loss * temperature**2
+
     def calibrate(self, scored_val) -> dict[str, Any]:
         """A threshold per label, tuned for F1 on the validation split."""
         return {"thresholds": tune_thresholds(*scored_val())}

@@ -75,6 +75,16 @@ class Numeric(ScoredTarget):
             return torch.nn.functional.huber_loss(predicted, labels, reduction="sum")
         return torch.nn.functional.mse_loss(predicted, labels, reduction="sum")
 
+    def soft_targets(self, outputs: np.ndarray, extras: dict[str, Any]) -> np.ndarray:
+        return self.standardize(np.asarray(outputs).reshape(-1), extras).reshape(-1, 1)
+
+    def soft_loss(self, logits, soft, temperature: float):
+        """Squared error against the teacher's prediction, standardised as the labels are (a number
+        has no distribution to soften: the temperature does not apply)."""
+        import torch
+
+        return torch.nn.functional.mse_loss(logits.float().view(-1), soft.float().view(-1), reduction="sum")
+
     @staticmethod
     def scaling(extras: dict[str, Any]) -> tuple[float, float]:
         return float(extras.get("target_mean", 0.0)), float(extras.get("target_scale", 1.0)) or 1.0

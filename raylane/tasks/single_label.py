@@ -60,6 +60,19 @@ class SingleLabel(Labelled):
 
         return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
 
+    def soft_targets(self, outputs: np.ndarray, extras: dict[str, Any]) -> np.ndarray:
+        # Log-probabilities are the logits up to a constant per row, which no softmax sees.
+        return np.log(np.clip(outputs, 1e-12, None))
+
+    def soft_loss(self, logits, soft, temperature: float):
+        """Hinton et al.'s soft loss: KL(teacher || student) of the tempered softmaxes, times T^2
+        so that its gradient keeps the scale of the plain loss's whatever the temperature."""
+        import torch.nn.functional as F
+
+        student = F.log_softmax(logits.float() / temperature, dim=-1)
+        teacher = F.log_softmax(soft.float() / temperature, dim=-1)
+        return F.kl_div(student, teacher, log_target=True, reduction="sum") * temperature**2
+
     def outputs(self, logits: np.ndarray, extras: dict[str, Any]) -> np.ndarray:
         shifted = logits - logits.max(axis=1, keepdims=True)
         exp = np.exp(shifted)

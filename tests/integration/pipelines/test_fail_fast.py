@@ -2,11 +2,13 @@
 with a message naming what is wrong, and starts nothing (no Ray, no output)."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 
 from raylane.http import free_port
+from raylane.tasks.saved import SavedTask
 from tests.paths import REPO_ROOT
 
 
@@ -60,3 +62,16 @@ def test_unwritable_storage_path(tmp_path):
     proc, seconds = _run(tmp_path, f"train.storage_path={blocker / 'checkpoints'}")
     _assert_failed_fast(proc, seconds, "config key 'train.storage_path': cannot write to", str(blocker))
     assert not (tmp_path / "out" / "dataset").exists()
+
+
+def test_a_teacher_that_is_not_registered(tmp_path):
+    proc, seconds = _run(tmp_path, "train.distill.teacher=models:/no-such-model@champion")
+    _assert_failed_fast(proc, seconds, "train.distill.teacher", "no-such-model")
+
+
+def test_a_teacher_of_another_task(tmp_path, tiny_model):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_model, teacher)
+    SavedTask("text_regression", []).write(teacher)
+    proc, seconds = _run(tmp_path, f"model.name_or_path={tiny_model}", f"train.distill.teacher={teacher}")
+    _assert_failed_fast(proc, seconds, "train.distill.teacher", "is a text_regression model")

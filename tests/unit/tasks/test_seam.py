@@ -37,6 +37,8 @@ SETTINGS = {
     "serve.quantize": ["serve.quantize=int8"],
     "serve.prune_amount": ["serve.prune_amount=0.5"],
     "train.loss": ["train.loss=huber"],
+    "train.distill": ["train.distill.teacher=models:/raylane-classifier@champion"],
+    "gate.max_teacher_gap": ["gate.max_teacher_gap=0.01"],
 }
 
 
