@@ -121,6 +121,23 @@ def run_scoring_evaluation(
     return evaluation
 
 
+def _metrics(
+    cfg: PipelineConfig,
+    model_dir: str,
+    dataset: DatasetInfo,
+    split: str,
+    truth: np.ndarray,
+    extras: dict[str, Any],
+    quantize: str = "none",
+    prune_amount: float = 0.0,
+) -> dict[str, float]:
+    """The task's ranking metrics of another model (or variant) on the split, beside the one evaluated."""
+    target = get_task(cfg.task).target
+    _, outputs = _score(cfg, model_dir, dataset, split, quantize, prune_amount)
+    scored = target.score(truth, outputs, dataset.label_names, extras)["metrics"]
+    return {k: v for k, v in scored.items() if k in target.metrics}
+
+
 def _score_serving_variant(
     cfg: PipelineConfig,
     model_dir: str,
@@ -135,10 +152,7 @@ def _score_serving_variant(
     (100 x the difference)."""
     from raylane.compress import describe
 
-    target = get_task(cfg.task).target
-    _, outputs = _score(cfg, model_dir, dataset, split, cfg.serve.quantize, cfg.serve.prune_amount)
-    scored = target.score(truth, outputs, dataset.label_names, extras)["metrics"]
-    metrics = {k: v for k, v in scored.items() if k in target.metrics}
+    metrics = _metrics(cfg, model_dir, dataset, split, truth, extras, cfg.serve.quantize, cfg.serve.prune_amount)
     return ServingVariant(
         variant=describe(cfg.serve.quantize, cfg.serve.prune_amount),
         metrics=metrics,
@@ -152,11 +166,8 @@ def _score_teacher(
     """The teacher a model was distilled from, scored on the same split: what distillation kept."""
     from raylane.distill import resolve_teacher
 
-    target = get_task(cfg.task).target
     teacher = resolve_teacher(cfg)
-    _, outputs = _score(cfg, teacher.model_dir, dataset, split)
-    scored = target.score(truth, outputs, dataset.label_names, read_saved_task(teacher.model_dir).extras)["metrics"]
-    metrics = {k: v for k, v in scored.items() if k in target.metrics}
+    metrics = _metrics(cfg, teacher.model_dir, dataset, split, truth, read_saved_task(teacher.model_dir).extras)
     return TeacherScores(
         teacher=teacher.uri,
         metrics=metrics,

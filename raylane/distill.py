@@ -84,16 +84,16 @@ def layer_count(model_dir: str) -> int:
 def identity(teacher: Teacher, tracking_uri: str) -> str:
     """What names a teacher's soft targets: a registered version of one registry, or a directory's
     weights by content (a directory retrained in place gets new targets)."""
+    from raylane.models import file_sha256, model_cache
+
     if teacher.uri.startswith("models:/"):
         return f"{tracking_uri}|{teacher.uri}"
-    digest = hashlib.sha256()
-    for path in sorted(Path(teacher.model_dir).iterdir()):
-        if path.is_file() and (path.suffix in (".safetensors", ".bin", ".json")):
-            digest.update(path.name.encode())
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
+    # Hashed once per file and kept by path, size and mtime: every Tune trial asks again.
+    files = sorted(
+        p for p in Path(teacher.model_dir).iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json")
+    )
+    cache = model_cache()
+    return hashlib.sha256("|".join(f"{p.name}:{file_sha256(p, cache)}" for p in files).encode()).hexdigest()
 
 
 def keep_layers(model, layers: list[int]):
