@@ -25,6 +25,7 @@ from raylane.dataset import DatasetInfo
 from raylane.evaluate.report import ClassScores, Evaluation, flat_metrics
 from raylane.generate import Sampling
 from raylane.hashing import stable_fraction
+from raylane.progress import RowProgress
 from raylane.tasks.generation import perplexity
 from raylane.tracking import RunRef
 
@@ -133,7 +134,7 @@ def score_generations(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo,
         .map_batches(
             GenerateBatch,
             batch_format="pandas",
-            batch_size=max(64, cfg.evaluate.batch_size),
+            batch_size=cfg.evaluate.batch_size,  # small blocks: progress is counted as each comes back
             compute=ray.data.ActorPoolStrategy(size=cfg.resources.predict_actors),
             fn_constructor_kwargs={
                 "model_dir": model_dir,
@@ -143,7 +144,13 @@ def score_generations(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo,
             **on_this_node(),
         )
     )
-    return scored.to_pandas()
+    # At a few rows a second on CPUs, a split takes minutes: say how far it is as blocks come back.
+    progress = RowProgress(dataset.manifest.splits.get(split, 0), f"evaluate {split}")
+    parts = []
+    for part in scored.iter_batches(batch_size=None, batch_format="pandas"):
+        parts.append(part)
+        progress.add(len(part))
+    return pd.concat(parts, ignore_index=True) if parts else scored.to_pandas()
 
 
 def judged(cfg: PipelineConfig, scored: pd.DataFrame) -> pd.DataFrame:

@@ -75,14 +75,14 @@ def main(argv: list[str] | None = None) -> int:
             check_data_inputs(cfg)
         if args.command in ("run", "ingest", "train", "tune", "loop"):
             check_model_input(cfg)
-        if args.command in ("run", "train", "tune", "loop") and cfg.train.peft == "lora":
-            from raylane.train.lora import check_config
-
-            check_config(cfg)  # the adapters' target layers exist, checked on a weightless copy
         if args.command in ("run", "ingest"):
             from raylane.tasks import get_task
 
             get_task(cfg.task).inputs.check_model(cfg.model.name_or_path)  # e.g. a chat template, for chats
+        if args.command in ("run", "train", "tune", "loop") and cfg.train.peft == "lora":
+            from raylane.train.lora import check_config
+
+            check_config(cfg)  # the adapters' target layers exist, checked on a weightless copy
     except ConfigError as err:
         print(f"raylane: error: {redact(str(err))}", file=sys.stderr)
         return 2

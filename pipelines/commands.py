@@ -218,14 +218,16 @@ def serve_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
 def predict_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     from raylane.registry import resolve_model
     from raylane.serve.batch import check_output_dir, predict_files
+    from raylane.serve.generate_files import QUARANTINE_DIR
 
-    get_task(cfg.task).engine.check_batch_prediction(cfg.task)
     out = Path(args.output or cfg.output_path / "predictions")
     check_output_dir(out, args.overwrite)  # before the model is fetched and Ray starts
     resolved = resolve_model(args.model or cfg.serve_model_uri, tracking_uri(cfg))
     init_ray()
-    rows = predict_files(cfg, resolved.model_dir, args.input, out, args.overwrite)
-    print(f"predict: {rows} rows scored -> {out}")
+    rows, quarantined = predict_files(cfg, resolved.model_dir, args.input, out, args.overwrite)
+    kept = "".join(f", {n} quarantined ({reason})" for reason, n in sorted(quarantined.items()))
+    where = f" ({out / QUARANTINE_DIR})" if quarantined else ""
+    print(f"predict: {rows} rows {get_task(cfg.task).engine.predicted} -> {out}{kept}{where}")
     return 0
 
 

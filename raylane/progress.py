@@ -71,3 +71,25 @@ class StepProgress:
                 f"loss {loss:.4f}  lr {lr:.2e}  {rate:.1f} samples/s  ETA {_duration(left)}"
             )
             self._last, self._samples_since = now, 0
+
+
+class RowProgress:
+    """Rows done of a known total, for work that is rows rather than steps (generating for a
+    split, or for a file): a line every `every_s` seconds with rows done, rows/s since the start
+    and the ETA, and a last line when all are done."""
+
+    def __init__(self, total: int, what: str, every_s: float = 10.0, clock=time.monotonic, out=say):
+        self.total, self.what, self.every_s, self.clock, self.out = total, what, every_s, clock, out
+        self.done = 0
+        self._started = self._last = clock()
+
+    def add(self, rows: int) -> None:
+        self.done += rows
+        now = self.clock()
+        if now - self._last < self.every_s and self.done < self.total:
+            return
+        self._last = now
+        rate = self.done / max(now - self._started, 1e-9)
+        left = (self.total - self.done) / rate if rate > 0 else 0.0
+        tail = f"ETA {_duration(left)}" if self.done < self.total else f"done in {_duration(now - self._started)}"
+        self.out(f"  {self.what}  rows {self.done}/{self.total}  {rate:.2f} rows/s  {tail}")

@@ -158,5 +158,6 @@ def read_source(source: str, data: Any, required: list[str] | None = None):
             ),
         )
     if fmt == "jsonl":
-        return ray.data.read_json(paths, filesystem=fs, lines=True)
+        # Arrow's JSON reader takes one object per line; Ray's `lines=True` reader takes no filesystem.
+        return ray.data.read_json(paths, filesystem=fs)
     return ray.data.read_parquet(paths, filesystem=fs)

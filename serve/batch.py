@@ -1,6 +1,7 @@
-"""Batch prediction: score files (path, glob or URI) with Ray Data actor pools, write Parquet.
-Text tasks build the text from `data.text_fields` as ingest does; image tasks read an image
-folder, or a column (`data.image_field`) of image bytes, paths or data: URIs."""
+"""Batch prediction: files (path, glob or URI) through Ray Data actor pools into Parquet. A
+scoring model's text tasks build the text from `data.text_fields` as ingest does; image tasks read
+an image folder, or a column (`data.image_field`) of image bytes, paths or data: URIs. A chat
+model generates a reply per row (`raylane.serve.generate_files`)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import ray.data
 from raylane.config import ConfigError, PipelineConfig
 from raylane.predictor import ScoreBatch
 from raylane.runtime import on_this_node
+from raylane.serve.generate_files import generate_files
 from raylane.sources import list_files, read_source
 from raylane.tasks import get_task
+from raylane.tasks.engine import GENERATING, SCORING
 from raylane.text import join_text
 
 
@@ -95,11 +98,9 @@ def check_output_dir(out_dir: Path, overwrite: bool = False) -> None:
     )
 
 
-def predict_files(cfg: PipelineConfig, model_dir: str, source: str, out_dir: Path, overwrite: bool = False) -> int:
-    """Score `source` into Parquet under `out_dir`, replacing what an earlier run left there (only
-    a directory raylane wrote, unless `overwrite`): the predictions are written beside it first and
-    swapped in once complete."""
-    check_output_dir(out_dir, overwrite)
+def _score_files(cfg: PipelineConfig, model_dir: str, source: str, staging: Path) -> tuple[int, dict[str, int]]:
+    """Score every row of `source` into Parquet under `staging`: (rows, {} quarantined: none, a
+    scoring model answers any text or readable image)."""
     scored = _inputs(cfg, source).map_batches(
         ScoreBatch,
         batch_format="pandas",
@@ -108,12 +109,26 @@ def predict_files(cfg: PipelineConfig, model_dir: str, source: str, out_dir: Pat
         fn_constructor_kwargs={"model_dir": model_dir, "raw_text": True},
         **on_this_node(),
     )
-    staging = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     scored.write_parquet(str(staging))
-    rows = ray.data.read_parquet(str(staging)).count()
+    return ray.data.read_parquet(str(staging)).count(), {}
+
+
+# By the task's engine: a scoring model scores rows, a generating model writes a reply to each.
+WRITERS = {SCORING.name: _score_files, GENERATING.name: generate_files}
+
+
+def predict_files(
+    cfg: PipelineConfig, model_dir: str, source: str, out_dir: Path, overwrite: bool = False
+) -> tuple[int, dict[str, int]]:
+    """Predict for `source` into Parquet under `out_dir`, replacing what an earlier run left there
+    (only a directory raylane wrote, unless `overwrite`): the predictions are written beside it
+    first and swapped in once complete. Returns (rows written, rows quarantined by reason)."""
+    check_output_dir(out_dir, overwrite)
+    staging = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    rows, quarantined = WRITERS[get_task(cfg.task).engine.name](cfg, model_dir, source, staging)
     (staging / MARKER).write_text("written by `raylane predict`, which may replace this directory\n")
-    check_output_dir(out_dir, overwrite)  # again: scoring took a while, and the directory may be new
+    check_output_dir(out_dir, overwrite)  # again: predicting took a while, and the directory may be new
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
-    return rows
+    return rows, quarantined

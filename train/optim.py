@@ -10,8 +10,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
 
+from raylane.train.records import all_reduce
 from raylane.train.sharding import gradient_sync_off
 
 if TYPE_CHECKING:
@@ -111,11 +114,11 @@ def loss_of(model, batch: dict[str, torch.Tensor], task: Task, settings: dict[st
 def accumulate(model, micro_batches: list[dict[str, torch.Tensor]], loss_fn, precision: Precision, weigh=len):
     """Forward and backward over the micro-batches of one optimizer step. `loss_fn(model, batch)`
     gives (the loss summed over the batch's rows, logits); each is divided by the step's rows
-    (`weigh(labels)`: or its answer tokens, for a language model), so the gradient is that of the
-    mean over all of them, however they are split. Only the last backward reduces across workers
-    (DDP's all-reduce, FSDP's reduce-scatter). Returns each micro-batch's (summed loss, logits),
-    for metrics."""
-    rows = max(1, sum(weigh(b["labels"]) for b in micro_batches))
+    (`weigh(labels)`: or its answer tokens, for a language model) counted over every worker, so
+    the gradient is that of the mean over all of them, however they are split between micro-batches
+    and workers. Only the last backward reduces across workers (DDP's all-reduce, FSDP's
+    reduce-scatter). Returns each micro-batch's (summed loss, logits), for metrics."""
+    rows = max(1.0, step_units(sum(weigh(b["labels"]) for b in micro_batches)))
     results = []
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
@@ -125,6 +128,16 @@ def accumulate(model, micro_batches: list[dict[str, torch.Tensor]], loss_fn, pre
             precision.scaler.scale(loss_sum / rows).backward()
         results.append((loss_sum, logits))
     return results
+
+
+def step_units(local: float) -> float:
+    """What one worker divides its summed loss by so that the gradient the workers reduce is the
+    mean over the step's rows (or answer tokens) on all of them: DDP and FSDP average the workers'
+    gradients, so each divides by the global count over the world size. Workers whose batches hold
+    unequal answer tokens then weigh each token alike, as one process would; dividing by the local
+    count would weigh a token on a worker with few of them more."""
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return float(all_reduce(np.array([float(local)]))[0]) / world
 
 
 def optimizer_step(model, optimizer, scheduler, precision: Precision, max_grad_norm: float) -> None:

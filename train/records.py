@@ -25,9 +25,16 @@ def _distributed() -> bool:
 def all_reduce(array: np.ndarray, op=dist.ReduceOp.SUM) -> np.ndarray:
     if not _distributed():
         return array
-    tensor = torch.as_tensor(array, dtype=torch.float64)
+    tensor = torch.as_tensor(array, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(tensor, op=op)
-    return tensor.numpy()
+    return tensor.cpu().numpy()
+
+
+def _collective_device() -> torch.device:
+    """NCCL (Ray Train's backend on GPUs) reduces only tensors on the GPU; gloo those on the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def gather(array: np.ndarray) -> np.ndarray:

@@ -91,7 +91,8 @@ def type_name(tp: Any) -> str:
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Set a dotted `key=value` on the raw YAML tree; the value is parsed as YAML ("3", "true", "[a, b]")."""
+    """Set a dotted `key=value` on the raw YAML tree; the value is parsed as YAML ("3", "true", "[a, b]"),
+    or taken as the text it is where it is not YAML."""
     key, sep, text = override.partition("=")
     if not sep or not key:
         raise ConfigError(override, "an override must look like key=value, e.g. train.lr=3e-5")
@@ -102,7 +103,11 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(key, f"'{part}' is a value, not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(text) if text else ""
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text  # not YAML ("Title: {title}" on two lines): the text itself, type-checked as any value
+    node[parts[-1]] = value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:

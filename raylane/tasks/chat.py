@@ -14,6 +14,7 @@ rendered is quarantined, not cut: a truncated answer would teach the model to st
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from raylane.chat_template import chat_template_of, clean_message
@@ -81,7 +82,9 @@ class ChatInputs(Inputs):
             "pii": {kind: [] for kind in spec.pii_kinds},
         }
         for error, raw in zip(errors, zip(*values)):
-            messages, reason, detail = ([], "", "") if error else self.conversation(raw, spec)
+            messages, reason, detail = (
+                ([], "", "") if error else self.conversation(raw, spec.prompt_template, spec.field_names)
+            )
             counts: dict[str, int] = {}
             if spec.pii_kinds and not reason:
                 for message in messages:
@@ -102,9 +105,10 @@ class ChatInputs(Inputs):
         return out
 
     @staticmethod
-    def conversation(raw: tuple, spec) -> tuple[list[dict], str, str]:
-        """(the messages before the answer, problem reason, detail) of one row's raw fields;
-        prompt fields fill `spec.prompt_template` by name, or are joined by blank lines."""
+    def conversation(raw: tuple, template: str, names: Sequence[str]) -> tuple[list[dict], str, str]:
+        """(the messages before the answer, problem reason, detail) of one row's raw fields (of
+        the fields `names`); prompt fields fill `template` by name, or are joined by blank lines.
+        Batch generation (`raylane predict`) builds its prompts with this too."""
         if all(v is None for v in raw):
             return [], MISSING_FIELD, "every prompt field is missing"
         messages = parse_messages(raw[0]) if len(raw) == 1 and raw[0] is not None else None
@@ -117,8 +121,8 @@ class ChatInputs(Inputs):
                 messages = messages[:-1]  # the answer: the target's
         else:
             parts = [clean_message(v) for v in raw]
-            if spec.prompt_template:
-                prompt = spec.prompt_template.format(**dict(zip(spec.field_names, parts))).strip()
+            if template:
+                prompt = template.format(**dict(zip(names, parts))).strip()
             else:
                 prompt = "\n\n".join(p for p in parts if p)
             messages = [{"role": "user", "content": prompt}] if any(parts) else []

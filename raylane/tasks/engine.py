@@ -4,7 +4,7 @@ turns logits into answers (`raylane.predictor.Predictor`); a **generating** engi
 answer token by token (`raylane.generate.Generator`). A task's engine follows from its target.
 
 What the engine owns in the seam is here: its name, the route its served app answers on, its
-config keys, and whether files can be batch-scored. Where the code that differs lives above the
+config keys, and what batch prediction (`raylane predict`) does to a row. Where the code that differs lives above the
 seam, its module keeps one implementation per engine in a table keyed by `Engine.name`: how a
 saved model loads (`raylane.loader`), what an epoch records (`raylane.train.records`), how a split
 is evaluated (`raylane.evaluate.stage`), which Serve app is built (`raylane.serve.app`), what the
@@ -14,41 +14,27 @@ which task it runs.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from typing import ClassVar
 
-from raylane.errors import ConfigError
 
-
-class Engine(ABC):
+class Engine:
     name: ClassVar[str]
     route: ClassVar[str]  # the served app's main route, for the console
+    predicted: ClassVar[str]  # what `raylane predict` did to each row, for the console
     config_keys: ClassVar[frozenset[str]] = frozenset()
-
-    @abstractmethod
-    def check_batch_prediction(self, task_name: str) -> None:
-        """Batch prediction over files (`raylane predict`) applies, or a ConfigError says why not."""
 
 
 class Scoring(Engine):
     name = "scoring"
     route = "POST /predict"
+    predicted = "scored"
     config_keys = frozenset({"serve.quantize", "serve.prune_amount", "train.distill", "gate.max_teacher_gap"})
-
-    def check_batch_prediction(self, task_name: str) -> None:
-        return None
 
 
 class Generating(Engine):
     name = "generating"
     route = "POST /v1/chat/completions"
-
-    def check_batch_prediction(self, task_name: str) -> None:
-        raise ConfigError(
-            "task",
-            f"predict scores files with classifiers and regressors; a {task_name} model answers conversations "
-            f"through `raylane serve` ({self.route})",
-        )
+    predicted = "answered"
 
 
 SCORING, GENERATING = Scoring(), Generating()

@@ -25,6 +25,15 @@ def test_default_config_loads_with_the_embedded_data():
     check_model_input(cfg)
 
 
+def test_an_override_that_is_not_yaml_is_its_text():
+    """A prompt template on two lines, with colons, given on the command line."""
+    template = "Tag it.\nTitle: {title}\nDescription: {description}"
+    cfg = load_config("configs/llm-sft.yaml", [f"data.prompt_template={template}"])
+    assert cfg.data.prompt_template == template
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config(None, ["train.lr=3e-5\nb: c"])
+
+
 def test_dotted_overrides_are_typed():
     cfg = load_config(None, ["train.lr=3e-5", "train.epochs=2", "sweep.enabled=false", "data.text_fields=[a, b]"])
     assert cfg.train.lr == pytest.approx(3e-5) and isinstance(cfg.train.lr, float)

@@ -1,6 +1,6 @@
 """Progress inside an epoch: throttled lines with rate and ETA, on a clock the test controls."""
 
-from raylane.progress import StepProgress
+from raylane.progress import RowProgress, StepProgress
 
 
 class Clock:
@@ -50,3 +50,14 @@ def test_a_trial_label_starts_each_line():
     clock.now += 2
     progress.step(samples=4, loss=0.7, lr=1e-4)
     assert lines and lines[0].startswith("trial a_0  epoch 1/1  step 1/5")
+
+
+def test_rows_progress_says_rows_done_rate_and_eta_then_the_total_time():
+    clock, lines = Clock(), []
+    progress = RowProgress(total=100, what="evaluate test", every_s=10, clock=clock, out=lines.append)
+    for _ in range(5):  # 5 blocks of 20 rows, 8 s each
+        clock.now += 8
+        progress.add(20)
+    assert len(lines) == 3  # at 16 s, 32 s (10 s apart at least) and the last block
+    assert "evaluate test  rows 40/100  2.50 rows/s  ETA 24s" in lines[0]
+    assert lines[-1].endswith("rows 100/100  2.50 rows/s  done in 40s")
