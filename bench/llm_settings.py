@@ -29,7 +29,8 @@ def draw(entries: list[dict], path: Path) -> Path:
         chosen = entry.get("chosen", False)
         ax.scatter(entry["train_min"], entry["exact_match"], s=60 if chosen else 36, color="C1" if chosen else "C0")
         point = (entry["train_min"], entry["exact_match"])
-        ax.annotate(entry["label"], point, textcoords="offset points", xytext=(6, 4))
+        offset = entry.get("label_offset", (6, 4))  # points: to keep two close labels apart
+        ax.annotate(entry["label"], point, textcoords="offset points", xytext=tuple(offset))
     ax.axhline(0.90, color="grey", linestyle="--", linewidth=1)
     ax.text(ax.get_xlim()[0], 0.903, " goal: exact match 0.90", color="grey", fontsize=8)
     ax.set_xlabel("training stage, minutes (2 CPUs)")

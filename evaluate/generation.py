@@ -81,7 +81,7 @@ class GenerateBatch:
                     {"input_ids": list(part["input_ids"]), "prompt_length": part["prompt_length"].to_numpy()}
                 )
                 inputs = {k: v.to(self.generator.device) for k, v in inputs.items()}
-                logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+                logits = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False).logits
                 for i in range(len(part)):  # per row: its loss is a sum over its own answer tokens
                     labels = inputs["labels"][i : i + 1]
                     losses.append(float(target.loss(logits[i : i + 1], labels, {})))

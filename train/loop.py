@@ -28,6 +28,7 @@ from raylane.console import quiet_worker, say
 from raylane.distill import keep_layers
 from raylane.progress import StepProgress
 from raylane.tasks import Task, get_task
+from raylane.tasks.collate import rows_in
 from raylane.tracking import RunRef, system_metrics
 from raylane.train import checkpoint, lora, sharding
 from raylane.train.batching import epoch_batches
@@ -82,7 +83,7 @@ def evaluate(model, batches, device, task: Task, settings: dict[str, Any], preci
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             loss, logits = loss_of(model, batch, task, settings, precision)
-            record.add(float(loss), logits, batch["labels"])
+            record.add(float(loss), logits, batch)
     return record
 
 
@@ -171,7 +172,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         mlflow_run.log_params({"trainable_params": trainable, "total_params": total})
         mlflow_run.log_metrics({"trainable_share": trainable / max(total, 1)}, step=0)
 
-    collate = task.inputs.collate(processor, task.target, len(labels), extras)
+    pack_width = cfg.data.max_length if tc.packing else 0
+    collate = task.inputs.collate(processor, task.target, len(labels), extras, pack_width)
     group_by_length = tc.group_by_length and "length" in task.inputs.columns  # images have no length
     label = config.get("label", "")  # a sweep's trial id, at the start of each console line
     if rank == 0 and lora_on and resume_dir is None:
@@ -220,11 +222,11 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                     task.target.weight,
                 )
                 optimizer_step(model, optimizer, scheduler, precision, tc.max_grad_norm)
-                rows = sum(len(b["labels"]) for b in group)
+                rows = sum(rows_in(b) for b in group)
                 units = sum(task.target.weight(b["labels"]) for b in group)
                 loss_sum = sum(float(loss.detach()) for loss, _ in results)
                 for batch, (loss, logits) in zip(group, results):
-                    record.add(float(loss.detach()), logits, batch["labels"])
+                    record.add(float(loss.detach()), logits, batch)
                 progress.step(rows * world, loss_sum / max(units, 1), scheduler.get_last_lr()[0])
             epoch_time = time.time() - started
             metrics = {"epoch": epoch + 1, **record.metrics(labels, extras, "train_")}

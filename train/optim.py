@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from raylane.tasks.collate import NOT_MODEL_INPUTS
 from raylane.train.records import all_reduce
 from raylane.train.sharding import gradient_sync_off
 
@@ -101,9 +102,9 @@ def loss_of(model, batch: dict[str, torch.Tensor], task: Task, settings: dict[st
     """(summed loss over the batch's rows, logits): the task's loss on the model's logits. A batch
     that carries a teacher's soft targets (`train.distill`) mixes in the soft loss against them:
     alpha x soft + (1 - alpha) x plain."""
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "teacher")}
+    inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
     with precision.autocast():
-        logits = model(**inputs).logits
+        logits = model(**inputs, **task.engine.forward_options).logits
     loss = task.target.loss(logits, batch["labels"], settings)
     if "teacher" in batch:
         alpha, temperature = settings["distill_alpha"], settings["distill_temperature"]

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from raylane.tasks import Task
+from raylane.tasks.collate import rows_in
 
 
 def _distributed() -> bool:
@@ -53,10 +54,10 @@ class EpochRecord:
         self.task = task
         self.loss_sum, self.rows, self.units = 0.0, 0, 0
 
-    def add(self, loss_sum: float, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    def add(self, loss_sum: float, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
         self.loss_sum += loss_sum
-        self.rows += len(labels)
-        self.units += self.task.target.weight(labels)
+        self.rows += rows_in(batch)
+        self.units += self.task.target.weight(batch["labels"])
 
     def mean_loss(self) -> float:
         """Over every worker's rows."""
@@ -79,10 +80,10 @@ class OutputsRecord(EpochRecord):
         self.logits: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
 
-    def add(self, loss_sum: float, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        super().add(loss_sum, logits, labels)
+    def add(self, loss_sum: float, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        super().add(loss_sum, logits, batch)
         self.logits.append(logits.detach().float().cpu().numpy())
-        self.labels.append(labels.detach().cpu().numpy())
+        self.labels.append(batch["labels"].detach().cpu().numpy())
 
     def metrics(self, labels: list[str], extras: dict[str, Any], prefix: str) -> dict[str, float]:
         """Loss and the task's metrics over every worker's rows."""

@@ -297,8 +297,9 @@ class Inputs(ABC):
     def load_processor(self, name_or_path: str): ...
 
     @abstractmethod
-    def collate(self, processor, target: Target, n_labels: int, extras: dict[str, Any]):
-        """The training batches' collate function."""
+    def collate(self, processor, target: Target, n_labels: int, extras: dict[str, Any], pack_width: int = 0):
+        """The training batches' collate function; `pack_width` > 0 packs rows into rows of that
+        many tokens (`train.packing`, a key only the inputs that can pack own)."""
 
 
 class ScoredInputs(Inputs):

@@ -58,7 +58,7 @@ class ChatInputs(Inputs):
     modality = "text"
     column = "text"  # the conversation before the answer, as JSON messages
     drift_feature = "input_tokens"
-    config_keys = frozenset({"data.prompt_template"})
+    config_keys = frozenset({"data.prompt_template", "train.packing"})
 
     def example(self) -> dict[str, list]:
         return {"text": [json.dumps([{"role": "user", "content": "Say hello."}])]}
@@ -172,7 +172,7 @@ class ChatInputs(Inputs):
 
         return load_tokenizer(name_or_path)
 
-    def collate(self, processor, target, n_labels: int, extras: dict[str, Any]):
+    def collate(self, processor, target, n_labels: int, extras: dict[str, Any], pack_width: int = 0):
         from raylane.tasks.collate import AnswerCollate
 
-        return AnswerCollate(processor.pad_token_id or 0)
+        return AnswerCollate(processor.pad_token_id or 0, pack_width=pack_width)

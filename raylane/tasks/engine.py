@@ -22,6 +22,7 @@ class Engine:
     route: ClassVar[str]  # the served app's main route, for the console
     predicted: ClassVar[str]  # what `raylane predict` did to each row, for the console
     config_keys: ClassVar[frozenset[str]] = frozenset()
+    forward_options: ClassVar[dict[str, object]] = {}  # what a training forward passes beside the batch
 
 
 class Scoring(Engine):
@@ -35,6 +36,10 @@ class Generating(Engine):
     name = "generating"
     route = "POST /v1/chat/completions"
     predicted = "answered"
+    # No KV cache in a training forward: it would keep every layer's keys and values of the batch
+    # for nothing, and transformers reads packed conversations from the position ids (an attention
+    # mask kept inside each) only where there is none.
+    forward_options = {"use_cache": False}
 
 
 SCORING, GENERATING = Scoring(), Generating()

@@ -69,15 +69,15 @@ class Generation(Target):
 
     def weight(self, labels) -> int:
         """Answer tokens in a batch: what its loss is summed over."""
-        return int((labels[:, 1:] != IGNORE).sum())
+        return int((labels != IGNORE).sum())
 
     def loss(self, logits, labels, settings: dict[str, Any]):
-        """Summed next-token cross-entropy over the answer tokens."""
+        """Summed next-token cross-entropy over the answer tokens. `labels` are the targets of
+        the logits as they are (`AnswerCollate` aligns them: no shift here)."""
         import torch
 
-        predicted = logits[:, :-1, :].float()
         return torch.nn.functional.cross_entropy(
-            predicted.reshape(-1, predicted.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum"
+            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
         )
 
     def rates(self, units: float, seconds: float) -> dict[str, float]:

@@ -202,7 +202,7 @@ class ImageInputs(ScoredInputs):
         # its resize differs from PIL's, so training and serving could see different pixels.
         return AutoImageProcessor.from_pretrained(resolve_model_source(name_or_path), backend="pil")
 
-    def collate(self, processor, target, n_labels: int, extras: dict[str, Any]):
+    def collate(self, processor, target, n_labels: int, extras: dict[str, Any], pack_width: int = 0):
         from raylane.tasks.collate import ImageCollate
 
         return ImageCollate(processor, target, n_labels, extras)

@@ -162,7 +162,7 @@ class TextInputs(ScoredInputs):
 
         return load_tokenizer(name_or_path)
 
-    def collate(self, processor, target, n_labels: int, extras: dict[str, Any]):
+    def collate(self, processor, target, n_labels: int, extras: dict[str, Any], pack_width: int = 0):
         from raylane.tasks.collate import PadCollate
 
         return PadCollate(processor.pad_token_id or 0, target, n_labels, extras)

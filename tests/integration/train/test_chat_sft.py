@@ -3,6 +3,7 @@ and bad rows in both shapes ingested with every line accounted for; a tiny rando
 on the answers alone until it answers the held-out prompts; its evaluation from its own
 generations."""
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -91,14 +92,16 @@ def test_every_line_is_accepted_or_quarantined_with_its_reason(
     assert json.loads(rows[0]["text"])[-1]["role"] == "user"  # the answer is not in the prompt
 
 
-def test_sft_learns_the_answers_and_is_scored_by_its_generations(prompt_dataset):
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_sft_learns_the_answers_and_is_scored_by_its_generations(prompt_dataset, packing):
     cfg, dataset = prompt_dataset
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, packing=packing))
     trained = fit(cfg, dataset)
     assert trained.metrics["val_loss"] < 1.5  # from ~10 (uniform over 30k tokens) in 8 short epochs
     saved = read_saved_task(trained.model_dir)
     assert saved.task == "causal_lm" and saved.extras["generation"]["max_new_tokens"] == 4
 
-    out = Path(cfg.output_dir) / "evaluation"
+    out = Path(cfg.output_dir) / f"evaluation-{'packed' if packing else 'padded'}"
     evaluation = run_evaluation(cfg, trained.model_dir, dataset, out)
     m = evaluation.metrics
     assert evaluation.rows == dataset.manifest.splits["test"] == m["generated_rows"]

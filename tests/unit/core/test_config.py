@@ -95,6 +95,7 @@ def test_dotted_overrides_are_typed():
         # Chat models (causal_lm): their keys elsewhere, and bad generation settings.
         ("gate.min_exact_match=0.5", "gate.min_exact_match"),
         ("data.prompt_template='Q: {title}'", "data.prompt_template"),
+        ("train.packing=true", "train.packing"),  # conversations pack; a classifier's rows do not
         ("evaluate.temperature=3", "evaluate.temperature"),
         ("evaluate.extract=regex", "evaluate.regex"),
         ("evaluate.regex='('", "evaluate.regex"),

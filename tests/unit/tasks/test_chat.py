@@ -115,7 +115,8 @@ def test_a_conversation_over_max_length_is_quarantined_not_cut(tiny_causal_lm):
 
 def test_only_answer_tokens_carry_the_loss(tiny_causal_lm):
     batch = AnswerCollate(pad_id=0, trim=False)({"input_ids": [[5, 6, 7, 8, 9], [5, 6, 7]], "prompt_length": [3, 1]})
-    assert batch["labels"].tolist() == [[IGNORE, IGNORE, IGNORE, 8, 9], [IGNORE, 6, 7, IGNORE, IGNORE]]
+    # Next-token targets, aligned with the logits: position t is scored on token t + 1.
+    assert batch["labels"].tolist() == [[IGNORE, IGNORE, 8, 9, IGNORE], [6, 7, IGNORE, IGNORE, IGNORE]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
     target = Generation()
     assert target.weight(batch["labels"]) == 4  # 2 answer tokens per row
@@ -123,7 +124,7 @@ def test_only_answer_tokens_carry_the_loss(tiny_causal_lm):
     logits = torch.randn(2, 5, 11, requires_grad=True)
     loss = target.loss(logits, batch["labels"], {})
     loss.backward()
-    # Position t predicts token t + 1: only positions before an answer token get a gradient.
+    # Only positions before an answer token get a gradient.
     touched = (logits.grad.abs().sum(dim=-1) > 0).tolist()
     assert touched == [[False, False, True, True, False], [True, True, False, False, False]]
     # Changing what the model says at prompt positions changes nothing.
@@ -152,7 +153,7 @@ def test_trimmed_logits_give_the_same_loss_and_gradients(tiny_causal_lm):
             (logits.shape[1], float(loss.detach()), target.weight(batch["labels"]), model.lm_head.weight.grad.clone())
         )
     (full_width, full_loss, full_tokens, full_grad), (kept, trimmed_loss, tokens, grad) = results
-    assert (full_width, kept) == (12, 12 - 5)  # from the position before the earliest answer token
+    assert (full_width, kept) == (12, 6)  # the positions before an answer token: 5..7 and 8..10
     assert tokens == full_tokens == 3 + 3
     assert trimmed_loss == pytest.approx(full_loss, rel=1e-5)
     assert torch.allclose(grad, full_grad, atol=1e-6)

@@ -39,6 +39,7 @@ SETTINGS = {
     "train.loss": ["train.loss=huber"],
     "train.distill": ["train.distill.teacher=models:/raylane-classifier@champion"],
     "gate.max_teacher_gap": ["gate.max_teacher_gap=0.01"],
+    "train.packing": ["train.packing=true"],
 }
 
 
