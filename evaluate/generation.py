@@ -91,11 +91,9 @@ class GenerateBatch:
         prompts = {i: self.generator.chat_prompt(json.loads(batch["text"].iloc[i])) for i in wanted}
         replies: list[Any] = [None] * len(batch)
         started = time.perf_counter()
-        for start in range(0, len(wanted), self.batch_size):
-            rows = wanted[start : start + self.batch_size]
-            generated = self.generator.generate([prompts[i] for i in rows], [self.sampling] * len(rows))
-            for i, reply in zip(rows, generated):
-                replies[i] = reply
+        generated = self.generator.generate_all([prompts[i] for i in wanted], self.sampling, self.batch_size)
+        for i, reply in zip(wanted, generated):
+            replies[i] = reply
         seconds = (time.perf_counter() - started) / max(1, len(wanted))
         return pd.DataFrame(
             {

@@ -92,6 +92,15 @@ class Generator:
             for i, (row, sampling, prompt) in enumerate(zip(out, samplings, prompts))
         ]
 
+    def generate_all(self, prompts: list[list[int]], sampling: Sampling, batch_size: int) -> list[Generation]:
+        """Every prompt answered with `sampling`, `batch_size` prompts to a `generate` call, in order
+        (a caller that sorts them by length first pads less)."""
+        answers: list[Generation] = []
+        for start in range(0, len(prompts), batch_size):
+            part = prompts[start : start + batch_size]
+            answers.extend(self.generate(part, [sampling] * len(part)))
+        return answers
+
     def stream(
         self, prompt: list[int], sampling: Sampling, on_step: Callable[[torch.Tensor], None], cancelled: threading.Event
     ) -> Generation:

@@ -30,9 +30,9 @@ from raylane.sources import read_source
 from raylane.tasks import get_task
 from raylane.tasks.chat import ChatInputs
 from raylane.tasks.text import TOO_LONG
+from raylane.tokenize import TEMPLATE_REFUSED
 
 QUARANTINE_DIR = "_quarantine"
-TEMPLATE_REFUSED = "template_refused"
 ANSWER_COLUMNS = ("messages", "generation", "prompt_tokens", "completion_tokens", "finish_reason")
 
 
@@ -85,12 +85,9 @@ class GenerateRows:
                 )
                 continue
             prompts[i] = ids
-        answers: dict[int, object] = {}
         order = sorted(prompts, key=lambda i: len(prompts[i]))
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            generated = self.generator.generate([prompts[i] for i in rows], [self.generator.defaults] * len(rows))
-            answers.update(zip(rows, generated))
+        generated = self.generator.generate_all([prompts[i] for i in order], self.generator.defaults, self.batch_size)
+        answers = dict(zip(order, generated))
         n = len(batch)
         return batch.assign(
             reason=reasons,

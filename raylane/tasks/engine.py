@@ -3,12 +3,13 @@ model that reaches past the task seam. A **scoring** engine runs one forward pas
 turns logits into answers (`raylane.predictor.Predictor`); a **generating** engine decodes an
 answer token by token (`raylane.generate.Generator`). A task's engine follows from its target.
 
-What the engine owns in the seam is here: its name, the route its served app answers on, its
-config keys, and what batch prediction (`raylane predict`) does to a row. Where the code that differs lives above the
-seam, its module keeps one implementation per engine in a table keyed by `Engine.name`: how a
-saved model loads (`raylane.loader`), what an epoch records (`raylane.train.records`), how a split
-is evaluated (`raylane.evaluate.stage`), which Serve app is built (`raylane.serve.app`), what the
-freshly served model is asked first (`raylane.pipelines.commands`). Nothing outside the seam asks
+What the engine owns in the seam is here: its name, the route its served app answers on, its config
+keys, what batch prediction (`raylane predict`) does to a row, and what a training forward passes
+beside the batch. Where the code that differs lives above the seam, its module keeps one
+implementation per engine in a table keyed by `Engine.name`: how a saved model loads
+(`raylane.loader`), what an epoch records (`raylane.train.records`), how a split is evaluated
+(`raylane.evaluate.stage`), which Serve app is built (`raylane.serve.app`), what the freshly served
+model is asked first (`raylane.pipelines.commands`). Nothing outside the seam asks
 which task it runs.
 """
 
