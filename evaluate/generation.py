@@ -59,13 +59,45 @@ class GenerateBatch:
     """Ray Data callable class: per row, the reference answer's summed loss and token count, and
     (where `generate` is set) the model's reply to the prompt."""
 
-    def __init__(self, model_dir: str, sampling: Sampling, batch_size: int):
+    def __init__(self, model_dir: str, sampling: Sampling, batch_size: int, pairs: PairScoring | None = None):
         from raylane.generate import Generator
 
         self.generator = Generator(model_dir, device=None)  # a GPU where the actor has one
         self.sampling, self.batch_size = sampling, batch_size
+        self.pairs = pairs.load(self.generator.device) if pairs else None
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        if self.pairs:
+            # The pair scoring's forward pass over the chosen answers gives their loss too.
+            scored_pairs = self.pairs.score(self.generator.model, batch, self.batch_size)
+            losses, tokens = [-logp for logp in scored_pairs["chosen_logp"]], scored_pairs.pop("tokens")
+        else:
+            scored_pairs = {}
+            losses, tokens = self.answer_losses(batch)
+        wanted = [i for i, g in enumerate(batch["generate"]) if g]
+        # Encoded as the chat app encodes a request: the prompt scored is the prompt served.
+        prompts = {i: self.generator.chat_prompt(json.loads(batch["text"].iloc[i])) for i in wanted}
+        replies: list[Any] = [None] * len(batch)
+        started = time.perf_counter()
+        generated = self.generator.generate_all([prompts[i] for i in wanted], self.sampling, self.batch_size)
+        for i, reply in zip(wanted, generated):
+            replies[i] = reply
+        seconds = (time.perf_counter() - started) / max(1, len(wanted))
+        return pd.DataFrame(
+            {
+                "text": batch["text"],
+                "label": batch["label"],
+                "loss_sum": losses,
+                "tokens": tokens,
+                "generation": [r.text if r else None for r in replies],
+                "completion_tokens": [r.completion_tokens if r else 0 for r in replies],
+                "seconds": [seconds if r else 0.0 for r in replies],
+                **scored_pairs,
+            }
+        )
+
+    def answer_losses(self, batch: pd.DataFrame) -> tuple[list[float], list[int]]:
+        """Per row, the reference answer's summed loss and its token count."""
         import torch
 
         from raylane.tasks.collate import AnswerCollate
@@ -86,26 +118,72 @@ class GenerateBatch:
                     labels = inputs["labels"][i : i + 1]
                     losses.append(float(target.loss(logits[i : i + 1], labels, {})))
                     tokens.append(target.weight(labels))
-        wanted = [i for i, g in enumerate(batch["generate"]) if g]
-        # Encoded as the chat app encodes a request: the prompt scored is the prompt served.
-        prompts = {i: self.generator.chat_prompt(json.loads(batch["text"].iloc[i])) for i in wanted}
-        replies: list[Any] = [None] * len(batch)
-        started = time.perf_counter()
-        generated = self.generator.generate_all([prompts[i] for i in wanted], self.sampling, self.batch_size)
-        for i, reply in zip(wanted, generated):
-            replies[i] = reply
-        seconds = (time.perf_counter() - started) / max(1, len(wanted))
-        return pd.DataFrame(
-            {
-                "text": batch["text"],
-                "label": batch["label"],
-                "loss_sum": losses,
-                "tokens": tokens,
-                "generation": [r.text if r else None for r in replies],
-                "completion_tokens": [r.completion_tokens if r else 0 for r in replies],
-                "seconds": [seconds if r else 0.0 for r in replies],
-            }
-        )
+        return losses, tokens
+
+
+class PairScoring:
+    """Where a split holds preference pairs (`rejected_ids`): per pair, the model's log-prob of
+    each answer and its DPO rewards against the reference (the base model training started
+    from, `model.name_or_path`), as training measures them."""
+
+    def __init__(self, reference: str, init: str, beta: float):
+        self.reference, self.init, self.beta = reference, init, beta
+        self.model = None
+
+    def load(self, device) -> PairScoring:
+        from transformers import AutoModelForCausalLM
+
+        from raylane.models import load_head_model
+
+        self.model = load_head_model(AutoModelForCausalLM, self.reference, self.init).to(device).eval()
+        return self
+
+    def score(self, model, batch: pd.DataFrame, batch_size: int) -> dict[str, list]:
+        """Per pair: `PAIR_COLUMNS`, and `tokens`, the chosen answer's token count."""
+        import torch
+
+        from raylane.tasks.base import IGNORE
+        from raylane.tasks.collate import PairCollate
+        from raylane.tasks.preference import dpo_loss, sequence_logps
+
+        collate = PairCollate(0)
+        columns: dict[str, list] = {name: [] for name in (*PAIR_COLUMNS, "tokens")}
+        with torch.inference_mode():
+            for start in range(0, len(batch), batch_size):
+                part = batch.iloc[start : start + batch_size]
+                inputs = collate(
+                    {
+                        "input_ids": list(part["input_ids"]),
+                        "rejected_ids": list(part["rejected_ids"]),
+                        "prompt_length": part["prompt_length"].to_numpy(),
+                    }
+                )
+                device = next(model.parameters()).device
+                fed = {k: v.to(device) for k, v in inputs.items() if k not in ("labels", "rows")}
+                labels, n = inputs["labels"].to(device), len(part)
+                policy = sequence_logps(model(**fed, use_cache=False).logits, labels)
+                reference = sequence_logps(self.model(**fed, use_cache=False).logits, labels)
+                _, chosen, rejected = dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], self.beta)
+                for name, values in zip(PAIR_COLUMNS, (policy[:n], policy[n:], chosen, rejected)):
+                    columns[name].extend(values.float().cpu().tolist())
+                columns["tokens"].extend((labels[:n] != IGNORE).sum(-1).cpu().tolist())
+        return columns
+
+
+PAIR_COLUMNS = ("chosen_logp", "rejected_logp", "chosen_reward", "rejected_reward")
+
+
+def pair_metrics(scored: pd.DataFrame) -> dict[str, float]:
+    """The test split's preference metrics, where its rows are pairs (`PairScoring`)."""
+    if "chosen_reward" not in scored or not len(scored):
+        return {}
+    margin = scored["chosen_reward"] - scored["rejected_reward"]
+    return {
+        "preference_accuracy": float((margin > 0).mean()),
+        "reward_margin": float(margin.mean()),
+        "chosen_logp": float(scored["chosen_logp"].mean()),
+        "rejected_logp": float(scored["rejected_logp"].mean()),
+    }
 
 
 def score_generations(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, split: str) -> pd.DataFrame:
@@ -115,7 +193,10 @@ def score_generations(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo,
 
     from raylane.runtime import on_this_node
 
-    ds = dataset.read_split(split).select_columns(["text", "label", "input_ids", "prompt_length"])
+    ds = dataset.read_split(split)
+    # Preference pairs are scored against the base model too (the DPO reference).
+    pairs = "rejected_ids" in ds.schema().names
+    ds = ds.select_columns(["text", "label", "input_ids", "prompt_length"] + (["rejected_ids"] if pairs else []))
     share = 1.0
     if cfg.evaluate.generations:
         share = min(1.0, cfg.evaluate.generations / max(1, dataset.manifest.splits.get(split, 1)))
@@ -138,6 +219,7 @@ def score_generations(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo,
                 "model_dir": model_dir,
                 "sampling": sampling_of(cfg),
                 "batch_size": min(cfg.evaluate.batch_size, 16),
+                "pairs": PairScoring(cfg.model.name_or_path, cfg.model.init, cfg.train.dpo.beta) if pairs else None,
             },
             **on_this_node(),
         )
@@ -174,6 +256,7 @@ def evaluate_generations(scored: pd.DataFrame, generated: pd.DataFrame, split: s
         "generated_rows": float(len(generated)),
         "completion_tokens_mean": float(generated["completion_tokens"].mean()) if len(generated) else 0.0,
         "seconds_per_generation": float(generated["seconds"].mean()) if len(generated) else 0.0,
+        **pair_metrics(scored),
     }
     labels = sorted(set(references))
     per_class: dict[str, ClassScores] = {}

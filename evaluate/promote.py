@@ -25,7 +25,7 @@ from raylane.evaluate.gate import Champion, GateDecision, decide
 from raylane.evaluate.report import Evaluation
 from raylane.registry import ModelVersionRef, alias_version, log_and_register, resolve_model, set_alias
 from raylane.rollout import CHALLENGER, PREVIOUS, REJECTED
-from raylane.tasks import get_task
+from raylane.tasks import answer_alike, get_task
 from raylane.tasks.saved import read_saved_task
 from raylane.tracking import RunRef
 
@@ -41,7 +41,7 @@ def score_champion(cfg: PipelineConfig, dataset: DatasetInfo, tracking_uri: str,
         return None
     resolved = resolve_model(f"models:/{cfg.model.registered_name}/{version}", tracking_uri)
     saved = read_saved_task(resolved.model_dir)
-    if saved.task != cfg.task:
+    if not answer_alike(cfg.task, saved.task):
         return Champion(version, None, f"it is a {saved.task} model, this run trains {cfg.task}")
     theirs, ours = sorted(saved.labels), sorted(dataset.label_names)
     if theirs != ours:

@@ -12,6 +12,7 @@ import sys
 from raylane.config import ConfigError, check_data_inputs, check_model_input, describe, load_config
 from raylane.console import VERBOSE_ENV, quiet_libraries
 from raylane.redact import redact
+from raylane.registry import MODEL_URIS
 
 COMMAND_HELP = {
     "run": "everything: ingest -> sweep (or train) -> evaluate -> register -> serve",
@@ -71,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()  # before anything imports the libraries it quiets
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.command in ("run", "ingest", "train", "tune", "loop", "evaluate") and cfg.model.name_or_path.startswith(
+            MODEL_URIS
+        ):
+            from raylane.registry import pin_base_model
+
+            cfg = pin_base_model(cfg)  # a registered model to start from, fetched before the checks read it
         if args.command in ("run", "ingest", "loop"):
             check_data_inputs(cfg)
         if args.command in ("run", "ingest", "train", "tune", "loop"):

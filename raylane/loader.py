@@ -8,7 +8,7 @@ from typing import Any
 
 from raylane.generate import Generator
 from raylane.predictor import Predictor
-from raylane.tasks import get_task
+from raylane.tasks import answer_alike, get_task
 from raylane.tasks.saved import read_saved_task
 
 
@@ -24,8 +24,9 @@ LOADERS = {"scoring": Predictor, "generating": _generator}
 def load_model(model_dir: str, serves: str = "", **options: Any) -> Predictor | Generator:
     """The model saved in `model_dir`, ready to answer; `options`: device, threads, and a scoring
     model's compressed variant (quantize, prune_amount). With `serves`, a model of another task is
-    refused: a deployment serves the task it was built for."""
+    refused: a deployment serves the task it was built for, or one whose models answer alike (a
+    chat model's deployment serves its preference-tuned successor, and back)."""
     task = get_task(read_saved_task(model_dir).task)
-    if serves and task.name != serves:
+    if serves and not answer_alike(task.name, serves):
         raise ValueError(f"{model_dir} is a {task.name} model; this deployment serves {serves}")
     return LOADERS[task.engine.name](model_dir, **options)

@@ -183,3 +183,29 @@ def prune_cache(cache_dir: str, tracking_uri: str, name: str, keep: set[str]) ->
             shutil.rmtree(entry, ignore_errors=True)
             pruned.append(entry.name)
     return pruned
+
+
+# A model named in MLflow's registry or a run, rather than a hub id or a directory.
+MODEL_URIS = ("models:/", "runs:/")
+
+
+def pin_base_model(cfg):
+    """The config with `model.name_or_path` a registered model's files when it names one
+    (`models:/<name>@<alias>`, `models:/<name>/<version>`, `runs:/...`): a run that starts from
+    an earlier run's model, as preference tuning starts from the instruction-tuned champion. The
+    alias is read once, when the run starts, and that version fetched once into
+    `<output_dir>/base_models`, where every later step (ingest's tokenizer, the workers, the
+    reference model) reads it. A ConfigError naming the key when there is no such model."""
+    import dataclasses
+
+    from raylane.errors import ConfigError
+    from raylane.tracking import tracking_uri
+
+    uri = cfg.model.name_or_path
+    try:
+        resolved = resolve_model(uri, tracking_uri(cfg), cache_dir=str(cfg.output_path / "base_models"))
+    except Exception as err:  # no such model, version, alias or run: the user's to fix
+        raise ConfigError("model.name_or_path", f"cannot load {uri!r}: {err}") from None
+    pinned = f"models:/{resolved.name}/{resolved.version}" if resolved.name else uri
+    print(f"model: {uri} is {pinned} ({resolved.model_dir})")
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=resolved.model_dir))

@@ -89,12 +89,30 @@ class ChatTokenizeBatch(TokenizeBatch):
     boundary tokens two renderings may tokenize apart, and then the loss covers a token more,
     never a prompt token."""
 
+    # Each answer column, and the column of its whole conversation's token ids.
+    answers = {"label": "input_ids"}
+
     def __init__(self, definition: str, template: dict[str, str], max_length: int):
         from raylane.chat_template import ChatEncoder
 
         super().__init__(definition, max_length)
         self.tokenizer.no_truncation()
         self.encoder, self.max_length = ChatEncoder(self.tokenizer, template), max_length
+
+    def problem(self, answers: tuple[str, ...]) -> tuple[str, str]:
+        """(reason, detail) when a row's answers cannot be learned together, else ("", "")."""
+        return "", ""
+
+    def encoded(self, messages: list[dict], answer: str) -> tuple[list[int], int]:
+        """(the conversation ended by `answer`, as token ids; how many of them come before the answer)."""
+        prompt_ids = self.encoder.ids(messages, add_generation_prompt=True)
+        whole_ids = self.encoder.ids([*messages, {"role": "assistant", "content": answer}], add_generation_prompt=False)
+        shared = 0
+        for a, b in zip(prompt_ids, whole_ids):
+            if a != b:
+                break
+            shared += 1
+        return whole_ids, shared
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import json
@@ -103,50 +121,78 @@ class ChatTokenizeBatch(TokenizeBatch):
 
         reasons = batch.column("reason").to_pylist()
         details = batch.column("detail").to_pylist()
-        texts, answers = batch.column("text").to_pylist(), batch.column("label").to_pylist()
-        ids: list[list[int]] = [[] for _ in reasons]
+        texts = batch.column("text").to_pylist()
+        answers = list(zip(*(batch.column(name).to_pylist() for name in self.answers)))
+        ids: dict[str, list[list[int]]] = {column: [[] for _ in reasons] for column in self.answers.values()}
         prompt_lengths = [0] * len(reasons)
         for i in [i for i, reason in enumerate(reasons) if not reason]:
-            messages = json.loads(texts[i])
+            reasons[i], details[i] = self.problem(answers[i])
+            if reasons[i]:
+                continue
             try:
-                prompt_ids = self.encoder.ids(messages, add_generation_prompt=True)
-                answered = [*messages, {"role": "assistant", "content": answers[i]}]
-                whole_ids = self.encoder.ids(answered, add_generation_prompt=False)
+                encoded = [self.encoded(json.loads(texts[i]), answer) for answer in answers[i]]
             except TemplateRefused as refused:
                 reasons[i], details[i] = TEMPLATE_REFUSED, str(refused)[:300]
                 continue
-            if len(whole_ids) > self.max_length:
+            longest = max(len(whole) for whole, _ in encoded)
+            if longest > self.max_length:
                 reasons[i] = TOO_MANY_TOKENS
-                details[i] = f"{len(whole_ids)} tokens with the chat template > data.max_length={self.max_length}"
+                details[i] = f"{longest} tokens with the chat template > data.max_length={self.max_length}"
                 continue
-            shared = 0
-            for a, b in zip(prompt_ids, whole_ids):
-                if a != b:
-                    break
-                shared += 1
-            ids[i], prompt_lengths[i] = whole_ids, shared
+            for column, (whole, _) in zip(ids, encoded):
+                ids[column][i] = whole
+            prompt_lengths[i] = min(shared for _, shared in encoded)
         columns = {
             "reason": pa.array(reasons, pa.string()),
             "detail": pa.array(details, pa.string()),
         }
         for name, values in columns.items():
             batch = batch.set_column(batch.schema.get_field_index(name), name, values)
-        return (
-            batch.append_column("input_ids", pa.array(ids, pa.list_(pa.int32())))
-            .append_column("length", pa.array([len(x) for x in ids], pa.int32()))
-            .append_column("prompt_length", pa.array(prompt_lengths, pa.int32()))
+        for column, values in ids.items():
+            batch = batch.append_column(column, pa.array(values, pa.list_(pa.int32())))
+        lengths = [max(len(values[i]) for values in ids.values()) for i in range(len(reasons))]
+        return batch.append_column("length", pa.array(lengths, pa.int32())).append_column(
+            "prompt_length", pa.array(prompt_lengths, pa.int32())
         )
 
 
+# A preference pair whose two answers are the same teaches nothing: quarantined.
+SAME_ANSWERS = "same_answers"
+
+
+class PreferenceTokenizeBatch(ChatTokenizeBatch):
+    """Preference pairs in: the conversation encoded once with the chosen answer (`label`, into
+    `input_ids`) and once with the rejected one (`rejected`, into `rejected_ids`); `length` is the
+    longer, `prompt_length` where both answers start. A pair either of whose conversations is over
+    `max_length` tokens is quarantined, as is one whose answers are the same (`same_answers`)."""
+
+    answers = {"label": "input_ids", "rejected": "rejected_ids"}
+
+    def problem(self, answers: tuple[str, ...]) -> tuple[str, str]:
+        chosen, rejected = answers
+        if chosen == rejected:
+            return SAME_ANSWERS, "the chosen and the rejected answer are the same"
+        return "", ""
+
+
 @functools.lru_cache(maxsize=4)
-def _cached_chat(definition: str, template_json: str, max_length: int) -> ChatTokenizeBatch:
+def _cached_chat(kind: type, definition: str, template_json: str, max_length: int) -> ChatTokenizeBatch:
     import json
 
-    return ChatTokenizeBatch(definition, json.loads(template_json), max_length)
+    return kind(definition, json.loads(template_json), max_length)
 
 
 def chat_tokenize_batch(batch: pa.Table, *, definition: str, template: dict[str, str], max_length: int) -> pa.Table:
     """`ChatTokenizeBatch` as a Ray Data task function."""
     import json
 
-    return _cached_chat(definition, json.dumps(template, sort_keys=True), max_length)(batch)
+    return _cached_chat(ChatTokenizeBatch, definition, json.dumps(template, sort_keys=True), max_length)(batch)
+
+
+def preference_tokenize_batch(
+    batch: pa.Table, *, definition: str, template: dict[str, str], max_length: int
+) -> pa.Table:
+    """`PreferenceTokenizeBatch` as a Ray Data task function."""
+    import json
+
+    return _cached_chat(PreferenceTokenizeBatch, definition, json.dumps(template, sort_keys=True), max_length)(batch)

@@ -29,8 +29,7 @@ from raylane.runtime import on_this_node
 from raylane.sources import read_source
 from raylane.tasks import get_task
 from raylane.tasks.chat import ChatInputs
-from raylane.tasks.text import TOO_LONG
-from raylane.tokenize import TEMPLATE_REFUSED
+from raylane.tokenize import TEMPLATE_REFUSED, TOO_MANY_TOKENS
 
 QUARANTINE_DIR = "_quarantine"
 ANSWER_COLUMNS = ("messages", "generation", "prompt_tokens", "completion_tokens", "finish_reason")
@@ -80,7 +79,7 @@ class GenerateRows:
                 continue
             if len(ids) > self.max_prompt_tokens:
                 reasons[i], details[i] = (
-                    TOO_LONG,
+                    TOO_MANY_TOKENS,
                     f"{len(ids)} prompt tokens > data.max_length={self.max_prompt_tokens}",
                 )
                 continue
@@ -102,7 +101,7 @@ class GenerateRows:
 def generate_files(cfg: PipelineConfig, model_dir: str, source: str, staging: Path) -> tuple[int, dict[str, int]]:
     """Generate for every row of `source` into Parquet files under `staging`, the rows that could
     not be prompted under `staging/_quarantine`. Returns (rows answered, quarantined by reason)."""
-    fields = get_task(cfg.task).inputs.fields(cfg.data)
+    fields = get_task(cfg.task).inputs.prompt_fields(cfg.data)  # a preference row's answers are not asked for
     conversations = (
         read_source(source, cfg.data, required=fields)
         .map_batches(

@@ -61,3 +61,35 @@ def write_chat_corpus(directory: Path, n_good: int = 60) -> tuple[Path, Path]:
     lines = [json.dumps(r) for r in rows if "messages" in r] + list(BAD_CHAT_LINES.values())
     chats.write_text("\n".join(lines) + "\n")
     return plain, chats
+
+
+def preference_rows(n: int, start: int = 0) -> list[dict]:
+    """`n` distinct pairs: a question about a thing, its colour as the chosen answer and the next
+    colour as the rejected one (a set a model can learn to separate)."""
+    rows = []
+    for i in range(start, start + n):
+        thing = THINGS[i % len(THINGS)]
+        colour = COLOURS[THINGS.index(thing) % len(COLOURS)]
+        wrong = COLOURS[(THINGS.index(thing) + 1) % len(COLOURS)]
+        rows.append({"prompt": f"Which colour goes with the {thing} number {i}?", "chosen": colour, "rejected": wrong})
+    return rows
+
+
+# One bad pair per reason ingest must give it.
+BAD_PAIR_LINES = {
+    "same_answers": json.dumps({"prompt": "Which colour is the sea?", "chosen": "blue", "rejected": "blue"}),
+    "empty_rejected": json.dumps({"prompt": "Which colour is the sun?", "chosen": "yellow", "rejected": "  "}),
+    "empty_response": json.dumps({"prompt": "Which colour is grass?", "chosen": "", "rejected": "red"}),
+    "too_many_tokens": json.dumps({"prompt": "word " * 400, "chosen": "fine", "rejected": "bad"}),
+    "missing_field": json.dumps({"prompt": "Which colour is a lemon?", "chosen": "yellow"}),
+    "malformed_row": '{"prompt": "an unfinished line',
+}
+
+
+def write_preference_corpus(directory: Path, n_good: int = 60) -> Path:
+    """A JSONL file of `n_good` good pairs, then one bad line per reason (`BAD_PAIR_LINES`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "pairs.jsonl"
+    lines = [json.dumps(r) for r in preference_rows(n_good)] + list(BAD_PAIR_LINES.values())
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -44,6 +44,7 @@ from raylane.train.optim import (
     optimizer_step,
 )
 from raylane.train.records import EpochRecord, all_reduce, epoch_record
+from raylane.train.reference import Reference
 
 
 class EarlyStopping:
@@ -109,6 +110,15 @@ def build_model(cfg: PipelineConfig, task: Task, labels: list[str], resume_dir: 
     return model
 
 
+def reference_model(cfg: PipelineConfig, task: Task, labels: list[str], device, precision: Precision):
+    """A frozen copy of the base model, placed as the policy is (`raylane.train.reference`)."""
+    tc = cfg.train
+    base = task.inputs.load_model(cfg.model.name_or_path, labels, task.target, cfg.model.init)
+    if tc.strategy == "fsdp":
+        return sharding.shard(base, device, precision.dtype, tc.cpu_offload)
+    return base.to(device)
+
+
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     quiet_worker()
     cfg: PipelineConfig = config["cfg"]
@@ -121,6 +131,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         "loss": tc.loss,
         "distill_alpha": tc.distill.alpha,
         "distill_temperature": tc.distill.temperature,
+        "dpo_beta": tc.dpo.beta,
     }
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -168,6 +179,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             precision.scaler.load_state_dict(state.get("scaler", {}))
             stopper.load_state_dict(state.get("early_stopping", {}))
             checkpoint.set_rng_state(state["rng"])
+    settings["reference"] = Reference(
+        model, lora_on, lambda: reference_model(cfg, task, labels, device, precision), tc.seed
+    )
     if rank == 0 and mlflow_run and resume_dir is None:
         mlflow_run.log_params({"trainable_params": trainable, "total_params": total})
         mlflow_run.log_metrics({"trainable_share": trainable / max(total, 1)}, step=0)

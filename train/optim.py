@@ -99,13 +99,17 @@ class Precision:
 
 
 def loss_of(model, batch: dict[str, torch.Tensor], task: Task, settings: dict[str, Any], precision: Precision):
-    """(summed loss over the batch's rows, logits): the task's loss on the model's logits. A batch
+    """(summed loss over the batch's rows, what the epoch record keeps: the logits, as a rule): the
+    task's loss on the model's outputs (`Target.batch_loss`). A batch
     that carries a teacher's soft targets (`train.distill`) mixes in the soft loss against them:
     alpha x soft + (1 - alpha) x plain."""
     inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
-    with precision.autocast():
-        logits = model(**inputs, **task.engine.forward_options).logits
-    loss = task.target.loss(logits, batch["labels"], settings)
+
+    def forward(other=None):
+        with precision.autocast():
+            return (model if other is None else other)(**inputs, **task.engine.forward_options).logits
+
+    loss, logits = task.target.batch_loss(forward, batch, settings)
     if "teacher" in batch:
         alpha, temperature = settings["distill_alpha"], settings["distill_temperature"]
         loss = alpha * task.target.soft_loss(logits, batch["teacher"], temperature) + (1 - alpha) * loss

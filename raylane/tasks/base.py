@@ -63,6 +63,11 @@ class Target(ABC):
     # The evaluation's headline metric: what the gate's max_regression compares with the champion.
     headline: ClassVar[str]
     config_keys: ClassVar[frozenset[str]] = frozenset()
+    tallied: ClassVar[tuple[str, ...]] = ()  # what `tally` sums, beside the loss
+    # Other tasks whose saved models this target's evaluation scores on its test split and compares
+    # on its headline: a champion of one of them stays the one to beat (a chat model, for the
+    # preference tuning that starts from it).
+    rescores: ClassVar[tuple[str, ...]] = ()
 
     @property
     @abstractmethod
@@ -117,6 +122,20 @@ class Target(ABC):
     def weight(self, labels) -> int:
         """What a batch's summed loss is divided by for its mean: here its rows."""
         return len(labels)
+
+    def batch_loss(self, forward, batch: dict[str, Any], settings: dict[str, Any]):
+        """(the batch's summed loss, what its epoch record keeps of it): here the loss on the
+        model's logits, and the logits. `forward()` runs the model being trained on the batch's
+        inputs and `forward(other)` another model; a target whose loss needs more than one forward
+        pass (a frozen reference's too) overrides this."""
+        logits = forward()
+        return self.loss(logits, batch["labels"], settings), logits
+
+    def tally(self, outputs) -> dict[str, float]:
+        """Sums over a batch's rows of what the target measures beside the loss (the names in
+        `tallied`), from what `batch_loss` kept; an epoch's metric is each sum over all workers'
+        rows, per row."""
+        return {}
 
     def loss_metrics(self, mean_loss: float) -> dict[str, float]:
         """Metrics that follow from the mean loss alone (a language model's perplexity)."""
@@ -351,6 +370,11 @@ class Task:
     @property
     def metrics(self) -> tuple[str, ...]:
         return tuple(f"val_{m}" for m in self.target.metrics) + ("val_loss",)
+
+    def compares_with(self, task: str) -> bool:
+        """Whether a saved model of `task` is one this task's evaluation scores and compares on
+        its headline (see `raylane.tasks.answer_alike`, which asks it both ways)."""
+        return task == self.name or task in self.target.rescores
 
     def resolve_metric(self, metric: str) -> str:
         """train.metric, with "auto" made the target's default."""

@@ -64,6 +64,10 @@ class ChatInputs(Inputs):
         return {"text": [json.dumps([{"role": "user", "content": "Say hello."}])]}
 
     def fields(self, data) -> list[str]:
+        return self.prompt_fields(data)
+
+    def prompt_fields(self, data) -> list[str]:
+        """The columns a conversation's prompt is made of (what batch generation reads)."""
         return list(data.text_fields)
 
     def check_model(self, name_or_path: str) -> None:

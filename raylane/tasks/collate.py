@@ -118,6 +118,25 @@ class AnswerCollate(NumpyBatchCollateFn):
         return {**inputs, "logits_to_keep": torch.from_numpy(keep), "labels": torch.from_numpy(labels[:, keep])}
 
 
+class PairCollate(NumpyBatchCollateFn):
+    """Ray Data collate function for preference pairs: a batch of B pairs becomes 2B answer rows,
+    the chosen answers first and the rejected ones after, labelled as `AnswerCollate` labels them
+    (the answers' tokens alone, logits kept only where an answer needs them); `rows` says B."""
+
+    def __init__(self, pad_id: int):
+        self.answers = AnswerCollate(pad_id)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        import torch
+
+        prompt_lengths = np.asarray(batch["prompt_length"])
+        both = {
+            "input_ids": [*batch["input_ids"], *batch["rejected_ids"]],
+            "prompt_length": np.concatenate([prompt_lengths, prompt_lengths]),
+        }
+        return {**self.answers(both), "rows": torch.tensor(len(prompt_lengths))}
+
+
 def tightest_packs(lengths: list[int], max_width: int, step: int = 8) -> list[list[int]]:
     """The packing of `lengths` into rows of at most `max_width` tokens whose padded batch (rows x
     the fullest row) has the fewest cells, over pack widths from the longest row up in `step`s.

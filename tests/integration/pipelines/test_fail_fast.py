@@ -75,3 +75,8 @@ def test_a_teacher_of_another_task(tmp_path, tiny_model):
     SavedTask("text_regression", []).write(teacher)
     proc, seconds = _run(tmp_path, f"model.name_or_path={tiny_model}", f"train.distill.teacher={teacher}")
     _assert_failed_fast(proc, seconds, "train.distill.teacher", "is a text_regression model")
+
+
+def test_a_model_to_start_from_that_is_not_registered(tmp_path):
+    proc, seconds = _run(tmp_path, "model.name_or_path=models:/no-such-chat@champion")
+    _assert_failed_fast(proc, seconds, "model.name_or_path", "no-such-chat")

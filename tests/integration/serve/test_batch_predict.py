@@ -118,7 +118,7 @@ def test_a_chat_model_answers_every_row_or_quarantines_it_with_the_reason(
     answered, quarantined = predict_files(cfg, model_dir, str(tmp_path / "rows.csv"), out)
 
     got = pq.read_table(out).to_pandas()  # the quarantine beside it is not read as predictions
-    assert answered == len(got) == 3 and quarantined == {"missing_field": 1, "too_long": 1}
+    assert answered == len(got) == 3 and quarantined == {"missing_field": 1, "too_many_tokens": 1}
     assert sorted(got["title"]) == ["graph networks", "object detection", "segmentation"]
     for _, row in got.iterrows():  # batched and sorted by length, each reply is the one it gets alone
         messages = json.loads(row["messages"])
@@ -129,8 +129,8 @@ def test_a_chat_model_answers_every_row_or_quarantines_it_with_the_reason(
         assert 1 <= row["completion_tokens"] <= 3 and row["prompt_tokens"] > 0
         assert row["finish_reason"] in ("stop", "length")
     kept = pq.read_table(out / QUARANTINE_DIR).to_pandas()
-    assert sorted(kept["reason"]) == ["missing_field", "too_long"]
-    assert "data.max_length=40" in kept.loc[kept["reason"] == "too_long", "detail"].item()
+    assert sorted(kept["reason"]) == ["missing_field", "too_many_tokens"]
+    assert "data.max_length=40" in kept.loc[kept["reason"] == "too_many_tokens", "detail"].item()
 
     conversations = [
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tag: graph networks"}],

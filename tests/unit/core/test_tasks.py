@@ -170,6 +170,7 @@ def test_every_task_is_registered_with_its_halves():
         "text_regression",
         "image_classification",
         "causal_lm",
+        "preference",
     }
     for task in TASKS.values():
         assert task.target.default_metric in task.target.metrics and task.resolve_metric("auto") in task.metrics

@@ -18,6 +18,7 @@ SHIPPED = {
     "text_regression": "configs/text-regression.yaml",
     "image_classification": "configs/digits.yaml",
     "causal_lm": "configs/llm-sft.yaml",
+    "preference": "configs/llm-dpo.yaml",
 }
 # A value other than the default for each task-specific key, with what the key needs beside it.
 SETTINGS = {
@@ -40,6 +41,9 @@ SETTINGS = {
     "train.distill": ["train.distill.teacher=models:/raylane-classifier@champion"],
     "gate.max_teacher_gap": ["gate.max_teacher_gap=0.01"],
     "train.packing": ["train.packing=true"],
+    "data.rejected_field": ["data.rejected_field=worse"],
+    "train.dpo": ["train.dpo.beta=0.5"],
+    "gate.min_preference_accuracy": ["gate.min_preference_accuracy=0.6"],
 }
 
 
@@ -96,6 +100,14 @@ def test_a_saved_model_loads_by_its_engine(tmp_path, tiny_model, tiny_causal_lm)
         load_model(str(chat), serves="text_classification")
     with pytest.raises(ValueError, match="no compressed variant"):
         load_model(str(chat), quantize="int8")
+    # A chat model and its preference-tuned successor answer alike: each one's deployment serves the other.
+    tuned = tmp_path / "tuned"
+    shutil.copytree(chat, tuned)
+    SavedTask("preference", []).write(tuned)
+    assert isinstance(load_model(str(chat), serves="preference", threads=1), Generator)
+    assert isinstance(load_model(str(tuned), serves="causal_lm", threads=1), Generator)
+    with pytest.raises(ValueError, match="is a preference model; this deployment serves text_classification"):
+        load_model(str(tuned), serves="text_classification")
 
 
 # What a stage would write to ask which task it runs: a flag of one kind of model, or a comparison

@@ -4,17 +4,17 @@ reach the gradient one process reaches on both batches. Real torch.distributed (
 processes."""
 
 import os
-import socket
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from raylane.http import free_port
 from raylane.tasks import get_task
 from raylane.tasks.collate import AnswerCollate
 from raylane.train.optim import Precision, accumulate, loss_of
+from tests.gloo import gloo_group
 
 CPU = Precision(torch.device("cpu"), "fp32")
 TASK = get_task("causal_lm")
@@ -45,22 +45,11 @@ def _loss(model, batch):
 
 
 def _worker(rank: int, model_path: str, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, port):
         model = DistributedDataParallel(_model(model_path))
         accumulate(model, [_batches()[rank]], _loss, CPU, TASK.target.weight)
         grads = [p.grad.detach() for p in model.module.parameters() if p.grad is not None]
         torch.save(grads, os.path.join(out_dir, f"grads-{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_workers_with_uneven_answer_tokens_reach_the_gradient_of_one_process(tiny_causal_lm, tmp_path):
@@ -69,7 +58,7 @@ def test_two_workers_with_uneven_answer_tokens_reach_the_gradient_of_one_process
     accumulate(model, _batches(), _loss, CPU, TASK.target.weight)
     alone = [p.grad.detach() for p in model.parameters() if p.grad is not None]
 
-    mp.spawn(_worker, args=(str(tiny_causal_lm), _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(str(tiny_causal_lm), free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         for together, single in zip(torch.load(tmp_path / f"grads-{rank}.pt"), alone, strict=True):
             torch.testing.assert_close(together, single, rtol=1e-5, atol=1e-7)
