@@ -144,9 +144,11 @@ class PairScoring:
 
         from raylane.tasks.base import IGNORE
         from raylane.tasks.collate import PairCollate
-        from raylane.tasks.preference import dpo_loss, sequence_logps
+        from raylane.tasks.preference import Preference
 
-        collate = PairCollate(0)
+        collate, device = PairCollate(0), next(model.parameters()).device
+        # The training loss's own pass over a pair batch, the reference being this frozen model.
+        settings = {"reference": lambda forward: forward(self.model), "dpo_beta": self.beta}
         columns: dict[str, list] = {name: [] for name in (*PAIR_COLUMNS, "tokens")}
         with torch.inference_mode():
             for start in range(0, len(batch), batch_size):
@@ -158,32 +160,34 @@ class PairScoring:
                         "prompt_length": part["prompt_length"].to_numpy(),
                     }
                 )
-                device = next(model.parameters()).device
-                fed = {k: v.to(device) for k, v in inputs.items() if k not in ("labels", "rows")}
-                labels, n = inputs["labels"].to(device), len(part)
-                policy = sequence_logps(model(**fed, use_cache=False).logits, labels)
-                reference = sequence_logps(self.model(**fed, use_cache=False).logits, labels)
-                _, chosen, rejected = dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], self.beta)
-                for name, values in zip(PAIR_COLUMNS, (policy[:n], policy[n:], chosen, rejected)):
-                    columns[name].extend(values.float().cpu().tolist())
-                columns["tokens"].extend((labels[:n] != IGNORE).sum(-1).cpu().tolist())
+                inputs = {k: v.to(device) for k, v in inputs.items()}
+                fed = {k: v for k, v in inputs.items() if k not in ("labels", "rows")}
+
+                def forward(other=None, fed=fed):
+                    return (model if other is None else other)(**fed, use_cache=False).logits
+
+                _, kept = Preference().batch_loss(forward, inputs, settings)
+                for name, values in zip(PAIR_COLUMNS, kept.float().cpu().T.tolist()):
+                    columns[name].extend(values)
+                columns["tokens"].extend((inputs["labels"][: len(part)] != IGNORE).sum(-1).cpu().tolist())
         return columns
 
 
+# What `Preference.batch_loss` keeps of each pair, in its order.
 PAIR_COLUMNS = ("chosen_logp", "rejected_logp", "chosen_reward", "rejected_reward")
 
 
 def pair_metrics(scored: pd.DataFrame) -> dict[str, float]:
-    """The test split's preference metrics, where its rows are pairs (`PairScoring`)."""
+    """The test split's preference metrics, where its rows are pairs (`PairScoring`): training's
+    tallies (`Preference.tally`), per pair."""
+    import torch
+
+    from raylane.tasks.preference import Preference
+
     if "chosen_reward" not in scored or not len(scored):
         return {}
-    margin = scored["chosen_reward"] - scored["rejected_reward"]
-    return {
-        "preference_accuracy": float((margin > 0).mean()),
-        "reward_margin": float(margin.mean()),
-        "chosen_logp": float(scored["chosen_logp"].mean()),
-        "rejected_logp": float(scored["rejected_logp"].mean()),
-    }
+    tallies = Preference().tally(torch.tensor(scored[list(PAIR_COLUMNS)].to_numpy(dtype=np.float64)))
+    return {name: value / len(scored) for name, value in tallies.items()}
 
 
 def score_generations(cfg: PipelineConfig, model_dir: str, dataset: DatasetInfo, split: str) -> pd.DataFrame:
