@@ -7,14 +7,12 @@ import os
 
 import numpy as np
 import torch
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from raylane.http import free_port
 from raylane.tasks import get_task
 from raylane.tasks.collate import AnswerCollate
 from raylane.train.optim import Precision, accumulate, loss_of
-from tests.gloo import gloo_group
+from tests.gloo import gloo_group, run_workers
 
 CPU = Precision(torch.device("cpu"), "fp32")
 TASK = get_task("causal_lm")
@@ -44,8 +42,8 @@ def _loss(model, batch):
     return loss_of(model, batch, TASK, {}, CPU)
 
 
-def _worker(rank: int, model_path: str, port: int, out_dir: str) -> None:
-    with gloo_group(rank, port):
+def _worker(rank: int, rendezvous: str, model_path: str, out_dir: str) -> None:
+    with gloo_group(rank, rendezvous):
         model = DistributedDataParallel(_model(model_path))
         accumulate(model, [_batches()[rank]], _loss, CPU, TASK.target.weight)
         grads = [p.grad.detach() for p in model.module.parameters() if p.grad is not None]
@@ -58,7 +56,7 @@ def test_two_workers_with_uneven_answer_tokens_reach_the_gradient_of_one_process
     accumulate(model, _batches(), _loss, CPU, TASK.target.weight)
     alone = [p.grad.detach() for p in model.parameters() if p.grad is not None]
 
-    mp.spawn(_worker, args=(str(tiny_causal_lm), free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_workers(_worker, (str(tiny_causal_lm), str(tmp_path)), tmp_path)
     for rank in (0, 1):
         for together, single in zip(torch.load(tmp_path / f"grads-{rank}.pt"), alone, strict=True):
             torch.testing.assert_close(together, single, rtol=1e-5, atol=1e-7)

@@ -9,18 +9,16 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from raylane.config.schema import LoraSettings
-from raylane.http import free_port
 from raylane.tasks import get_task
 from raylane.tasks.collate import PairCollate
 from raylane.train import lora
 from raylane.train.optim import Precision, accumulate, loss_of
 from raylane.train.records import epoch_record
 from raylane.train.reference import Reference
-from tests.gloo import gloo_group
+from tests.gloo import gloo_group, run_workers
 
 CPU = Precision(torch.device("cpu"), "fp32")
 TASK = get_task("preference")
@@ -75,8 +73,8 @@ def _step(model, batches):
     return grads, record.metrics([], {}, "val_")
 
 
-def _worker(rank: int, model_path: str, port: int, out_dir: str) -> None:
-    with gloo_group(rank, port):
+def _worker(rank: int, rendezvous: str, model_path: str, out_dir: str) -> None:
+    with gloo_group(rank, rendezvous):
         model = DistributedDataParallel(_policy(model_path))
         grads, metrics = _step(model, [_batches()[rank]])
         torch.save(grads, os.path.join(out_dir, f"grads-{rank}.pt"))
@@ -88,7 +86,7 @@ def test_two_workers_with_uneven_pairs_reach_the_gradient_and_metrics_of_one_pro
     alone, metrics = _step(_policy(str(tiny_causal_lm)), _batches())
     assert len(alone) > 0 and metrics["val_reward_margin"] != 0  # the adapters moved the policy
 
-    mp.spawn(_worker, args=(str(tiny_causal_lm), free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_workers(_worker, (str(tiny_causal_lm), str(tmp_path)), tmp_path)
     for rank in (0, 1):
         for together, single in zip(torch.load(tmp_path / f"grads-{rank}.pt"), alone, strict=True):
             torch.testing.assert_close(together, single, rtol=1e-5, atol=1e-7)
