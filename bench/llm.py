@@ -308,3 +308,60 @@ async def _alone(url: str, i: int) -> list[float]:
             if r.status != 200:
                 raise RuntimeError(f"an 8-token request alone failed: {r.status}")
         return [time.perf_counter() - sent]
+
+
+def _burst_in_process(generator, release: bool) -> float:
+    """Generated tokens/s of one burst of 32 mixed requests (MIXED_TOKENS) through a continuous
+    batcher in its own thread, after this thread has generated (as a replica's canary does) and,
+    with `release`, handed back its OpenMP team (`raylane.openmp`)."""
+    import threading
+
+    from raylane.continuous import ContinuousBatcher, Request
+    from raylane.generate import Sampling
+    from raylane.openmp import release_thread_pool
+
+    prompts = [generator.chat_prompt([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]) for i in range(32)]
+    generator.generate([prompts[0]], [Sampling(8)])  # this thread's team exists, as after a replica's canary
+    if release:
+        release_thread_pool()
+    batcher = ContinuousBatcher(generator, 32).start()
+    answers, done = [], threading.Semaphore(0)
+
+    def on_done(answer) -> None:
+        answers.append(answer)
+        done.release()
+
+    started = time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        batcher.submit(Request(prompt, Sampling(MIXED_TOKENS[i % len(MIXED_TOKENS)]), on_done))
+    for _ in prompts:
+        done.acquire()
+    seconds = time.perf_counter() - started
+    batcher.stop()
+    return sum(a.completion_tokens for a in answers) / seconds
+
+
+@benchmark(
+    "llm_thread_handoff",
+    "generated tokens/s of a continuous batcher's burst (32 requests, max_tokens cycling 8-256, greedy, in process, "
+    "2 threads) after the loading thread generated: its OpenMP team released (as replicas now do) vs kept",
+    goal="no slower than the batcher in a process with one OpenMP team",
+)
+def llm_thread_handoff(quick: bool) -> dict:
+    from raylane.generate import Generator
+
+    with tempfile.TemporaryDirectory() as tmp:
+        served, what = model_dir(Path(tmp))
+        generator = Generator(served, threads=2)
+        result = side_by_side(
+            lambda: _burst_in_process(generator, release=True),
+            lambda: _burst_in_process(generator, release=False),
+            rounds=1 if quick else 2,
+        )
+    return {
+        **result,
+        "ratio": round(result["ours"] / result["baseline"], 3),
+        "unit": "generated tokens/s, one burst of 32 requests with max_tokens cycling "
+        f"{list(MIXED_TOKENS)} through raylane.continuous in its own thread, 2 torch threads",
+        "model": what,
+    }

@@ -29,22 +29,13 @@ class Teacher:
     labels: list[str]
 
 
-def _cache(cfg: PipelineConfig) -> str:
-    return str(cfg.output_path / "teachers")
-
-
 def resolve_teacher(cfg: PipelineConfig) -> Teacher:
     """The configured teacher, fetched (once) and read; a ConfigError naming the key when there is
     no such model."""
-    from raylane.registry import resolve_model
+    from raylane.registry import fetch_configured
     from raylane.tasks.saved import read_saved_task
-    from raylane.tracking import tracking_uri
 
-    uri = cfg.train.distill.teacher
-    try:
-        resolved = resolve_model(uri, tracking_uri(cfg), cache_dir=_cache(cfg))
-    except Exception as err:  # no such directory, model, version or alias: all the user's to fix
-        raise ConfigError(KEY, f"cannot load the teacher {uri!r}: {err}") from None
+    resolved = fetch_configured(cfg.train.distill.teacher, KEY, cfg, "teachers")
     pinned = f"models:/{resolved.name}/{resolved.version}" if resolved.name else resolved.model_dir
     saved = read_saved_task(resolved.model_dir)
     return Teacher(pinned, resolved.model_dir, saved.task, saved.labels)

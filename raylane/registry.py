@@ -189,23 +189,29 @@ def prune_cache(cache_dir: str, tracking_uri: str, name: str, keep: set[str]) ->
 MODEL_URIS = ("models:/", "runs:/")
 
 
-def pin_base_model(cfg):
-    """The config with `model.name_or_path` a registered model's files when it names one
-    (`models:/<name>@<alias>`, `models:/<name>/<version>`, `runs:/...`): a run that starts from
-    an earlier run's model, as preference tuning starts from the instruction-tuned champion. The
-    alias is read once, when the run starts, and that version fetched once into
-    `<output_dir>/base_models`, where every later step (ingest's tokenizer, the workers, the
-    reference model) reads it. A ConfigError naming the key when there is no such model."""
-    import dataclasses
-
+def fetch_configured(uri: str, key: str, cfg, cache: str) -> ResolvedModel:
+    """The model a config key names (a directory, `models:/<name>@<alias>`,
+    `models:/<name>/<version>`, `runs:/...`), an alias read once and that version fetched once
+    into `<output_dir>/<cache>`, where every later step of the run reads it. A ConfigError naming
+    `key` when there is no such model."""
     from raylane.errors import ConfigError
     from raylane.tracking import tracking_uri
 
-    uri = cfg.model.name_or_path
     try:
-        resolved = resolve_model(uri, tracking_uri(cfg), cache_dir=str(cfg.output_path / "base_models"))
-    except Exception as err:  # no such model, version, alias or run: the user's to fix
-        raise ConfigError("model.name_or_path", f"cannot load {uri!r}: {err}") from None
+        return resolve_model(uri, tracking_uri(cfg), cache_dir=str(cfg.output_path / cache))
+    except Exception as err:  # no such directory, model, version, alias or run: the user's to fix
+        raise ConfigError(key, f"cannot load {uri!r}: {err}") from None
+
+
+def pin_base_model(cfg):
+    """The config with `model.name_or_path` a registered model's files when it names one: a run
+    that starts from an earlier run's model, as preference tuning starts from the
+    instruction-tuned champion (`fetch_configured`: into `<output_dir>/base_models`, where
+    ingest's tokenizer, the workers and the reference model read it)."""
+    import dataclasses
+
+    uri = cfg.model.name_or_path
+    resolved = fetch_configured(uri, "model.name_or_path", cfg, "base_models")
     pinned = f"models:/{resolved.name}/{resolved.version}" if resolved.name else uri
     print(f"model: {uri} is {pinned} ({resolved.model_dir})")
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=resolved.model_dir))

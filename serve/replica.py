@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from raylane.openmp import release_thread_pool
 from raylane.serve.swap import Loaded, LoadFailed
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ class Replica(ABC):
             self._batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
         self.loaded = self._load(args.model_uri)
         self._canary(self.loaded.model)  # a model that cannot answer fails the replica's start
+        release_thread_pool()  # the requests may run in another thread (raylane.openmp)
         self.health = Health(last_success=time.time())
         self.metrics.serving(self.loaded.version)
         self.follower = follow(
@@ -143,6 +145,8 @@ class Replica(ABC):
             self._canary(new.model)  # only a model that answers replaces the one serving
         except Exception as err:
             raise LoadFailed(f"{model_uri}: {type(err).__name__}: {err}") from err
+        finally:
+            release_thread_pool()  # this thread only loads: its OpenMP team would slow the serving thread's
         return new
 
     def _adopt(self, new: Loaded) -> None:

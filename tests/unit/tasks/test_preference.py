@@ -78,6 +78,30 @@ def test_pairs_with_the_same_answers_or_over_max_length_are_quarantined_at_token
     assert set(BAD_PAIR_LINES) >= {"same_answers", "empty_rejected", "too_many_tokens", "missing_field"}
 
 
+MESSAGES_SPEC = RowSpec(
+    n_input_fields=2, task="preference", pii_kinds=("email",), max_chars=500, field_names=("messages", "rejected")
+)
+
+
+def test_a_pair_whose_prompt_is_a_conversation_keeps_every_turn_before_both_answers(tiny_causal_lm):
+    conversation = [
+        {"role": "system", "content": "Answer with one colour."},
+        {"role": "user", "content": "Colour of the sky?"},
+        {"role": "assistant", "content": "blue"},
+        {"role": "user", "content": "And of grass? Ask ann@example.org."},
+    ]
+    row = prepare_row("", [json.dumps(conversation), "red"], "green", None, MESSAGES_SPEC)
+    assert row["reason"] == "" and row["pii"] == {"email": 1}
+    assert json.loads(row["text"]) == [*conversation[:3], {"role": "user", "content": "And of grass? Ask [EMAIL]."}]
+
+    (pair,) = tokenized(tiny_causal_lm, [row], max_length=128)
+    tokenizer = load_tokenizer(str(tiny_causal_lm))
+    prompt = tokenizer.decode(pair["input_ids"][: pair["prompt_length"]])
+    assert all(turn in prompt for turn in ("one colour", "sky", "blue", "grass"))
+    assert tokenizer.decode(pair["input_ids"][pair["prompt_length"] :]).startswith("green")
+    assert tokenizer.decode(pair["rejected_ids"][pair["prompt_length"] :]).startswith("red")
+
+
 def test_a_pair_batch_holds_the_chosen_rows_then_the_rejected_ones(tiny_causal_lm):
     rows = tokenized(tiny_causal_lm, [pair_row(r["prompt"], r["chosen"], r["rejected"]) for r in preference_rows(3)])
     batch = PairCollate(0)(

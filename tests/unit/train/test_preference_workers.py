@@ -1,7 +1,8 @@
-"""Preference tuning on two DDP workers (real torch.distributed, gloo, two processes) holding
-unequal numbers of pairs: the DPO loss against the LoRA reference (the same wrapped model, its
-adapters off) reaches the gradient one process reaches on all pairs, and the epoch's preference
-metrics, reduced over the workers, equal that one process's."""
+"""Preference tuning on two workers (real torch.distributed, gloo, two processes) holding unequal
+numbers of pairs: under DDP with LoRA, the DPO loss against the reference (the same wrapped model,
+its adapters off) reaches the gradient one process reaches on all pairs, and the epoch's preference
+metrics, reduced over the workers, equal that one process's; under FSDP2 without LoRA, against a
+frozen copy of the base sharded as the policy is, the gradient too."""
 
 import json
 import os
@@ -9,12 +10,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from raylane.config.schema import LoraSettings
 from raylane.tasks import get_task
 from raylane.tasks.collate import PairCollate
-from raylane.train import lora
+from raylane.train import lora, sharding
 from raylane.train.optim import Precision, accumulate, loss_of
 from raylane.train.records import epoch_record
 from raylane.train.reference import Reference
@@ -92,3 +94,53 @@ def test_two_workers_with_uneven_pairs_reach_the_gradient_and_metrics_of_one_pro
             torch.testing.assert_close(together, single, rtol=1e-5, atol=1e-7)
         reduced = json.loads((tmp_path / f"metrics-{rank}.json").read_text())
         assert reduced == pytest.approx(metrics, rel=1e-5, abs=1e-6)
+
+
+def _full_policy(path: str):
+    """The whole model trains (no LoRA): the reference is a second, frozen copy of the base."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    torch.manual_seed(0)  # the same moved policy in every process
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    return model.eval()
+
+
+def _full_step(model, batches, load_reference):
+    settings = {"reference": Reference(model, False, load_reference, seed=0), "dpo_beta": 0.5}
+
+    def loss(m, batch):
+        return loss_of(m, batch, TASK, settings, CPU)
+
+    accumulate(model, batches, loss, CPU, TASK.target.weight)
+    return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _fsdp_worker(rank: int, rendezvous: str, model_path: str, out_dir: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    with gloo_group(rank, rendezvous):
+        model = sharding.shard(_full_policy(model_path), CPU.device, None, cpu_offload=False)
+        reference = lambda: sharding.shard(AutoModelForCausalLM.from_pretrained(model_path), CPU.device, None, False)  # noqa: E731
+        grads = _full_step(model, [_batches()[rank]], reference)
+        assert all(isinstance(g, DTensor) for g in grads.values())  # sharded: each worker holds a part
+        torch.save({name: g.full_tensor() for name, g in grads.items()}, os.path.join(out_dir, f"grads-{rank}.pt"))
+
+
+def test_sharded_workers_against_a_frozen_reference_copy_reach_the_gradient_of_one_process(tiny_causal_lm, tmp_path):
+    """Full fine-tuning under FSDP2: the reference is a second copy of the base, sharded as the
+    policy is, loaded on the first batch; two workers with 3 and 1 pairs equal one process."""
+    from transformers import AutoModelForCausalLM
+
+    path = str(tiny_causal_lm)
+    alone = _full_step(_full_policy(path), _batches(), lambda: AutoModelForCausalLM.from_pretrained(path))
+    assert len(alone) == len(list(AutoModelForCausalLM.from_pretrained(path).parameters()))
+
+    run_workers(_fsdp_worker, (path, str(tmp_path)), tmp_path)
+    for rank in (0, 1):
+        together = torch.load(tmp_path / f"grads-{rank}.pt")
+        assert together.keys() == alone.keys()
+        for name, single in alone.items():
+            torch.testing.assert_close(together[name], single, rtol=1e-4, atol=1e-6, msg=name)
