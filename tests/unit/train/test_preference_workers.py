@@ -118,27 +118,30 @@ def _full_step(model, batches, load_reference):
     return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
-def _fsdp_worker(rank: int, rendezvous: str, model_path: str, out_dir: str) -> None:
-    from transformers import AutoModelForCausalLM
+def _fsdp_worker(rank: int, rendezvous: str, cfg, out_dir: str) -> None:
+    from raylane.train.loop import reference_model
 
     with gloo_group(rank, rendezvous):
-        model = sharding.shard(_full_policy(model_path), CPU.device, None, cpu_offload=False)
-        reference = lambda: sharding.shard(AutoModelForCausalLM.from_pretrained(model_path), CPU.device, None, False)  # noqa: E731
-        grads = _full_step(model, [_batches()[rank]], reference)
+        model = sharding.shard(_full_policy(cfg.model.name_or_path), CPU.device, None, cpu_offload=False)
+        # The training loop's own reference: the base loaded again and sharded as the policy is.
+        grads = _full_step(model, [_batches()[rank]], lambda: reference_model(cfg, TASK, [], CPU.device, CPU))
         assert all(isinstance(g, DTensor) for g in grads.values())  # sharded: each worker holds a part
         torch.save({name: g.full_tensor() for name, g in grads.items()}, os.path.join(out_dir, f"grads-{rank}.pt"))
 
 
-def test_sharded_workers_against_a_frozen_reference_copy_reach_the_gradient_of_one_process(tiny_causal_lm, tmp_path):
+def test_sharded_workers_against_a_frozen_reference_copy_reach_the_gradient_of_one_process(
+    tiny_causal_lm, make_cfg, tmp_path
+):
     """Full fine-tuning under FSDP2: the reference is a second copy of the base, sharded as the
     policy is, loaded on the first batch; two workers with 3 and 1 pairs equal one process."""
     from transformers import AutoModelForCausalLM
 
     path = str(tiny_causal_lm)
+    cfg = make_cfg("task=preference", f"model.name_or_path={path}", "train.strategy=fsdp", "resources.num_workers=2")
     alone = _full_step(_full_policy(path), _batches(), lambda: AutoModelForCausalLM.from_pretrained(path))
     assert len(alone) == len(list(AutoModelForCausalLM.from_pretrained(path).parameters()))
 
-    run_workers(_fsdp_worker, (path, str(tmp_path)), tmp_path)
+    run_workers(_fsdp_worker, (cfg, str(tmp_path)), tmp_path)
     for rank in (0, 1):
         together = torch.load(tmp_path / f"grads-{rank}.pt")
         assert together.keys() == alone.keys()
