@@ -213,6 +213,7 @@ def run_ingest(
         labels=tuple(data.labels),
         prompt_template=data.prompt_template,
         field_names=tuple(task.inputs.fields(data)),
+        label_field=data.label_field,
     )
     staging, reads = join(out, STAGING), join(out, READS)
     columns = [*task.inputs.fields(data), data.label_field] + ([data.id_field] if data.id_field else [])

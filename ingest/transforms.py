@@ -53,6 +53,7 @@ class RowSpec:
     max_image_pixels: int = 50_000_000
     prompt_template: str = ""  # causal_lm: how prompt fields make the user message
     field_names: tuple[str, ...] = ()  # the input fields' names, which the template refers to
+    label_field: str = ""  # its name: a chat row's answer is its messages' last turn when it names that field
 
     @property
     def fields(self) -> list[str]:

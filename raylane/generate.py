@@ -64,8 +64,8 @@ class Generator:
             raise ValueError(f"{model_dir}: the tokenizer needs an eos token and a chat template to serve chat")
         self.tokenizer.padding_side = "left"  # generation continues every row from its last column
         self.chat = ChatEncoder.of(self.tokenizer)
-        dtype = "auto" if self.device.type == "cuda" else torch.float32
-        self.model = load_pretrained(AutoModelForCausalLM, model_dir, dtype=dtype).to(self.device).eval()
+        self.dtype = compute_dtype(saved.extras.get("generation", {}).get("dtype", "auto"), self.device)
+        self.model = load_pretrained(AutoModelForCausalLM, model_dir, dtype=self.dtype).to(self.device).eval()
         self.defaults = defaults_from(saved.extras)
 
     def chat_prompt(self, messages: Sequence[dict]) -> list[int]:
@@ -160,6 +160,15 @@ class Generator:
     def canary(self) -> Generation:
         """A real two-token generation: a replica whose model is broken must not look healthy."""
         return self.generate([self.chat_prompt([{"role": "user", "content": "ping"}])], [Sampling(2)])[0]
+
+
+def compute_dtype(name: str, device: torch.device):
+    """The dtype a model generates in (`evaluate.dtype`, saved with it): "auto" is the checkpoint's
+    own on a GPU and float32 on a CPU, where a checkpoint's bf16 would be slower without native
+    support and would change what was measured in fp32."""
+    if name == "auto":
+        return "auto" if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 def defaults_from(extras: dict) -> Sampling:

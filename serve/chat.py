@@ -342,6 +342,7 @@ class ChatReplica(Replica):
                 "temperature": defaults.temperature,
                 "top_p": defaults.top_p,
                 "stop": list(defaults.stop),
+                "dtype": str(loaded.model.model.dtype).removeprefix("torch."),  # evaluate.dtype, as it loaded
             },
             "limits": {
                 "max_prompt_tokens": self.args.max_prompt_tokens,

@@ -83,6 +83,15 @@ BAD_PAIR_LINES = {
     "too_many_tokens": json.dumps({"prompt": "word " * 400, "chosen": "fine", "rejected": "bad"}),
     "missing_field": json.dumps({"prompt": "Which colour is a lemon?", "chosen": "yellow"}),
     "malformed_row": '{"prompt": "an unfinished line',
+    "answer_in_prompt": json.dumps(
+        {
+            "prompt": json.dumps(
+                [{"role": "user", "content": "Colour of snow?"}, {"role": "assistant", "content": "white"}]
+            ),
+            "chosen": "white",
+            "rejected": "black",
+        }
+    ),
 }
 
 

@@ -424,6 +424,12 @@ class EvaluateConfig:
     )
     regex: str = opt("", "causal_lm: with extract=regex, the pattern that finds the answer in a generation.")
     generations: int = opt(0, "causal_lm: test rows whose prompts are generated from (0: all of them).")
+    dtype: Literal["auto", "float32", "bfloat16"] = opt(
+        "auto",
+        "causal_lm: the dtype generations are computed in, saved with the model so that evaluation, serving and "
+        "batch generation compute alike. auto: the checkpoint's own on a GPU, float32 on a CPU; bfloat16 on a CPU "
+        "with native bf16 (AVX512-BF16, AMX) batches faster (bench serve_llm_mixed) and one request alone slower.",
+    )
     table_rows: int = opt(20, "causal_lm: prompts, references and generations logged to MLflow as a table.")
 
     def __post_init__(self) -> None:

@@ -26,6 +26,7 @@ from raylane.tasks.text import EMPTY_TEXT, MISSING_FIELD, TOO_LONG
 ROLES = ("system", "user", "assistant")
 UNKNOWN_ROLE = "unknown_role"
 MALFORMED_MESSAGES = "malformed_messages"
+ANSWER_IN_PROMPT = "answer_in_prompt"
 
 
 def parse_messages(raw: str) -> list[dict] | None:
@@ -51,6 +52,11 @@ def message_problem(messages: list[dict]) -> tuple[str, str]:
         if not isinstance(message.get("content"), str):
             return MALFORMED_MESSAGES, f"message {i} has no text content"
     return "", ""
+
+
+def answer_field(spec) -> str:
+    """The field a row's answer comes from when that is not its messages field ("" when it is)."""
+    return "" if spec.label_field in ("", *spec.field_names[:1]) else spec.label_field
 
 
 class ChatInputs(Inputs):
@@ -87,7 +93,9 @@ class ChatInputs(Inputs):
         }
         for error, raw in zip(errors, zip(*values)):
             messages, reason, detail = (
-                ([], "", "") if error else self.conversation(raw, spec.prompt_template, spec.field_names)
+                ([], "", "")
+                if error
+                else self.conversation(raw, spec.prompt_template, spec.field_names, answer_field(spec))
             )
             counts: dict[str, int] = {}
             if spec.pii_kinds and not reason:
@@ -109,10 +117,15 @@ class ChatInputs(Inputs):
         return out
 
     @staticmethod
-    def conversation(raw: tuple, template: str, names: Sequence[str]) -> tuple[list[dict], str, str]:
+    def conversation(
+        raw: tuple, template: str, names: Sequence[str], answer_from: str = ""
+    ) -> tuple[list[dict], str, str]:
         """(the messages before the answer, problem reason, detail) of one row's raw fields (of
         the fields `names`); prompt fields fill `template` by name, or are joined by blank lines.
-        Batch generation (`raylane predict`) builds its prompts with this too."""
+        A final assistant message is the answer and is left out (the target reads it), unless the
+        answer comes from another field, `answer_from`: then that turn would be neither prompt
+        nor answer, and the row is quarantined. Batch generation (`raylane predict`) builds its
+        prompts with this too (a final assistant message left out: the model answers anew)."""
         if all(v is None for v in raw):
             return [], MISSING_FIELD, "every prompt field is missing"
         messages = parse_messages(raw[0]) if len(raw) == 1 and raw[0] is not None else None
@@ -122,6 +135,12 @@ class ChatInputs(Inputs):
                 return [], reason, detail
             messages = [{"role": m["role"], "content": clean_message(m["content"])} for m in messages]
             if messages[-1]["role"] == "assistant":
+                if answer_from:
+                    detail = (
+                        f"the conversation in {names[0]!r} ends with an assistant message, but the answer comes "
+                        f"from {answer_from!r}: end the conversation with the user's turn"
+                    )
+                    return [], ANSWER_IN_PROMPT, detail
                 messages = messages[:-1]  # the answer: the target's
         else:
             parts = [clean_message(v) for v in raw]

@@ -96,6 +96,7 @@ class Generation(Target):
             "temperature": e.temperature,
             "top_p": e.top_p,
             "stop": e.stop,
+            "dtype": e.dtype,
         }
         return {"generation": generation}
 

@@ -6,18 +6,23 @@ import shutil
 import threading
 
 import pytest
+import torch
 
-from raylane.continuous import ContinuousBatcher, Request
+from raylane.continuous import HEADROOM, ContinuousBatcher, Request
 from raylane.generate import Generator, Sampling
 from raylane.tasks.saved import SavedTask
 
 
+def saved_generator(tiny_causal_lm, directory, dtype: str) -> Generator:
+    model_dir = directory / "model"
+    shutil.copytree(tiny_causal_lm, model_dir)
+    SavedTask("causal_lm", [], {"generation": {"max_new_tokens": 8, "dtype": dtype}}).write(model_dir)
+    return Generator(str(model_dir), threads=1)
+
+
 @pytest.fixture(scope="module")
 def generator(tiny_causal_lm, tmp_path_factory) -> Generator:
-    model_dir = tmp_path_factory.mktemp("continuous") / "model"
-    shutil.copytree(tiny_causal_lm, model_dir)
-    SavedTask("causal_lm", [], {"generation": {"max_new_tokens": 8}}).write(model_dir)
-    return Generator(str(model_dir), threads=1)
+    return saved_generator(tiny_causal_lm, tmp_path_factory.mktemp("continuous"), "auto")
 
 
 @pytest.fixture
@@ -63,6 +68,23 @@ def wait_for_tokens(asked: Asked, n: int) -> None:
 
 
 def test_requests_joining_at_different_steps_answer_as_each_alone(generator, batcher):
+    assert generator.model.dtype == torch.float32  # evaluate.dtype auto, on a CPU
+    joining_at_different_steps(generator, batcher)
+
+
+def test_in_bfloat16_too(tiny_causal_lm, tmp_path):
+    # evaluate.dtype bfloat16 (saved with the model): batched rows still answer as each alone,
+    # in the dtype the model was evaluated in.
+    generator = saved_generator(tiny_causal_lm, tmp_path, "bfloat16")
+    assert generator.model.dtype == torch.bfloat16
+    batcher = ContinuousBatcher(generator, max_batch_size=8).start()
+    try:
+        joining_at_different_steps(generator, batcher)
+    finally:
+        batcher.stop()
+
+
+def joining_at_different_steps(generator: Generator, batcher: ContinuousBatcher) -> None:
     asked, finished = prompts(generator), []
     limits = [Sampling(60), Sampling(6), Sampling(25), Sampling(12)]
     first = Asked(batcher, asked[0], limits[0], finished)
@@ -108,3 +130,16 @@ def test_a_row_whose_token_cannot_be_drawn_fails_alone(generator, batcher):
     assert bad.done.wait(60) and isinstance(bad.answer, RuntimeError)
     assert good.result() == generator.generate([asked[1]], [Sampling(30)])[0]
     assert Asked(batcher, asked[2], Sampling(3), finished).result().completion_tokens == 3  # still serving
+
+
+def test_rows_outgrowing_the_cache_headroom_answer_as_alone(generator, batcher):
+    # The batch's KV cache is written in place into buffers HEADROOM columns ahead; a row decoded
+    # for several multiples of that reallocates them, between a join and a leave.
+    asked, finished = prompts(generator), []
+    long = Sampling(3 * HEADROOM + 5)
+    first = Asked(batcher, asked[1], long, finished)
+    wait_for_tokens(first, HEADROOM + 3)
+    beside = Asked(batcher, asked[3], Sampling(HEADROOM // 2), finished)
+    assert beside.result() == generator.generate([asked[3]], [Sampling(HEADROOM // 2)])[0]
+    assert first.result() == generator.generate([asked[1]], [long])[0]
+    assert first.result().completion_tokens == 3 * HEADROOM + 5

@@ -15,6 +15,7 @@ from raylane.chat_template import chat_template_of
 from raylane.ingest.transforms import RowSpec
 from raylane.models import load_tokenizer
 from raylane.tasks import get_task
+from raylane.tasks.chat import ANSWER_IN_PROMPT
 from raylane.tasks.collate import PairCollate, rows_in
 from raylane.tasks.preference import dpo_loss, sequence_logps
 from raylane.tokenize import PreferenceTokenizeBatch, tokenizer_definition
@@ -79,7 +80,12 @@ def test_pairs_with_the_same_answers_or_over_max_length_are_quarantined_at_token
 
 
 MESSAGES_SPEC = RowSpec(
-    n_input_fields=2, task="preference", pii_kinds=("email",), max_chars=500, field_names=("messages", "rejected")
+    n_input_fields=2,
+    task="preference",
+    pii_kinds=("email",),
+    max_chars=500,
+    field_names=("messages", "rejected"),
+    label_field="chosen",
 )
 
 
@@ -100,6 +106,19 @@ def test_a_pair_whose_prompt_is_a_conversation_keeps_every_turn_before_both_answ
     assert all(turn in prompt for turn in ("one colour", "sky", "blue", "grass"))
     assert tokenizer.decode(pair["input_ids"][pair["prompt_length"] :]).startswith("green")
     assert tokenizer.decode(pair["rejected_ids"][pair["prompt_length"] :]).startswith("red")
+
+
+def test_a_pair_whose_conversation_ends_with_an_answer_is_quarantined_not_cut():
+    # The answers are the chosen and rejected fields: a final assistant turn in the prompt would be
+    # neither prompt nor answer, so the row is quarantined with the reason, never silently shortened.
+    conversation = [{"role": "user", "content": "Colour of the sky?"}, {"role": "assistant", "content": "blue"}]
+    row = prepare_row("", [json.dumps(conversation), "red"], "green", None, MESSAGES_SPEC)
+    assert row["reason"] == ANSWER_IN_PROMPT
+    assert "'messages'" in row["detail"] and "'chosen'" in row["detail"]
+    # Where the messages field is the label field, the final assistant turn is the answer (SFT).
+    sft = RowSpec(n_input_fields=1, task="causal_lm", field_names=("messages",), label_field="messages")
+    row = prepare_row("", [json.dumps(conversation)], json.dumps(conversation), None, sft)
+    assert row["reason"] == "" and json.loads(row["text"]) == conversation[:1] and row["label"] == "blue"
 
 
 def test_a_pair_batch_holds_the_chosen_rows_then_the_rejected_ones(tiny_causal_lm):
