@@ -19,6 +19,7 @@ tiny random 2-layer Llama (hidden 64) built on the fly, whose figures measure th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -331,6 +332,16 @@ async def _alone(url: str, i: int) -> list[float]:
         return [time.perf_counter() - sent]
 
 
+@contextlib.contextmanager
+def generator_in_process():
+    """(the benchmark's model loaded in this process with 2 torch threads, what it is)."""
+    from raylane.generate import Generator
+
+    with tempfile.TemporaryDirectory() as tmp:
+        served, what = model_dir(Path(tmp))
+        yield Generator(served, threads=2), what
+
+
 def _burst_in_process(generator, release: bool) -> float:
     """Generated tokens/s of one burst of 32 mixed requests (MIXED_TOKENS) through a continuous
     batcher in its own thread, after this thread has generated (as a replica's canary does) and,
@@ -369,11 +380,7 @@ def _burst_in_process(generator, release: bool) -> float:
     goal="no slower than the batcher in a process with one OpenMP team",
 )
 def llm_thread_handoff(quick: bool) -> dict:
-    from raylane.generate import Generator
-
-    with tempfile.TemporaryDirectory() as tmp:
-        served, what = model_dir(Path(tmp))
-        generator = Generator(served, threads=2)
+    with generator_in_process() as (generator, what):
         result = side_by_side(
             lambda: _burst_in_process(generator, release=True),
             lambda: _burst_in_process(generator, release=False),
@@ -384,5 +391,53 @@ def llm_thread_handoff(quick: bool) -> dict:
         "ratio": round(result["ours"] / result["baseline"], 3),
         "unit": "generated tokens/s, one burst of 32 requests with max_tokens cycling "
         f"{list(MIXED_TOKENS)} through raylane.continuous in its own thread, 2 torch threads",
+        "model": what,
+    }
+
+
+BATCH_PROMPTS, BATCH_ROWS, BATCH_TOKENS = 64, 16, 128
+
+
+def _batch_generate(answer) -> float:
+    started = time.perf_counter()
+    answers = answer()
+    return sum(a.completion_tokens for a in answers) / (time.perf_counter() - started)
+
+
+@benchmark(
+    "llm_batch_generate",
+    f"generated tokens/s of batch generation (evaluation, raylane predict) over {BATCH_PROMPTS} chat prompts, "
+    f"greedy, max_new_tokens {BATCH_TOKENS}, in process: a continuous batch of {BATCH_ROWS} rows decoded in the "
+    f"caller's thread (raylane.continuous.answer_all, now used) vs static batches of {BATCH_ROWS} "
+    "(Generator.generate_all, used before)",
+    goal="faster than static batches where answers end at different lengths; the same answers",
+)
+def llm_batch_generate(quick: bool) -> dict:
+    from raylane.continuous import answer_all
+    from raylane.generate import Sampling
+
+    with generator_in_process() as (generator, what):
+        prompts = [
+            generator.chat_prompt([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}])
+            for i in range(BATCH_PROMPTS)
+        ]
+        prompts.sort(key=len)  # as both callers order them: less left padding in a static batch
+        sampling = Sampling(BATCH_TOKENS)
+        static = generator.generate_all(prompts, sampling, BATCH_ROWS)
+        continuous = answer_all(generator, prompts, sampling, BATCH_ROWS)
+        result = side_by_side(
+            lambda: _batch_generate(lambda: answer_all(generator, prompts, sampling, BATCH_ROWS)),
+            lambda: _batch_generate(lambda: generator.generate_all(prompts, sampling, BATCH_ROWS)),
+            rounds=1 if quick else 2,
+        )
+    lengths = sorted(a.completion_tokens for a in static)
+    return {
+        **result,
+        "ratio": round(result["ours"] / result["baseline"], 3),
+        "same_answers": sum(a == b for a, b in zip(static, continuous)),
+        "of": len(static),
+        "answer_tokens_min_median_max": [lengths[0], lengths[len(lengths) // 2], lengths[-1]],
+        "unit": f"generated tokens/s, {BATCH_PROMPTS} prompts, greedy, max_new_tokens {BATCH_TOKENS}, "
+        f"{BATCH_ROWS} rows at a time, 2 torch threads",
         "model": what,
     }

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from raylane.config import PipelineConfig
+from raylane.continuous import answer_all
 from raylane.dataset import DatasetInfo
 from raylane.evaluate.report import ClassScores, Evaluation, flat_metrics
 from raylane.generate import Sampling
@@ -57,7 +58,8 @@ def normalize(text: str) -> str:
 
 class GenerateBatch:
     """Ray Data callable class: per row, the reference answer's summed loss and token count, and
-    (where `generate` is set) the model's reply to the prompt."""
+    (where `generate` is set) the model's reply to the prompt, through a continuous batch of up to
+    `batch_size` rows (`raylane.continuous.answer_all`), as the chat app batches requests."""
 
     def __init__(self, model_dir: str, sampling: Sampling, batch_size: int, pairs: PairScoring | None = None):
         from raylane.generate import Generator
@@ -79,7 +81,7 @@ class GenerateBatch:
         prompts = {i: self.generator.chat_prompt(json.loads(batch["text"].iloc[i])) for i in wanted}
         replies: list[Any] = [None] * len(batch)
         started = time.perf_counter()
-        generated = self.generator.generate_all([prompts[i] for i in wanted], self.sampling, self.batch_size)
+        generated = answer_all(self.generator, [prompts[i] for i in wanted], self.sampling, self.batch_size)
         for i, reply in zip(wanted, generated):
             replies[i] = reply
         seconds = (time.perf_counter() - started) / max(1, len(wanted))

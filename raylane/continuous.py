@@ -10,7 +10,8 @@ are trimmed. Each step runs the model once over every row's last token, with eac
 position and attention mask, and picks each row's next token with its own settings (greedy, or
 temperature, top_p and seed as `raylane.generate` samples them).
 
-Blocking, in one thread of its own (`ContinuousBatcher.start`); no Ray, no HTTP. Requests come in
+Blocking, in one thread of its own (`ContinuousBatcher.start`, as a chat replica runs it) or in the
+caller's (`answer_all`, as evaluation and batch generation do); no Ray, no HTTP. Requests come in
 through `submit` from any thread, and results go out through the callbacks they bring, called in
 the batcher's thread."""
 
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from transformers.cache_utils import DynamicLayer
@@ -75,6 +77,13 @@ class ContinuousBatcher:
     def submit(self, request: Request) -> None:
         """Queues `request`; it joins the batch at the next step with room (thread-safe)."""
         self.inbox.put(request)
+
+    def drain(self) -> None:
+        """Answers every request submitted so far in the calling thread, then returns; instead of
+        `start` (batch generation: no second thread, so no second OpenMP team; see
+        `raylane.openmp`). Nothing may be submitted after."""
+        self.stop()
+        self._serve()
 
     def _reset(self) -> None:
         self.rows: list[Request] = []
@@ -233,6 +242,30 @@ class ContinuousBatcher:
             text = self.generator.tokenizer.decode(tokens, skip_special_tokens=True)
             return first_stop(text, sampling.stop) is not None
         return False
+
+
+def answer_all(
+    generator: Generator, prompts: list[list[int]], sampling: Sampling, max_batch_size: int
+) -> list[Generation]:
+    """Every prompt answered with `sampling`, in order, through a continuous batch of up to
+    `max_batch_size` rows decoded in the calling thread (evaluation and batch generation: a row
+    that ends early makes room for the next prompt at once, where a static batch would carry it
+    to the end of its longest row). A model whose cache the batcher cannot stack falls back to
+    static batches. Raises the first error a row met (a failed generation fails the caller, as a
+    static batch's does)."""
+    try:
+        check_supported(generator)
+    except ValueError:
+        return generator.generate_all(prompts, sampling, max_batch_size)
+    answers: list[Generation | BaseException | None] = [None] * len(prompts)
+    batcher = ContinuousBatcher(generator, max_batch_size)
+    for i, prompt in enumerate(prompts):
+        batcher.submit(Request(prompt, sampling, partial(answers.__setitem__, i)))
+    batcher.drain()
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            raise answer
+    return answers
 
 
 def check_supported(generator: Generator) -> None:

@@ -57,8 +57,9 @@ def _cell(value):
 
 class GenerateRows:
     """Ray Data callable class: the model loaded once per actor; per batch, each conversation
-    encoded as the chat app encodes a request, generated in sub-batches of rows of similar prompt
-    length (less left padding), the rows kept in their order."""
+    encoded as the chat app encodes a request, generated through a continuous batch of up to
+    `batch_size` rows (`raylane.continuous.answer_all`: a row that ends makes room for the next),
+    shortest prompts first, the rows kept in their order."""
 
     def __init__(self, model_dir: str, max_prompt_tokens: int, batch_size: int):
         from raylane.generate import Generator
@@ -84,8 +85,10 @@ class GenerateRows:
                 )
                 continue
             prompts[i] = ids
+        from raylane.continuous import answer_all
+
         order = sorted(prompts, key=lambda i: len(prompts[i]))
-        generated = self.generator.generate_all([prompts[i] for i in order], self.generator.defaults, self.batch_size)
+        generated = answer_all(self.generator, [prompts[i] for i in order], self.generator.defaults, self.batch_size)
         answers = dict(zip(order, generated))
         n = len(batch)
         return batch.assign(

@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from raylane.continuous import HEADROOM, ContinuousBatcher, Request
+from raylane.continuous import HEADROOM, ContinuousBatcher, Request, answer_all
 from raylane.generate import Generator, Sampling
 from raylane.tasks.saved import SavedTask
 
@@ -143,3 +143,19 @@ def test_rows_outgrowing_the_cache_headroom_answer_as_alone(generator, batcher):
     assert beside.result() == generator.generate([asked[3]], [Sampling(HEADROOM // 2)])[0]
     assert first.result() == generator.generate([asked[1]], [long])[0]
     assert first.result().completion_tokens == 3 * HEADROOM + 5
+
+
+def test_answer_all_answers_every_prompt_in_order_as_each_alone(generator):
+    # Evaluation and batch generation: 12 prompts through a batch of 4 rows decoded in this
+    # thread, rows leaving at their own ends and the next prompts taking their places.
+    asked = prompts(generator) * 3
+    sampling = Sampling(20)
+    answers = answer_all(generator, asked, sampling, max_batch_size=4)
+    assert answers == [generator.generate([p], [sampling])[0] for p in asked]
+    seeded = Sampling(10, temperature=1.0, top_p=0.9, seed=3)
+    assert answer_all(generator, asked[:4], seeded, 2) == [generator.generate([p], [seeded])[0] for p in asked[:4]]
+
+
+def test_answer_all_raises_the_error_a_row_met(generator):
+    with pytest.raises(RuntimeError):
+        answer_all(generator, prompts(generator), Sampling(8, temperature=1e-300), max_batch_size=4)
