@@ -65,13 +65,20 @@ def model_dir(directory: Path) -> tuple[str, str]:
         what = named
     if (source / TASK_FILE).is_file():
         return str(source), what
-    served = directory / "served"
-    served.mkdir()
-    for item in source.iterdir():
-        (served / item.name).symlink_to(item.resolve())
     generation = {"max_new_tokens": MAX_TOKENS, "temperature": 0.0, "top_p": 1.0, "stop": []}
-    SavedTask("causal_lm", [], {"generation": generation}).write(served)
-    return str(served), what
+    return linked_copy(source, directory / "served", SavedTask("causal_lm", [], {"generation": generation})), what
+
+
+def linked_copy(source: Path, copy: Path, saved) -> str:
+    """`copy`: links to the files of the model directory `source`, with `saved` as its task file."""
+    from raylane.tasks.saved import TASK_FILE
+
+    copy.mkdir()
+    for item in source.iterdir():
+        if item.name != TASK_FILE:
+            (copy / item.name).symlink_to(item.resolve())
+    saved.write(copy)
+    return str(copy)
 
 
 def body(i: int, stream: bool = False) -> dict:
@@ -195,16 +202,11 @@ MIXED_SIDES = {
 
 def in_dtype(served: str, dtype: str, directory: Path) -> str:
     """A copy of the model directory `served` (links) whose saved generation settings name `dtype`."""
-    from raylane.tasks.saved import TASK_FILE, read_saved_task
+    from raylane.tasks.saved import read_saved_task
 
     saved = read_saved_task(served)
-    copy = directory / f"served-{dtype}"
-    copy.mkdir()
-    for item in Path(served).iterdir():
-        if item.name != TASK_FILE:
-            (copy / item.name).symlink_to(item.resolve())
-    saved.with_extras(generation={**saved.extras.get("generation", {}), "dtype": dtype}).write(copy)
-    return str(copy)
+    generation = {**saved.extras.get("generation", {}), "dtype": dtype}
+    return linked_copy(Path(served), directory / f"served-{dtype}", saved.with_extras(generation=generation))
 
 
 async def _burst(url: str, concurrency: int, per_client: int) -> dict:

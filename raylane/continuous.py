@@ -134,13 +134,13 @@ class ContinuousBatcher:
         out = self.model(input_ids=prompt, use_cache=True, logits_to_keep=1)
         cache, width = out.past_key_values, prompt.shape[1]
         _check_layers(cache)
-        cache.layers = [_Headroom(layer.keys, layer.values) for layer in cache.layers]
         token = self._pick(request, out.logits[0, -1])
         if isinstance(token, Exception):  # its first token cannot be drawn: it fails alone
             request.answer(token)
             return
         ones = torch.ones((1, width), dtype=torch.long, device=self.device)
-        if self.cache is None:
+        if self.cache is None:  # the batch's first row: its cache becomes the batch's, with headroom
+            cache.layers = [_Headroom(layer.keys, layer.values) for layer in cache.layers]
             self.cache, self.mask = cache, ones
         else:
             length = self.mask.shape[1]

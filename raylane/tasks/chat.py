@@ -91,11 +91,10 @@ class ChatInputs(Inputs):
             "detail": [],
             "pii": {kind: [] for kind in spec.pii_kinds},
         }
+        answer_from = answer_field(spec)
         for error, raw in zip(errors, zip(*values)):
             messages, reason, detail = (
-                ([], "", "")
-                if error
-                else self.conversation(raw, spec.prompt_template, spec.field_names, answer_field(spec))
+                ([], "", "") if error else self.conversation(raw, spec.prompt_template, spec.field_names, answer_from)
             )
             counts: dict[str, int] = {}
             if spec.pii_kinds and not reason:

@@ -10,19 +10,20 @@ import torch
 
 from raylane.continuous import HEADROOM, ContinuousBatcher, Request, answer_all
 from raylane.generate import Generator, Sampling
+from raylane.tasks import get_task
 from raylane.tasks.saved import SavedTask
 
 
-def saved_generator(tiny_causal_lm, directory, dtype: str) -> Generator:
+def saved_generator(tiny_causal_lm, directory, settings: dict) -> Generator:
     model_dir = directory / "model"
     shutil.copytree(tiny_causal_lm, model_dir)
-    SavedTask("causal_lm", [], {"generation": {"max_new_tokens": 8, "dtype": dtype}}).write(model_dir)
+    SavedTask("causal_lm", [], settings).write(model_dir)
     return Generator(str(model_dir), threads=1)
 
 
 @pytest.fixture(scope="module")
 def generator(tiny_causal_lm, tmp_path_factory) -> Generator:
-    return saved_generator(tiny_causal_lm, tmp_path_factory.mktemp("continuous"), "auto")
+    return saved_generator(tiny_causal_lm, tmp_path_factory.mktemp("continuous"), {"generation": {"max_new_tokens": 8}})
 
 
 @pytest.fixture
@@ -72,10 +73,11 @@ def test_requests_joining_at_different_steps_answer_as_each_alone(generator, bat
     joining_at_different_steps(generator, batcher)
 
 
-def test_in_bfloat16_too(tiny_causal_lm, tmp_path):
-    # evaluate.dtype bfloat16 (saved with the model): batched rows still answer as each alone,
-    # in the dtype the model was evaluated in.
-    generator = saved_generator(tiny_causal_lm, tmp_path, "bfloat16")
+def test_in_bfloat16_too(tiny_causal_lm, make_cfg, tmp_path):
+    # evaluate.dtype bfloat16, saved with the model as training saves its settings: batched rows
+    # still answer as each alone, in the dtype the model was evaluated in.
+    cfg = make_cfg("task=causal_lm", "evaluate.dtype=bfloat16", "evaluate.max_new_tokens=8")
+    generator = saved_generator(tiny_causal_lm, tmp_path, get_task("causal_lm").target.settings(cfg))
     assert generator.model.dtype == torch.bfloat16
     batcher = ContinuousBatcher(generator, max_batch_size=8).start()
     try:
